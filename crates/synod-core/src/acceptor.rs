@@ -1,0 +1,205 @@
+//! The acceptor (Multi-Paxos): one promised ballot for the whole log, an accepted
+//! (ballot, value) per slot, and the leader lease. Also the learner's inputs that come
+//! from the leader: the commit point riding on Accept and Heartbeat, and catch-up.
+//!
+//! Promise and Accepted replies go through `send_after_persist`: they leave only once
+//! the state they vouch for is durable.
+
+use crate::ballot::{Ballot, NodeId, Slot, Tick};
+use crate::message::{Entry, Message, Value};
+use crate::node::{Node, RoleState};
+
+impl Node {
+    /// True while this node heard a live leader other than `candidate` recently enough
+    /// that it must not promise anyone else (the leader lease).
+    fn lease_blocks(&self, candidate: NodeId) -> bool {
+        match self.lease {
+            Some((leader, expiry)) => leader != candidate && self.now < expiry,
+            None => false,
+        }
+    }
+
+    /// Phase 1b.
+    pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised || (ballot > self.promised && self.lease_blocks(from)) {
+            let leader = if self.lease_blocks(from) {
+                self.lease.map(|(leader, _)| leader)
+            } else {
+                self.leader
+            };
+            self.send(
+                from,
+                Message::Preempted {
+                    ballot,
+                    promised: self.promised,
+                    leader,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+            if from != self.config.id {
+                // Give the candidate time to win before competing with it.
+                self.set_leader(None);
+                self.reset_election_timer();
+            }
+        }
+        let entries = self.log.entries_from(from_slot.max(1));
+        let commit_index = self.log.commit_index();
+        self.send_after_persist(
+            from,
+            Message::Promise {
+                ballot,
+                from_slot,
+                entries,
+                commit_index,
+            },
+        );
+    }
+
+    /// A message from the leader of `ballot`: renew its lease and our election timer.
+    /// Returns false (after telling the sender) when `ballot` is below our promise.
+    fn hear_leader(&mut self, from: NodeId, ballot: Ballot) -> bool {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Preempted {
+                    ballot,
+                    promised: self.promised,
+                    leader: self.leader,
+                },
+            );
+            return false;
+        }
+        // Accepting at a ballot implies promising it.
+        self.raise_promise(ballot);
+        if from != self.config.id {
+            self.set_leader(Some(from));
+            self.lease = Some((from, self.now + self.config.lease_ticks));
+            self.reset_election_timer();
+        }
+        true
+    }
+
+    /// Phase 2b, for a run of consecutive slots.
+    pub(crate) fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        values: Vec<Value>,
+        commit_index: Slot,
+        sent_at: Tick,
+    ) {
+        if values.is_empty() || first_slot == 0 || !self.hear_leader(from, ballot) {
+            return;
+        }
+        let last_slot = first_slot + values.len() as u64 - 1;
+        for (offset, value) in values.into_iter().enumerate() {
+            let slot = first_slot + offset as u64;
+            let change = self.log.accept(slot, ballot, value);
+            self.persist_change(change);
+        }
+        self.send_after_persist(
+            from,
+            Message::Accepted {
+                ballot,
+                first_slot,
+                last_slot,
+                echo: sent_at,
+            },
+        );
+        self.learn_commit_from(from, ballot, commit_index);
+    }
+
+    pub(crate) fn on_heartbeat(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        commit_index: Slot,
+        sent_at: Tick,
+    ) {
+        if !self.hear_leader(from, ballot) {
+            return;
+        }
+        self.send_after_persist(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                echo: sent_at,
+                commit_index: self.log.commit_index(),
+            },
+        );
+        self.learn_commit_from(from, ballot, commit_index);
+    }
+
+    /// The leader's commit point: mark what we accepted at its ballot as chosen, and ask
+    /// for what we are missing.
+    fn learn_commit_from(&mut self, leader: NodeId, ballot: Ballot, commit_index: Slot) {
+        if leader == self.config.id {
+            return;
+        }
+        self.log.learn_commit(ballot, commit_index);
+        self.maybe_catch_up(leader);
+    }
+
+    /// Asks `peer` for chosen entries when we know of chosen slots past our commit point
+    /// that we cannot fill ourselves. At most one request per retransmit interval.
+    pub(crate) fn maybe_catch_up(&mut self, peer: NodeId) {
+        if self.log.highest_known_chosen() <= self.log.commit_index() || peer == self.config.id {
+            return;
+        }
+        if let Some((_, sent_at)) = self.catch_up_sent {
+            if self.now < sent_at + self.config.retransmit_ticks {
+                return;
+            }
+        }
+        self.catch_up_sent = Some((peer, self.now));
+        self.send(
+            peer,
+            Message::CatchUp {
+                from_slot: self.log.commit_index() + 1,
+            },
+        );
+    }
+
+    pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
+        let entries = self
+            .log
+            .chosen_from(from_slot.max(1), self.config.max_catchup_entries);
+        if entries.is_empty() && self.log.commit_index() < from_slot {
+            return;
+        }
+        self.send(
+            from,
+            Message::Chosen {
+                entries,
+                commit_index: self.log.commit_index(),
+            },
+        );
+    }
+
+    /// Chosen entries from a peer: record them (durably) and move the commit point.
+    pub(crate) fn on_chosen(&mut self, from: NodeId, entries: Vec<Entry>, commit_index: Slot) {
+        self.log.note_chosen_elsewhere(commit_index);
+        let before = self.log.commit_index();
+        let mut last = 0;
+        for entry in entries {
+            last = last.max(entry.slot);
+            let change = self.log.choose(entry.slot, entry.ballot, entry.value);
+            self.persist_change(change);
+        }
+        self.log.advance_commit();
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_after_choose();
+        }
+        // More to fetch: ask again at once rather than after the retransmit interval.
+        if self.log.commit_index() > before || last > before {
+            self.catch_up_sent = None;
+        }
+        self.maybe_catch_up(from);
+    }
+}

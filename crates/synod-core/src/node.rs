@@ -1,0 +1,564 @@
+//! The facade: one replica's whole protocol state and the five inputs that drive it.
+//!
+//! Every input runs a handler (in `acceptor.rs`, `election.rs`, `leader.rs`,
+//! `per_slot.rs`), then the invariants are checked. Outputs collect in an outbox that
+//! `take_ready` drains. Replies that vouch for durable state are parked until
+//! `on_persisted` covers the persist they depend on.
+
+use crate::ballot::{Ballot, NodeId, Slot, Tick};
+use crate::config::{Backoff, Config, Mode};
+use crate::election::Candidate;
+use crate::leader::Leader;
+use crate::log::{Change, Log};
+use crate::message::{Envelope, Message};
+use crate::per_slot::PerSlot;
+use crate::persist::{DurableState, PersistId, PersistOp, PersistRequest};
+use crate::ready::{Event, ProposalId, Ready};
+use crate::rng::Rng;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::fmt;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub promised: Ballot,
+    pub commit_index: Slot,
+    pub last_slot: Slot,
+    pub pending_commands: usize,
+    pub inflight_slots: usize,
+    pub phase1_runs: u64,
+    pub now: Tick,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ProposeError {
+    /// The node's queue is full; try again later (or at another node).
+    Busy { pending: usize },
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::Busy { pending } => {
+                write!(f, "node busy: {pending} commands already queued")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum StepError {
+    /// The sender is not a member of this cluster.
+    UnknownPeer(NodeId),
+    /// The message is addressed to another node.
+    WrongRecipient { to: NodeId },
+    /// The message claims a ballot its sender does not own.
+    ForgedBallot { from: NodeId, ballot: Ballot },
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::UnknownPeer(id) => write!(f, "message from unknown node {id}"),
+            StepError::WrongRecipient { to } => write!(f, "message addressed to node {to}"),
+            StepError::ForgedBallot { from, ballot } => {
+                write!(
+                    f,
+                    "node {from} sent a message with ballot {ballot} it does not own"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// A command waiting for a slot.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Pending {
+    pub id: Option<ProposalId>,
+    pub command: Bytes,
+    /// False when the command had to wait for (or trigger) Phase 1.
+    pub leader_was_established: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Outbox {
+    pub messages: Vec<Envelope>,
+    pub persist_ops: Vec<PersistOp>,
+    /// Replies waiting for a persist: (persist id, message), ids non-decreasing.
+    pub held: VecDeque<(PersistId, Envelope)>,
+    pub events: Vec<Event>,
+    pub committed: Vec<crate::ready::Committed>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum RoleState {
+    Follower,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+/// One replica. See the crate documentation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Node {
+    pub(crate) config: Config,
+    pub(crate) rng: Rng,
+    pub(crate) now: Tick,
+    /// The acceptor's promise for the whole log (Multi-Paxos).
+    pub(crate) promised: Ballot,
+    /// The highest ballot seen anywhere; a new candidacy goes above it.
+    pub(crate) highest_seen: Ballot,
+    /// (leader, lease expiry): while `now < expiry`, promise no one else.
+    pub(crate) lease: Option<(NodeId, Tick)>,
+    pub(crate) log: Log,
+    pub(crate) role: RoleState,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) election_deadline: Tick,
+    pub(crate) pending: VecDeque<Pending>,
+    pub(crate) next_proposal_id: ProposalId,
+    /// When the last CatchUp left, and to whom.
+    pub(crate) catch_up_sent: Option<(NodeId, Tick)>,
+    pub(crate) per_slot: PerSlot,
+    pub(crate) outbox: Outbox,
+    pub(crate) next_persist_id: PersistId,
+    pub(crate) durable_persist_id: PersistId,
+    pub(crate) phase1_runs: u64,
+    /// Values at the end of the previous input, for the monotonicity invariants.
+    invariant_promised: Ballot,
+    invariant_commit_index: Slot,
+}
+
+impl Node {
+    /// A fresh node with empty state.
+    pub fn new(config: Config) -> Result<Node, String> {
+        Node::recover(config, DurableState::default())
+    }
+
+    /// A node restarted from what it had made durable before a crash.
+    pub fn recover(config: Config, state: DurableState) -> Result<Node, String> {
+        config.validate()?;
+        let mut rng = Rng::new(config.seed);
+        let election_deadline = initial_election_deadline(&config, &mut rng);
+        let log = Log::recover(&state.entries, state.commit_index);
+        let highest_slot_promise = state
+            .slot_promised
+            .values()
+            .max()
+            .copied()
+            .unwrap_or_default();
+        let node = Node {
+            rng,
+            now: 0,
+            promised: state.promised,
+            highest_seen: state.promised.max(highest_slot_promise),
+            lease: None,
+            log,
+            role: RoleState::Follower,
+            leader: None,
+            election_deadline,
+            pending: VecDeque::new(),
+            next_proposal_id: 1,
+            catch_up_sent: None,
+            per_slot: PerSlot::recover(state.slot_promised),
+            outbox: Outbox::default(),
+            next_persist_id: 1,
+            durable_persist_id: 0,
+            phase1_runs: 0,
+            invariant_promised: state.promised,
+            invariant_commit_index: 0,
+            config,
+        };
+        let mut node = node;
+        node.invariant_commit_index = node.log.commit_index();
+        node.check_invariants();
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One tick of the logical clock: timeouts, heartbeats, retransmissions.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.config.mode {
+            Mode::MultiPaxos => self.tick_multi(),
+            Mode::PerSlot => self.tick_per_slot(),
+        }
+        self.check_invariants();
+    }
+
+    /// A message arrived. Messages from unknown nodes, to other nodes, or with a ballot
+    /// the sender does not own are refused and change nothing.
+    pub fn step(&mut self, envelope: Envelope) -> Result<(), StepError> {
+        let Envelope { from, to, message } = envelope;
+        if to != self.config.id {
+            return Err(StepError::WrongRecipient { to });
+        }
+        if !self.config.nodes.contains(&from) {
+            return Err(StepError::UnknownPeer(from));
+        }
+        if let Some(ballot) = owned_ballot(&message) {
+            if ballot.node != from {
+                return Err(StepError::ForgedBallot { from, ballot });
+            }
+        }
+        match message {
+            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Promise {
+                ballot,
+                from_slot: _,
+                entries,
+                commit_index,
+            } => self.on_promise(from, ballot, entries, commit_index),
+            Message::Preempted {
+                ballot,
+                promised,
+                leader,
+            } => self.on_preempted(from, ballot, promised, leader),
+            Message::Accept {
+                ballot,
+                first_slot,
+                values,
+                commit_index,
+                sent_at,
+            } => self.on_accept(from, ballot, first_slot, values, commit_index, sent_at),
+            Message::Accepted {
+                ballot,
+                first_slot,
+                last_slot,
+                echo,
+            } => self.on_accepted(from, ballot, first_slot, last_slot, echo),
+            Message::Heartbeat {
+                ballot,
+                commit_index,
+                sent_at,
+            } => self.on_heartbeat(from, ballot, commit_index, sent_at),
+            Message::HeartbeatAck {
+                ballot,
+                echo,
+                commit_index: _,
+            } => self.on_heartbeat_ack(from, ballot, echo),
+            Message::Forward { commands } => self.on_forward(commands),
+            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
+            Message::Chosen {
+                entries,
+                commit_index,
+            } => self.on_chosen(from, entries, commit_index),
+            Message::SlotPrepare {
+                slot,
+                ballot,
+                decided,
+            } => {
+                self.on_decided(from, &decided);
+                self.on_slot_prepare(from, slot, ballot);
+            }
+            Message::SlotPromise {
+                slot,
+                ballot,
+                accepted,
+                decided,
+            } => {
+                self.on_decided(from, &decided);
+                self.on_slot_promise(from, slot, ballot, accepted);
+            }
+            Message::SlotAccept {
+                slot,
+                ballot,
+                value,
+                decided,
+            } => {
+                self.on_decided(from, &decided);
+                self.on_slot_accept(from, slot, ballot, value);
+            }
+            Message::SlotAccepted {
+                slot,
+                ballot,
+                decided,
+            } => {
+                self.on_decided(from, &decided);
+                self.on_slot_accepted(from, slot, ballot);
+            }
+            Message::SlotRejected {
+                slot,
+                ballot,
+                promised,
+                decided,
+            } => {
+                self.on_decided(from, &decided);
+                self.on_slot_rejected(slot, ballot, promised);
+            }
+            Message::SlotDecided { decided } => self.on_decided(from, &decided),
+        }
+        self.after_log_change();
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Submits a command. The leader proposes it; a follower forwards it to the leader;
+    /// with no leader known it waits here (and an election starts if none is under way).
+    pub fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposeError> {
+        if self.pending.len() >= self.config.max_pending_commands {
+            return Err(ProposeError::Busy {
+                pending: self.pending.len(),
+            });
+        }
+        let id = self.next_proposal_id;
+        self.next_proposal_id += 1;
+        match self.config.mode {
+            Mode::MultiPaxos => self.propose_multi(Some(id), command),
+            Mode::PerSlot => self.pending.push_back(Pending {
+                id: Some(id),
+                command,
+                leader_was_established: false,
+            }),
+        }
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// Storage reports every persist request up to `id` durable: release the replies
+    /// that waited for it.
+    pub fn on_persisted(&mut self, id: PersistId) {
+        let issued = self.next_persist_id - 1;
+        let id = id.min(issued);
+        if id <= self.durable_persist_id {
+            return;
+        }
+        self.durable_persist_id = id;
+        while let Some((persist_id, _)) = self.outbox.held.front() {
+            if *persist_id > id {
+                break;
+            }
+            let (_, envelope) = self.outbox.held.pop_front().expect("front exists");
+            self.outbox.messages.push(envelope);
+        }
+    }
+
+    /// True when `take_ready` has something to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.outbox.messages.is_empty()
+            || !self.outbox.persist_ops.is_empty()
+            || !self.outbox.events.is_empty()
+            || self.log.delivered_index() < self.log.commit_index()
+            || self.wants_flush()
+    }
+
+    /// Drains the outputs of every input since the last call. This is also where queued
+    /// commands are cut into batches: commands that arrive together share a slot.
+    pub fn take_ready(&mut self) -> Ready {
+        match self.config.mode {
+            Mode::MultiPaxos => self.flush_pending(),
+            Mode::PerSlot => self.flush_per_slot(),
+        }
+        self.log.take_committed(&mut self.outbox.committed);
+        let persist = if self.outbox.persist_ops.is_empty() {
+            None
+        } else {
+            let id = self.next_persist_id;
+            self.next_persist_id += 1;
+            Some(PersistRequest {
+                id,
+                ops: std::mem::take(&mut self.outbox.persist_ops),
+            })
+        };
+        self.check_invariants();
+        Ready {
+            messages: std::mem::take(&mut self.outbox.messages),
+            persist,
+            committed: std::mem::take(&mut self.outbox.committed),
+            events: std::mem::take(&mut self.outbox.events),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let (role, inflight_slots) = match &self.role {
+            RoleState::Follower => (Role::Follower, self.per_slot.inflight()),
+            RoleState::Candidate(_) => (Role::Candidate, 0),
+            RoleState::Leader(leader) => (Role::Leader, leader.inflight_len()),
+        };
+        Status {
+            id: self.config.id,
+            role,
+            leader: self.leader,
+            promised: self.promised,
+            commit_index: self.log.commit_index(),
+            last_slot: self.log.last_slot(),
+            pending_commands: self.pending.len(),
+            inflight_slots,
+            phase1_runs: self.phase1_runs,
+            now: self.now,
+        }
+    }
+
+    // ---- shared plumbing for the role modules ----
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config
+            .nodes
+            .iter()
+            .copied()
+            .filter(move |id| *id != me)
+    }
+
+    /// A message that vouches for nothing durable: it may leave at once.
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        self.outbox.messages.push(Envelope {
+            from: self.config.id,
+            to,
+            message,
+        });
+    }
+
+    /// A message that vouches for state (a promise, an accepted entry): it leaves only
+    /// once every persist issued so far — and the one being built now — is durable.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, message: Message) {
+        let envelope = Envelope {
+            from: self.config.id,
+            to,
+            message,
+        };
+        let needed = if !self.outbox.persist_ops.is_empty() {
+            self.next_persist_id
+        } else {
+            self.next_persist_id - 1
+        };
+        if needed <= self.durable_persist_id {
+            self.outbox.messages.push(envelope);
+        } else {
+            self.outbox.held.push_back((needed, envelope));
+        }
+    }
+
+    pub(crate) fn persist(&mut self, op: PersistOp) {
+        self.outbox.persist_ops.push(op);
+    }
+
+    pub(crate) fn persist_change(&mut self, change: Change) {
+        if let Change::Persist(entry) = change {
+            self.persist(PersistOp::Accept(entry));
+        }
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        self.outbox.events.push(event);
+    }
+
+    pub(crate) fn set_leader(&mut self, leader: Option<NodeId>) {
+        if self.leader != leader {
+            self.leader = leader;
+            self.event(Event::LeaderChanged { leader });
+        }
+    }
+
+    /// Raises the acceptor's promise (durably) and steps down from any lower candidacy
+    /// or leadership.
+    pub(crate) fn raise_promise(&mut self, ballot: Ballot) {
+        if ballot <= self.promised {
+            return;
+        }
+        self.promised = ballot;
+        self.highest_seen = self.highest_seen.max(ballot);
+        self.persist(PersistOp::Promise(ballot));
+        let my_ballot = match &self.role {
+            RoleState::Follower => None,
+            RoleState::Candidate(candidate) => Some(candidate.ballot),
+            RoleState::Leader(leader) => Some(leader.ballot),
+        };
+        if let Some(mine) = my_ballot {
+            if mine < ballot {
+                self.step_down(mine);
+            }
+        }
+    }
+
+    /// A random election timeout from now (fixed when backoff is disabled).
+    pub(crate) fn reset_election_timer(&mut self) {
+        let timeout = self.config.election_timeout_ticks;
+        let wait = match self.config.backoff {
+            Backoff::Randomized => self.rng.between(timeout, 2 * timeout),
+            Backoff::Disabled => timeout,
+        };
+        self.election_deadline = self.now + wait;
+    }
+
+    /// Follow-up after the log may have changed: persist the new commit point.
+    pub(crate) fn after_log_change(&mut self) {
+        if self.log.commit_index() > self.invariant_commit_index {
+            let commit = self.log.commit_index();
+            self.outbox
+                .persist_ops
+                .retain(|op| !matches!(op, PersistOp::Commit(_)));
+            self.persist(PersistOp::Commit(commit));
+        }
+    }
+
+    /// The invariants of the paper, checked after every input (TigerBeetle style).
+    fn check_invariants(&mut self) {
+        assert!(
+            self.promised >= self.invariant_promised,
+            "node {}: promised ballot moved back from {:?} to {:?}",
+            self.config.id,
+            self.invariant_promised,
+            self.promised
+        );
+        assert!(
+            self.log.commit_index() >= self.invariant_commit_index,
+            "node {}: commit point moved back from {} to {}",
+            self.config.id,
+            self.invariant_commit_index,
+            self.log.commit_index()
+        );
+        assert!(self.log.delivered_index() <= self.log.commit_index());
+        match &self.role {
+            RoleState::Leader(leader) => assert_eq!(
+                leader.ballot, self.promised,
+                "node {}: leads with {:?} but promised {:?}",
+                self.config.id, leader.ballot, self.promised
+            ),
+            RoleState::Candidate(candidate) => assert!(candidate.ballot <= self.promised),
+            RoleState::Follower => {}
+        }
+        assert!(self.pending.len() <= self.config.max_pending_commands);
+        self.invariant_promised = self.promised;
+        self.invariant_commit_index = self.log.commit_index();
+    }
+}
+
+fn initial_election_deadline(config: &Config, rng: &mut Rng) -> Tick {
+    let timeout = config.election_timeout_ticks;
+    match config.backoff {
+        Backoff::Randomized => rng.between(timeout, 2 * timeout),
+        Backoff::Disabled => timeout,
+    }
+}
+
+/// The ballot a message claims as its sender's own, if any.
+fn owned_ballot(message: &Message) -> Option<Ballot> {
+    match message {
+        Message::Prepare { ballot, .. }
+        | Message::Accept { ballot, .. }
+        | Message::Heartbeat { ballot, .. }
+        | Message::SlotPrepare { ballot, .. }
+        | Message::SlotAccept { ballot, .. } => Some(*ballot),
+        _ => None,
+    }
+}

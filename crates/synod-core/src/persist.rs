@@ -1,0 +1,70 @@
+//! What the core asks storage to make durable, and the state a node recovers from.
+//!
+//! Persist requests are issued in order and must become durable in order (a write-ahead
+//! log does this naturally). Storage reports the highest durable id back through
+//! `Node::on_persisted`; only then do the Promise and Accepted replies that vouch for
+//! that state leave the core.
+
+use crate::ballot::{Ballot, Slot};
+use crate::message::{Entry, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Issued in increasing order, starting at 1.
+pub type PersistId = u64;
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum PersistOp {
+    /// Multi-Paxos: the promised ballot, for the whole log.
+    Promise(Ballot),
+    /// Per-slot mode: the promised ballot of one slot.
+    SlotPromise { slot: Slot, ballot: Ballot },
+    /// An accepted entry, or a chosen one learned from a peer (stored at the ballot it was
+    /// chosen at).
+    Accept(Entry),
+    /// Every slot at or below this is chosen, and its entry is already durable.
+    Commit(Slot),
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PersistRequest {
+    pub id: PersistId,
+    pub ops: Vec<PersistOp>,
+}
+
+/// Everything a node keeps across a crash: what its acceptor promised and accepted,
+/// and how much of the log it knows is chosen.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct DurableState {
+    pub promised: Ballot,
+    pub slot_promised: BTreeMap<Slot, Ballot>,
+    pub entries: BTreeMap<Slot, (Ballot, Value)>,
+    pub commit_index: Slot,
+}
+
+impl DurableState {
+    /// Applies one op, as storage replays its log at start-up.
+    pub fn apply(&mut self, op: &PersistOp) {
+        match op {
+            PersistOp::Promise(ballot) => self.promised = self.promised.max(*ballot),
+            PersistOp::SlotPromise { slot, ballot } => {
+                let promised = self.slot_promised.entry(*slot).or_default();
+                *promised = (*promised).max(*ballot);
+            }
+            PersistOp::Accept(entry) => match self.entries.get(&entry.slot) {
+                Some((ballot, _)) if *ballot > entry.ballot => {}
+                _ => {
+                    self.entries
+                        .insert(entry.slot, (entry.ballot, entry.value.clone()));
+                }
+            },
+            PersistOp::Commit(slot) => self.commit_index = self.commit_index.max(*slot),
+        }
+    }
+
+    pub fn apply_all<'a>(&mut self, ops: impl IntoIterator<Item = &'a PersistOp>) {
+        for op in ops {
+            self.apply(op);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! What one batch of inputs produced: the core's only way of talking to the world.
+
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::message::{Envelope, Value};
+use crate::persist::PersistRequest;
+
+/// Local handle for a command given to `Node::propose`.
+pub type ProposalId = u64;
+
+/// A chosen slot, handed out exactly once, in slot order, never past a gap.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Committed {
+    pub slot: Slot,
+    pub value: Value,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// A command proposed at this node got a slot. `phase1_skipped` is true when the
+    /// node already led with an established ballot, so the command costs one Accept
+    /// round; false when Phase 1 had to run first (or in per-slot mode, always).
+    ProposalAssigned {
+        id: ProposalId,
+        slot: Slot,
+        phase1_skipped: bool,
+    },
+    /// The node started Phase 1 with `ballot`.
+    Phase1Started { ballot: Ballot },
+    /// A quorum promised `ballot`; `reproposed_slots` open slots were re-proposed
+    /// (adopted values and no-ops) before any new command.
+    BecameLeader {
+        ballot: Ballot,
+        reproposed_slots: u64,
+    },
+    /// The node stopped leading (a higher ballot, or no quorum heard from).
+    SteppedDown { ballot: Ballot },
+    /// The node now believes `leader` leads (None: no leader known).
+    LeaderChanged { leader: Option<NodeId> },
+}
+
+/// Outputs of the inputs since the last `take_ready`.
+///
+/// `messages` may leave at once: replies that vouch for durable state (Promise,
+/// Accepted) are held inside the core until `on_persisted` covers the persist they
+/// depend on, so a runtime cannot send one early by mistake.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Ready {
+    pub messages: Vec<Envelope>,
+    /// Make durable, in order after every earlier request, then call `on_persisted(id)`.
+    pub persist: Option<PersistRequest>,
+    pub committed: Vec<Committed>,
+    pub events: Vec<Event>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.persist.is_none()
+            && self.committed.is_empty()
+            && self.events.is_empty()
+    }
+}

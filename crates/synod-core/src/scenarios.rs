@@ -1,0 +1,503 @@
+//! Scenario tests named after the protocol situation, driven step by step through a
+//! tiny in-memory cluster (FIFO network, instant persists unless told otherwise). The
+//! seeded, fault-injecting simulator lives in `synod-sim`.
+
+use crate::*;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    durable: BTreeMap<NodeId, DurableState>,
+    network: VecDeque<Envelope>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    delivered: BTreeMap<NodeId, Vec<Committed>>,
+    events: BTreeMap<NodeId, Vec<Event>>,
+    sent: Vec<Envelope>,
+}
+
+fn config(id: NodeId, n: u64, mode: Mode) -> Config {
+    let mut config = Config::new(id, (1..=n).collect());
+    config.mode = mode;
+    config.seed = 7 * id + 1;
+    config
+}
+
+fn cmd(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+impl Cluster {
+    fn new(n: u64, mode: Mode) -> Cluster {
+        Cluster::with(n, |id| config(id, n, mode))
+    }
+
+    fn with(n: u64, make: impl Fn(NodeId) -> Config) -> Cluster {
+        Cluster {
+            nodes: (1..=n)
+                .map(|id| (id, Node::new(make(id)).unwrap()))
+                .collect(),
+            durable: (1..=n).map(|id| (id, DurableState::default())).collect(),
+            network: VecDeque::new(),
+            cut: BTreeSet::new(),
+            delivered: BTreeMap::new(),
+            events: BTreeMap::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// Drains every node's Ready (persisting at once) and delivers messages until quiet.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut progress = false;
+            for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                let node = self.nodes.get_mut(&id).unwrap();
+                if !node.has_ready() {
+                    continue;
+                }
+                let ready = node.take_ready();
+                progress = true;
+                if let Some(persist) = ready.persist {
+                    self.durable.get_mut(&id).unwrap().apply_all(&persist.ops);
+                    node.on_persisted(persist.id);
+                }
+                self.delivered
+                    .entry(id)
+                    .or_default()
+                    .extend(ready.committed);
+                self.events.entry(id).or_default().extend(ready.events);
+                for envelope in ready.messages {
+                    if envelope.from != envelope.to {
+                        self.sent.push(envelope.clone());
+                    }
+                    self.network.push_back(envelope);
+                }
+            }
+            if let Some(envelope) = self.network.pop_front() {
+                progress = true;
+                if !self.cut.contains(&(envelope.from, envelope.to)) {
+                    if let Some(node) = self.nodes.get_mut(&envelope.to) {
+                        node.step(envelope).unwrap();
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    fn tick(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for node in self.nodes.values_mut() {
+                node.tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|node| node.status().role == Role::Leader)
+            .map(|node| node.id())
+    }
+
+    fn elect(&mut self) -> NodeId {
+        for _ in 0..200 {
+            self.tick(1);
+            if let Some(leader) = self.leader() {
+                return leader;
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.cut.insert((id, other));
+            self.cut.insert((other, id));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn delivered_commands(&self, id: NodeId) -> Vec<Bytes> {
+        self.delivered
+            .get(&id)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .flat_map(|c| c.value.commands().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn count_sent(&self, kind: &str) -> usize {
+        self.sent
+            .iter()
+            .filter(|e| e.message.kind() == kind)
+            .count()
+    }
+}
+
+#[test]
+fn stable_leader_runs_phase1_once_then_phase2_only() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let prepares_before = cluster.count_sent("prepare");
+    let accepts_before = cluster.count_sent("accept");
+    for i in 0..10 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    assert_eq!(
+        cluster.count_sent("prepare"),
+        prepares_before,
+        "no Phase 1 in the steady state"
+    );
+    // One Accept per peer per command: Phase 2 only.
+    assert_eq!(cluster.count_sent("accept") - accepts_before, 10 * 2);
+    let skipped: Vec<bool> = cluster.events[&leader]
+        .iter()
+        .filter_map(|e| match e {
+            Event::ProposalAssigned { phase1_skipped, .. } => Some(*phase1_skipped),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skipped.len(), 10);
+    assert!(
+        !skipped[0],
+        "the first proposal of a leadership is the one Phase 1 ran for"
+    );
+    assert!(
+        skipped[1..].iter().all(|s| *s),
+        "later proposals skip Phase 1"
+    );
+    assert_eq!(cluster.delivered_commands(leader).len(), 10);
+}
+
+#[test]
+fn followers_learn_the_commit_point_without_a_message_per_slot() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    for i in 0..5 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    cluster.tick(3); // a heartbeat carries the last commit point
+    for id in 1..=3 {
+        assert_eq!(cluster.delivered_commands(id).len(), 5, "node {id}");
+    }
+    assert_eq!(
+        cluster.count_sent("chosen"),
+        0,
+        "no catch-up needed in the steady state"
+    );
+}
+
+#[test]
+fn promise_leaves_only_after_its_persist() {
+    let mut node = Node::new(config(1, 3, Mode::MultiPaxos)).unwrap();
+    node.step(Envelope {
+        from: 2,
+        to: 1,
+        message: Message::Prepare {
+            ballot: Ballot::new(1, 2),
+            from_slot: 1,
+        },
+    })
+    .unwrap();
+    let ready = node.take_ready();
+    let persist = ready.persist.expect("the promise must be persisted");
+    assert_eq!(persist.ops, vec![PersistOp::Promise(Ballot::new(1, 2))]);
+    assert!(
+        ready.messages.is_empty(),
+        "no Promise before the persist completes"
+    );
+    node.on_persisted(persist.id);
+    let ready = node.take_ready();
+    assert!(matches!(
+        ready.messages[..],
+        [Envelope {
+            to: 2,
+            message: Message::Promise { .. },
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn accepted_leaves_only_after_its_persist() {
+    let mut node = Node::new(config(1, 3, Mode::MultiPaxos)).unwrap();
+    node.step(Envelope {
+        from: 2,
+        to: 1,
+        message: Message::Accept {
+            ballot: Ballot::new(1, 2),
+            first_slot: 1,
+            values: vec![Value::Commands(vec![cmd("x")])],
+            commit_index: 0,
+            sent_at: 0,
+        },
+    })
+    .unwrap();
+    let ready = node.take_ready();
+    let persist = ready.persist.expect("the accept must be persisted");
+    assert!(ready.messages.is_empty());
+    // A second input before the persist completes does not release it either.
+    node.tick();
+    assert!(node
+        .take_ready()
+        .messages
+        .iter()
+        .all(|m| m.message.kind() != "accepted"));
+    node.on_persisted(persist.id);
+    let ready = node.take_ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.message.kind() == "accepted"));
+}
+
+#[test]
+fn new_leader_adopts_highest_ballot_value_and_fills_holes_with_noops() {
+    // Slot 1: node 1 accepted "old" at b1.1, node 2 accepted "new" at b2.2.
+    // Slot 3: node 2 accepted "late" at b2.2. Slot 2: nobody accepted anything.
+    let b1 = Ballot::new(1, 1);
+    let b2 = Ballot::new(2, 2);
+    let mut state1 = DurableState::default();
+    state1.apply(&PersistOp::Promise(b1));
+    state1.apply(&PersistOp::Accept(Entry {
+        slot: 1,
+        ballot: b1,
+        value: Value::Commands(vec![cmd("old")]),
+    }));
+    let mut state2 = DurableState::default();
+    state2.apply(&PersistOp::Promise(b2));
+    state2.apply(&PersistOp::Accept(Entry {
+        slot: 1,
+        ballot: b2,
+        value: Value::Commands(vec![cmd("new")]),
+    }));
+    state2.apply(&PersistOp::Accept(Entry {
+        slot: 3,
+        ballot: b2,
+        value: Value::Commands(vec![cmd("late")]),
+    }));
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    cluster.nodes.insert(
+        1,
+        Node::recover(config(1, 3, Mode::MultiPaxos), state1).unwrap(),
+    );
+    cluster.nodes.insert(
+        2,
+        Node::recover(config(2, 3, Mode::MultiPaxos), state2).unwrap(),
+    );
+    // Node 3 campaigns; it can only win with a quorum that includes node 1 or node 2.
+    cluster.node(3).start_phase1();
+    cluster.settle();
+    if cluster.leader() != Some(3) {
+        cluster.node(3).election_deadline = 0;
+        cluster.tick(1);
+    }
+    let leader = cluster.leader().expect("a leader");
+    cluster.tick(3);
+    let log: Vec<Value> = cluster.delivered[&leader]
+        .iter()
+        .map(|c| c.value.clone())
+        .collect();
+    assert!(log.len() >= 3, "log: {log:?}");
+    // Whether node 1 or 2 was in the quorum, "new" (the highest ballot) must win when
+    // node 2 was heard; with only node 1 heard, "old" is the only value a quorum could
+    // have chosen. Node 3 wins with both here (FIFO, all reachable).
+    assert_eq!(log[0], Value::Commands(vec![cmd("new")]));
+    assert_eq!(log[1], Value::Noop);
+    assert_eq!(log[2], Value::Commands(vec![cmd("late")]));
+}
+
+#[test]
+fn follower_under_lease_refuses_a_competing_prepare() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let rival = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let promised = cluster.node(follower).status().promised;
+    cluster
+        .node(follower)
+        .step(Envelope {
+            from: rival,
+            to: follower,
+            message: Message::Prepare {
+                ballot: Ballot::new(promised.round + 5, rival),
+                from_slot: 1,
+            },
+        })
+        .unwrap();
+    let ready = cluster.node(follower).take_ready();
+    assert!(ready.persist.is_none(), "nothing promised");
+    assert!(matches!(
+        ready.messages[..],
+        [Envelope { message: Message::Preempted { leader: Some(l), .. }, .. }] if l == leader
+    ));
+    assert_eq!(cluster.node(follower).status().promised, promised);
+}
+
+#[test]
+fn isolated_leader_is_replaced_and_rejoins_as_follower() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let old = cluster.elect();
+    cluster.node(old).propose(cmd("before")).unwrap();
+    cluster.settle();
+    cluster.isolate(old);
+    let mut new = None;
+    for _ in 0..200 {
+        cluster.tick(1);
+        if let Some(l) = cluster
+            .nodes
+            .values()
+            .find(|n| n.id() != old && n.status().role == Role::Leader)
+        {
+            new = Some(l.id());
+            break;
+        }
+    }
+    let new = new.expect("the majority elects a new leader");
+    cluster.node(new).propose(cmd("after")).unwrap();
+    cluster.settle();
+    cluster.tick(30);
+    assert_ne!(
+        cluster.node(old).status().role,
+        Role::Leader,
+        "the isolated leader stepped down"
+    );
+    cluster.heal();
+    cluster.tick(40);
+    let expected = cluster.delivered_commands(new);
+    assert_eq!(expected, vec![cmd("before"), cmd("after")]);
+    assert_eq!(
+        cluster.delivered_commands(old),
+        expected,
+        "the old leader caught up"
+    );
+}
+
+#[test]
+fn lagging_follower_catches_up_after_a_partition() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.isolate(lagging);
+    for i in 0..600 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    cluster.heal();
+    cluster.tick(40);
+    assert_eq!(cluster.delivered_commands(lagging).len(), 600);
+    assert!(
+        cluster.count_sent("chosen") >= 3,
+        "catch-up came in bounded chunks"
+    );
+}
+
+#[test]
+fn restarted_node_recovers_its_promise_and_log() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    for i in 0..5 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    cluster.tick(3);
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let before = cluster.node(follower).status();
+    let durable = cluster.durable[&follower].clone();
+    let restarted = Node::recover(config(follower, 3, Mode::MultiPaxos), durable).unwrap();
+    assert_eq!(restarted.status().promised, before.promised);
+    assert_eq!(restarted.status().commit_index, before.commit_index);
+    cluster.nodes.insert(follower, restarted);
+    cluster.delivered.remove(&follower);
+    cluster.tick(3);
+    assert_eq!(
+        cluster.delivered_commands(follower).len(),
+        5,
+        "state machine rebuilt from the log"
+    );
+}
+
+#[test]
+fn per_slot_mode_runs_both_phases_for_every_slot() {
+    let mut cluster = Cluster::new(3, Mode::PerSlot);
+    for i in 0..4 {
+        let at = 1 + (i % 3);
+        cluster.node(at).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+        cluster.tick(3); // decisions reach every node before the next proposal
+    }
+    assert_eq!(
+        cluster.count_sent("slot_prepare"),
+        4 * 2,
+        "Phase 1 for every slot"
+    );
+    assert_eq!(
+        cluster.count_sent("slot_accept"),
+        4 * 2,
+        "Phase 2 for every slot"
+    );
+    for id in 1..=3 {
+        assert_eq!(cluster.delivered_commands(id).len(), 4, "node {id}");
+    }
+    let first = cluster.delivered_commands(1);
+    assert_eq!(cluster.delivered_commands(2), first);
+    assert_eq!(cluster.delivered_commands(3), first);
+}
+
+#[test]
+fn queue_is_bounded() {
+    let mut cfg = config(1, 3, Mode::MultiPaxos);
+    cfg.max_pending_commands = 2;
+    let mut node = Node::new(cfg).unwrap();
+    node.propose(cmd("a")).unwrap();
+    node.propose(cmd("b")).unwrap();
+    assert_eq!(
+        node.propose(cmd("c")),
+        Err(ProposeError::Busy { pending: 2 })
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let mut node = Node::new(config(1, 3, Mode::MultiPaxos)).unwrap();
+    let before = node.clone();
+    let prepare = |from, to, ballot| Envelope {
+        from,
+        to,
+        message: Message::Prepare {
+            ballot,
+            from_slot: 1,
+        },
+    };
+    assert_eq!(
+        node.step(prepare(9, 1, Ballot::new(1, 9))),
+        Err(StepError::UnknownPeer(9))
+    );
+    assert_eq!(
+        node.step(prepare(2, 3, Ballot::new(1, 2))),
+        Err(StepError::WrongRecipient { to: 3 })
+    );
+    assert!(matches!(
+        node.step(prepare(2, 1, Ballot::new(1, 3))),
+        Err(StepError::ForgedBallot { .. })
+    ));
+    assert_eq!(node, before);
+    assert!(Node::new(Config::new(4, vec![1, 2, 3])).is_err());
+}
