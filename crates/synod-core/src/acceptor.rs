@@ -167,6 +167,11 @@ impl Node {
     }
 
     pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
+        if from_slot <= self.log.compacted_through() {
+            let slot = self.log.compacted_through();
+            self.event(crate::ready::Event::SnapshotNeeded { peer: from, slot });
+            return;
+        }
         let entries = self
             .log
             .chosen_from(from_slot.max(1), self.config.max_catchup_entries);

@@ -132,8 +132,13 @@ impl Node {
         let ballot = candidate.ballot;
         let mut adopted: BTreeMap<Slot, (bool, Ballot, Value)> = BTreeMap::new();
         let mut max_slot = self.log.commit_index();
-        for (entries, commit_index) in candidate.promises.into_values() {
+        // The highest commit point any promiser reported, and who reported it.
+        let mut max_commit = (self.log.commit_index(), self.config.id);
+        for (promiser, (entries, commit_index)) in candidate.promises {
             max_slot = max_slot.max(commit_index);
+            if commit_index > max_commit.0 {
+                max_commit = (commit_index, promiser);
+            }
             for entry in entries {
                 max_slot = max_slot.max(entry.slot);
                 let chosen = entry.slot <= commit_index;
@@ -157,18 +162,31 @@ impl Node {
         }
         self.log.advance_commit();
         let first_open = candidate.from_slot.min(self.log.commit_index() + 1);
-        let mut reproposals = Vec::new();
+        // Runs of consecutive slots to re-propose. A slot some promiser reports chosen
+        // but no longer holds (compacted into its snapshot) is never filled with a
+        // no-op: it is fetched from that promiser instead.
+        let mut runs: Vec<Vec<(Slot, Value)>> = vec![Vec::new()];
+        let mut missing_chosen = false;
         for slot in first_open..=max_slot {
             let value = match self.log.get(slot) {
-                Some(entry) if entry.chosen => entry.value.clone(),
-                _ => adopted
-                    .remove(&slot)
-                    .map(|(_, _, value)| value)
-                    .unwrap_or(Value::Noop),
+                Some(entry) if entry.chosen => Some(entry.value.clone()),
+                _ => adopted.remove(&slot).map(|(_, _, value)| value),
             };
-            reproposals.push((slot, value));
+            match value {
+                Some(value) => runs.last_mut().expect("non-empty").push((slot, value)),
+                None if slot <= max_commit.0 => {
+                    missing_chosen = true;
+                    if !runs.last().expect("non-empty").is_empty() {
+                        runs.push(Vec::new());
+                    }
+                }
+                None => runs
+                    .last_mut()
+                    .expect("non-empty")
+                    .push((slot, Value::Noop)),
+            }
         }
-        let reproposed_slots = reproposals.len() as u64;
+        let reproposed_slots = runs.iter().map(|run| run.len() as u64).sum();
         self.role = RoleState::Leader(Leader::new(ballot, max_slot + 1, self.now, self.peers()));
         self.lease = None;
         self.set_leader(Some(self.config.id));
@@ -176,7 +194,13 @@ impl Node {
             ballot,
             reproposed_slots,
         });
-        self.propose_slots(reproposals);
+        for run in runs {
+            self.propose_slots(run);
+        }
+        if missing_chosen {
+            self.log.note_chosen_elsewhere(max_commit.0);
+            self.maybe_catch_up(max_commit.1);
+        }
         // Announce the leadership at once: it starts the followers' leases and stops
         // their election timers.
         self.heartbeat_silent_peers(true);

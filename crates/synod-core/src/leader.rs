@@ -80,6 +80,7 @@ impl Node {
             id,
             command,
             leader_was_established,
+            target_slot: None,
         });
     }
 
@@ -129,9 +130,33 @@ impl Node {
         let mut slots = Vec::new();
         let mut events = Vec::new();
         while !self.pending.is_empty() && leader.inflight.len() + slots.len() < max_inflight {
+            // A command for a given slot (propose_at): no-ops up to it, then it alone.
+            if let Some(target) = self.pending.front().and_then(|pending| pending.target_slot) {
+                while leader.next_slot < target {
+                    slots.push((leader.next_slot, Value::Noop));
+                    leader.next_slot += 1;
+                }
+                let pending = self.pending.pop_front().expect("front exists");
+                let slot = leader.next_slot;
+                leader.next_slot += 1;
+                if let Some(id) = pending.id {
+                    events.push(Event::ProposalAssigned {
+                        id,
+                        slot,
+                        phase1_skipped: leader.first_batch_done && pending.leader_was_established,
+                    });
+                }
+                slots.push((slot, Value::Commands(vec![pending.command])));
+                continue;
+            }
             let slot = leader.next_slot;
             leader.next_slot += 1;
-            let take = self.pending.len().min(max_batch);
+            let take = self
+                .pending
+                .iter()
+                .take(max_batch)
+                .take_while(|pending| pending.target_slot.is_none())
+                .count();
             let mut commands = Vec::with_capacity(take);
             for pending in self.pending.drain(..take) {
                 if let Some(id) = pending.id {

@@ -24,6 +24,8 @@ pub(crate) struct Log {
     delivered_index: Slot,
     /// The highest slot this node knows to be chosen somewhere (maybe past a gap).
     highest_known_chosen: Slot,
+    /// Entries at or below this were dropped: they live in the state-machine snapshot.
+    compacted_through: Slot,
 }
 
 /// What a change to the log requires storage to record.
@@ -42,6 +44,37 @@ impl Log {
 
     pub(crate) fn delivered_index(&self) -> Slot {
         self.delivered_index
+    }
+
+    pub(crate) fn compacted_through(&self) -> Slot {
+        self.compacted_through
+    }
+
+    /// Drops entries up to `through`, which the state machine has applied and
+    /// snapshotted.
+    pub(crate) fn compact(&mut self, through: Slot) -> bool {
+        let through = through.min(self.delivered_index);
+        if through <= self.compacted_through {
+            return false;
+        }
+        self.entries = self.entries.split_off(&(through + 1));
+        self.compacted_through = through;
+        true
+    }
+
+    /// A snapshot from a peer replaces everything up to `slot`. Returns false when the
+    /// log already has that prefix.
+    pub(crate) fn install_snapshot(&mut self, slot: Slot) -> bool {
+        if slot <= self.commit_index {
+            return false;
+        }
+        self.entries = self.entries.split_off(&(slot + 1));
+        self.commit_index = slot;
+        self.delivered_index = slot;
+        self.compacted_through = slot;
+        self.highest_known_chosen = self.highest_known_chosen.max(slot);
+        self.advance_commit();
+        true
     }
 
     pub(crate) fn highest_known_chosen(&self) -> Slot {
@@ -212,11 +245,22 @@ impl Log {
             .collect()
     }
 
-    /// Rebuilds the log from durable state after a restart; delivery restarts at slot 1
-    /// so the state machine is rebuilt from the log.
-    pub(crate) fn recover(entries: &BTreeMap<Slot, (Ballot, Value)>, commit_index: Slot) -> Log {
-        let mut log = Log::default();
-        for (slot, (ballot, value)) in entries {
+    /// Rebuilds the log from durable state after a restart. Delivery restarts after the
+    /// snapshot (slot 1 without one), so the state machine is rebuilt from the snapshot
+    /// plus the log.
+    pub(crate) fn recover(
+        entries: &BTreeMap<Slot, (Ballot, Value)>,
+        commit_index: Slot,
+        snapshot_slot: Slot,
+    ) -> Log {
+        let mut log = Log {
+            commit_index: snapshot_slot,
+            delivered_index: snapshot_slot,
+            compacted_through: snapshot_slot,
+            ..Log::default()
+        };
+        let commit_index = commit_index.max(snapshot_slot);
+        for (slot, (ballot, value)) in entries.range(snapshot_slot + 1..) {
             log.entries.insert(
                 *slot,
                 LogEntry {

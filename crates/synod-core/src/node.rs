@@ -10,7 +10,7 @@ use crate::config::{Backoff, Config, Mode};
 use crate::election::Candidate;
 use crate::leader::Leader;
 use crate::log::{Change, Log};
-use crate::message::{Envelope, Message};
+use crate::message::{Envelope, Message, Value};
 use crate::per_slot::PerSlot;
 use crate::persist::{DurableState, PersistId, PersistOp, PersistRequest};
 use crate::ready::{Event, ProposalId, Ready};
@@ -44,6 +44,12 @@ pub struct Status {
 pub enum ProposeError {
     /// The node's queue is full; try again later (or at another node).
     Busy { pending: usize },
+    /// `propose_at` is only served by the leader (or while no leader is known).
+    NotLeader { leader: NodeId },
+    /// `propose_at` asked for a slot further ahead than the pipeline window allows.
+    SlotTooFar { slot: Slot, next_slot: Slot },
+    /// `propose_at` is a Multi-Paxos operation.
+    WrongMode,
 }
 
 impl fmt::Display for ProposeError {
@@ -52,6 +58,12 @@ impl fmt::Display for ProposeError {
             ProposeError::Busy { pending } => {
                 write!(f, "node busy: {pending} commands already queued")
             }
+            ProposeError::NotLeader { leader } => write!(f, "not the leader; node {leader} leads"),
+            ProposeError::SlotTooFar { slot, next_slot } => write!(
+                f,
+                "slot {slot} is too far ahead: the next free slot is {next_slot}"
+            ),
+            ProposeError::WrongMode => write!(f, "propose_at needs Multi-Paxos mode"),
         }
     }
 }
@@ -92,6 +104,8 @@ pub(crate) struct Pending {
     pub command: Bytes,
     /// False when the command had to wait for (or trigger) Phase 1.
     pub leader_was_established: bool,
+    /// `propose_at`: the slot the command asked for.
+    pub target_slot: Option<Slot>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -152,7 +166,7 @@ impl Node {
         config.validate()?;
         let mut rng = Rng::new(config.seed);
         let election_deadline = initial_election_deadline(&config, &mut rng);
-        let log = Log::recover(&state.entries, state.commit_index);
+        let log = Log::recover(&state.entries, state.commit_index, state.snapshot_slot);
         let highest_slot_promise = state
             .slot_promised
             .values()
@@ -328,8 +342,47 @@ impl Node {
                 id: Some(id),
                 command,
                 leader_was_established: false,
+                target_slot: None,
             }),
         }
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// Proposes `command` for a given slot (the seeds' `multi_paxos_propose`). The leader
+    /// fills the slots between its next free slot and `slot` with no-ops. If `slot` is
+    /// already taken the command goes to the next free slot instead (the caller learns
+    /// the slot from `Event::ProposalAssigned`, and what `slot` holds once it is chosen).
+    /// Served by the leader, or queued while no leader is known.
+    pub fn propose_at(&mut self, slot: Slot, command: Bytes) -> Result<ProposalId, ProposeError> {
+        if self.config.mode != Mode::MultiPaxos {
+            return Err(ProposeError::WrongMode);
+        }
+        if self.pending.len() >= self.config.max_pending_commands {
+            return Err(ProposeError::Busy {
+                pending: self.pending.len(),
+            });
+        }
+        let next_slot = match &self.role {
+            RoleState::Leader(leader) => leader.next_slot,
+            _ => match self.leader {
+                Some(leader) if leader != self.config.id => {
+                    return Err(ProposeError::NotLeader { leader })
+                }
+                _ => self.log.last_slot() + 1,
+            },
+        };
+        if slot > next_slot + self.config.max_inflight_slots as u64 {
+            return Err(ProposeError::SlotTooFar { slot, next_slot });
+        }
+        let id = self.next_proposal_id;
+        self.next_proposal_id += 1;
+        self.pending.push_back(Pending {
+            id: Some(id),
+            command,
+            leader_was_established: matches!(self.role, RoleState::Leader(_)),
+            target_slot: Some(slot),
+        });
         self.check_invariants();
         Ok(id)
     }
@@ -386,6 +439,54 @@ impl Node {
             committed: std::mem::take(&mut self.outbox.committed),
             events: std::mem::take(&mut self.outbox.events),
         }
+    }
+
+    /// The state machine has applied and durably snapshotted every slot up to
+    /// `through`: drop those entries from the log (and, through the persist request,
+    /// from storage). Lagging peers will get the snapshot instead (`Event::SnapshotNeeded`).
+    pub fn compact(&mut self, through: Slot) {
+        if self.log.compact(through) {
+            self.persist(PersistOp::Snapshot {
+                slot: self.log.compacted_through(),
+            });
+        }
+        self.check_invariants();
+    }
+
+    /// The runtime installed a peer's snapshot covering every slot up to `slot` into the
+    /// state machine (and saved it durably): the log continues after it. Returns false
+    /// (and changes nothing) when the log already reached `slot`.
+    pub fn install_snapshot(&mut self, slot: Slot) -> bool {
+        if !self.log.install_snapshot(slot) {
+            return false;
+        }
+        self.persist(PersistOp::Snapshot { slot });
+        self.after_log_change();
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_after_choose();
+        }
+        self.check_invariants();
+        true
+    }
+
+    /// The first slot still in the log (earlier ones live in the snapshot).
+    pub fn first_log_slot(&self) -> Slot {
+        self.log.compacted_through() + 1
+    }
+
+    /// What this node knows of `slot`: `Some((value, chosen))` if it holds an entry.
+    pub fn slot_value(&self, slot: Slot) -> Option<(Value, bool)> {
+        self.log.get(slot).map(|entry| {
+            (
+                entry.value.clone(),
+                entry.chosen || slot <= self.log.commit_index(),
+            )
+        })
+    }
+
+    /// The chosen entries this node holds, in slot order, from `from` on.
+    pub fn chosen_entries(&self, from: Slot, max: usize) -> Vec<crate::message::Entry> {
+        self.log.chosen_from(from.max(1), max)
     }
 
     pub fn status(&self) -> Status {

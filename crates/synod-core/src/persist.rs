@@ -24,6 +24,9 @@ pub enum PersistOp {
     Accept(Entry),
     /// Every slot at or below this is chosen, and its entry is already durable.
     Commit(Slot),
+    /// A state-machine snapshot covering every slot up to `slot` is durable (the runtime
+    /// saved it before telling the core): entries at or below it may be dropped.
+    Snapshot { slot: Slot },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -40,6 +43,8 @@ pub struct DurableState {
     pub slot_promised: BTreeMap<Slot, Ballot>,
     pub entries: BTreeMap<Slot, (Ballot, Value)>,
     pub commit_index: Slot,
+    /// Slots at or below this live only in the state-machine snapshot.
+    pub snapshot_slot: Slot,
 }
 
 impl DurableState {
@@ -59,6 +64,14 @@ impl DurableState {
                 }
             },
             PersistOp::Commit(slot) => self.commit_index = self.commit_index.max(*slot),
+            PersistOp::Snapshot { slot } => {
+                if *slot > self.snapshot_slot {
+                    self.snapshot_slot = *slot;
+                    self.commit_index = self.commit_index.max(*slot);
+                    self.entries = self.entries.split_off(&(*slot + 1));
+                    self.slot_promised = self.slot_promised.split_off(&(*slot + 1));
+                }
+            }
         }
     }
 

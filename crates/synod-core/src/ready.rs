@@ -36,6 +36,9 @@ pub enum Event {
     SteppedDown { ballot: Ballot },
     /// The node now believes `leader` leads (None: no leader known).
     LeaderChanged { leader: Option<NodeId> },
+    /// `peer` asked for entries this node has compacted away: stream it the state-machine
+    /// snapshot (covering up to at least `slot`); it calls `install_snapshot` when done.
+    SnapshotNeeded { peer: NodeId, slot: Slot },
 }
 
 /// Outputs of the inputs since the last `take_ready`.

@@ -14,6 +14,7 @@ struct Cluster {
     delivered: BTreeMap<NodeId, Vec<Committed>>,
     events: BTreeMap<NodeId, Vec<Event>>,
     sent: Vec<Envelope>,
+    snapshots_sent: Vec<(NodeId, NodeId, Slot)>,
 }
 
 fn config(id: NodeId, n: u64, mode: Mode) -> Config {
@@ -43,6 +44,7 @@ impl Cluster {
             delivered: BTreeMap::new(),
             events: BTreeMap::new(),
             sent: Vec::new(),
+            snapshots_sent: Vec::new(),
         }
     }
 
@@ -69,6 +71,15 @@ impl Cluster {
                     .entry(id)
                     .or_default()
                     .extend(ready.committed);
+                for event in &ready.events {
+                    // The runtime's part: stream the snapshot, the peer installs it.
+                    if let Event::SnapshotNeeded { peer, slot } = event {
+                        if !self.cut.contains(&(id, *peer)) {
+                            self.snapshots_sent.push((id, *peer, *slot));
+                            self.nodes.get_mut(peer).unwrap().install_snapshot(*slot);
+                        }
+                    }
+                }
                 self.events.entry(id).or_default().extend(ready.events);
                 for envelope in ready.messages {
                     if envelope.from != envelope.to {
@@ -500,4 +511,122 @@ fn bad_input_is_refused_and_changes_nothing() {
     ));
     assert_eq!(node, before);
     assert!(Node::new(Config::new(4, vec![1, 2, 3])).is_err());
+}
+
+#[test]
+fn propose_at_follows_the_seed_task() {
+    // The seeds' multi_paxos_propose on a single node: slot 1 needs Phase 1, slot 2 not.
+    let mut cluster = Cluster::new(1, Mode::MultiPaxos);
+    let first = cluster.node(1).propose_at(1, cmd("cmd1")).unwrap();
+    cluster.elect();
+    cluster.settle();
+    let second = cluster.node(1).propose_at(2, cmd("cmd2")).unwrap();
+    cluster.settle();
+    // Far ahead: the gap is filled with no-ops. Taken: the next free slot instead.
+    let far = cluster.node(1).propose_at(5, cmd("cmd5")).unwrap();
+    cluster.settle();
+    let taken = cluster.node(1).propose_at(2, cmd("again")).unwrap();
+    cluster.settle();
+    let assigned: BTreeMap<ProposalId, (Slot, bool)> = cluster.events[&1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::ProposalAssigned {
+                id,
+                slot,
+                phase1_skipped,
+            } => Some((*id, (*slot, *phase1_skipped))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(assigned[&first], (1, false));
+    assert_eq!(assigned[&second], (2, true));
+    assert_eq!(assigned[&far], (5, true));
+    assert_eq!(assigned[&taken].0, 6);
+    let node = cluster.node(1);
+    assert_eq!(
+        node.slot_value(2),
+        Some((Value::Commands(vec![cmd("cmd2")]), true))
+    );
+    assert_eq!(node.slot_value(3), Some((Value::Noop, true)));
+    assert_eq!(node.slot_value(4), Some((Value::Noop, true)));
+    assert_eq!(
+        node.propose_at(1_000, cmd("x")),
+        Err(ProposeError::SlotTooFar {
+            slot: 1_000,
+            next_slot: 7
+        })
+    );
+}
+
+#[test]
+fn lagging_follower_gets_a_snapshot_when_the_entries_were_compacted() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+    cluster.isolate(lagging);
+    for i in 0..50 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    cluster.tick(3);
+    cluster.node(leader).compact(40);
+    cluster.node(other).compact(40);
+    cluster.settle();
+    assert_eq!(cluster.node(leader).first_log_slot(), 41);
+    assert!(
+        cluster.durable[&leader]
+            .entries
+            .keys()
+            .all(|slot| *slot > 40),
+        "storage dropped the prefix"
+    );
+    cluster.heal();
+    cluster.tick(20);
+    assert!(cluster
+        .snapshots_sent
+        .iter()
+        .any(|(_, to, slot)| *to == lagging && *slot == 40));
+    let status = cluster.node(lagging).status();
+    assert_eq!(status.commit_index, 50);
+    let delivered: Vec<Slot> = cluster.delivered[&lagging].iter().map(|c| c.slot).collect();
+    assert_eq!(
+        delivered,
+        (41..=50).collect::<Vec<_>>(),
+        "the log resumes after the snapshot"
+    );
+}
+
+#[test]
+fn new_leader_never_fills_noops_over_slots_compacted_elsewhere() {
+    // Nodes 1 and 2 hold slots 1..=10 only in a snapshot; node 3 knows nothing.
+    let mut compacted = DurableState::default();
+    compacted.apply(&PersistOp::Promise(Ballot::new(1, 1)));
+    compacted.apply(&PersistOp::Snapshot { slot: 10 });
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    for id in [1, 2] {
+        cluster.nodes.insert(
+            id,
+            Node::recover(config(id, 3, Mode::MultiPaxos), compacted.clone()).unwrap(),
+        );
+    }
+    cluster.node(3).start_phase1();
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(3));
+    let noops_below_10 = cluster
+        .sent
+        .iter()
+        .any(|e| matches!(&e.message, Message::Accept { first_slot, .. } if *first_slot <= 10));
+    assert!(!noops_below_10, "chosen slots were overwritten with no-ops");
+    assert!(cluster
+        .snapshots_sent
+        .iter()
+        .any(|(_, to, slot)| *to == 3 && *slot == 10));
+    assert_eq!(cluster.node(3).status().commit_index, 10);
+    cluster.node(3).propose(cmd("next")).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.node(3).slot_value(11),
+        Some((Value::Commands(vec![cmd("next")]), true))
+    );
 }
