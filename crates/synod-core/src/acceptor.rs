@@ -9,14 +9,32 @@ use crate::ballot::{Ballot, NodeId, Slot, Tick};
 use crate::message::{Entry, Message, Value};
 use crate::node::{Node, RoleState};
 
+/// The lease holder a restarted acceptor pretends to have: it may have granted a lease
+/// before the crash and must not promise anyone until that lease would have expired.
+pub(crate) const RESTART_QUIET: NodeId = 0;
+
 impl Node {
     /// True while this node heard a live leader other than `candidate` recently enough
     /// that it must not promise anyone else (the leader lease).
     fn lease_blocks(&self, candidate: NodeId) -> bool {
+        if candidate != self.config.id && matches!(self.role, RoleState::Leader(_)) {
+            // A live leader does not vote its own lease away.
+            return true;
+        }
         match self.lease {
             Some((leader, expiry)) => leader != candidate && self.now < expiry,
             None => false,
         }
+    }
+
+    /// Who the lease (or our own leadership) protects, for a `Preempted` hint.
+    fn lease_holder(&self) -> Option<NodeId> {
+        if matches!(self.role, RoleState::Leader(_)) {
+            return Some(self.config.id);
+        }
+        self.lease
+            .map(|(leader, _)| leader)
+            .filter(|leader| *leader != RESTART_QUIET)
     }
 
     /// Phase 1b.
@@ -24,7 +42,7 @@ impl Node {
         self.highest_seen = self.highest_seen.max(ballot);
         if ballot < self.promised || (ballot > self.promised && self.lease_blocks(from)) {
             let leader = if self.lease_blocks(from) {
-                self.lease.map(|(leader, _)| leader)
+                self.lease_holder()
             } else {
                 self.leader
             };

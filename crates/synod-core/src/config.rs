@@ -38,6 +38,9 @@ pub struct Config {
     /// An acceptor that heard the leader within this many ticks refuses to promise a
     /// higher ballot to anyone else. Must not exceed `election_timeout_ticks`.
     pub lease_ticks: u64,
+    /// How far two nodes' tick rates may differ, in percent. The leader's read lease is
+    /// `lease_ticks` shortened by this margin (see `read_lease_ticks`).
+    pub max_clock_drift_percent: u64,
     pub backoff: Backoff,
     /// Most commands in one slot (1 = no batching).
     pub max_batch_commands: usize,
@@ -62,6 +65,7 @@ impl Config {
             heartbeat_interval_ticks: 2,
             retransmit_ticks: 4,
             lease_ticks: 10,
+            max_clock_drift_percent: 10,
             backoff: Backoff::Randomized,
             max_batch_commands: 64,
             max_inflight_slots: 64,
@@ -69,6 +73,14 @@ impl Config {
             max_catchup_entries: 256,
             seed: id,
         }
+    }
+
+    /// How long after a quorum acknowledged it the leader may answer reads alone:
+    /// `lease_ticks · (1 − ρ)/(1 + ρ)` for a drift ρ, rounded down, minus one tick for the
+    /// tick boundaries.
+    pub fn read_lease_ticks(&self) -> u64 {
+        let drift = self.max_clock_drift_percent.min(99);
+        (self.lease_ticks * (100 - drift) / (100 + drift)).saturating_sub(1)
     }
 
     pub fn quorum(&self) -> usize {
@@ -96,6 +108,9 @@ impl Config {
         }
         if self.heartbeat_interval_ticks >= self.election_timeout_ticks {
             return Err("the heartbeat interval must be shorter than the election timeout".into());
+        }
+        if self.max_clock_drift_percent >= 100 {
+            return Err("max_clock_drift_percent must be below 100".into());
         }
         if self.lease_ticks > self.election_timeout_ticks {
             return Err("lease_ticks must not exceed election_timeout_ticks".into());

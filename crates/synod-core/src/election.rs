@@ -29,6 +29,7 @@ impl Node {
     /// Multi-Paxos clock work: election timeout for followers and candidates, heartbeats,
     /// retransmissions and the quorum check for the leader.
     pub(crate) fn tick_multi(&mut self) {
+        self.expire_forwarded_reads();
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
             return;
@@ -224,10 +225,15 @@ impl Node {
             return;
         }
         let _ = from;
+        let was_leader = matches!(self.role, RoleState::Leader(_));
         self.step_down(mine);
         if let Some(leader) = leader_hint.filter(|leader| *leader != self.config.id) {
             // Someone holds a lease for a live leader: follow it instead of competing.
             self.set_leader(Some(leader));
+        } else if was_leader && self.config.mode == Mode::MultiPaxos {
+            // A leader preempted by a node that came back with a higher ballot: the
+            // followers still hold leases for us, so only we can win quickly.
+            self.start_phase1();
         }
     }
 
@@ -236,9 +242,9 @@ impl Node {
     /// candidate retries at once (the dueling-proposers livelock).
     pub(crate) fn step_down(&mut self, ballot: Ballot) {
         let was_candidate = matches!(self.role, RoleState::Candidate(_));
-        if let RoleState::Leader(leader) = &self.role {
-            let dropped = leader.inflight_len();
-            let _ = dropped;
+        if let RoleState::Leader(leader) = &mut self.role {
+            let reads = std::mem::take(&mut leader.reads);
+            self.fail_reads(reads);
         }
         self.role = RoleState::Follower;
         if self.leader == Some(self.config.id) {

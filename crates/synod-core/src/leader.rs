@@ -39,6 +39,11 @@ pub(crate) struct Leader {
     /// The seeds' rule: the first batch of a leadership is the one Phase 1 ran for;
     /// every later one skips it.
     pub first_batch_done: bool,
+    /// The tick Phase 1 completed; lease acknowledgements count from here.
+    pub elected_at: Tick,
+    /// The last slot re-proposed at election: reads wait until it is chosen.
+    pub established_slot: Slot,
+    pub reads: Vec<crate::read::PendingRead>,
 }
 
 impl Leader {
@@ -65,6 +70,9 @@ impl Leader {
                 })
                 .collect(),
             first_batch_done: false,
+            elected_at: now,
+            established_slot: next_slot - 1,
+            reads: Vec::new(),
         }
     }
 
@@ -264,6 +272,7 @@ impl Node {
             self.persist_change(change);
         }
         self.log.advance_commit();
+        self.serve_reads();
     }
 
     pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, echo: Tick) {
@@ -276,6 +285,7 @@ impl Node {
                 }
             }
         }
+        self.serve_reads();
     }
 
     /// The leader learned chosen slots some other way (catch-up): stop proposing them.
@@ -359,6 +369,7 @@ impl Node {
         }
         let _ = (me, heartbeat);
         self.heartbeat_silent_peers(false);
+        self.serve_reads();
     }
 
     /// Heartbeats to every peer we sent nothing for a heartbeat interval (or to all).

@@ -24,6 +24,7 @@ pub mod message;
 mod node;
 mod per_slot;
 pub mod persist;
+mod read;
 pub mod ready;
 mod rng;
 
@@ -32,6 +33,7 @@ pub use config::{Backoff, Config, Mode};
 pub use message::{Decided, Entry, Envelope, Message, Value};
 pub use node::{Node, ProposeError, Role, Status, StepError};
 pub use persist::{DurableState, PersistId, PersistOp, PersistRequest};
+pub use read::ReadId;
 pub use ready::{Committed, Event, ProposalId, Ready};
 
 #[cfg(test)]

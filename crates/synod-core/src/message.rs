@@ -93,6 +93,13 @@ pub enum Message {
     },
     /// A follower hands client commands to the leader.
     Forward { commands: Vec<Bytes> },
+    /// A follower asks the leader for a read index (linearizable read, no log write).
+    ReadIndex { request: u64 },
+    /// The leader's commit index at a moment it was sure it led (None: it could not).
+    ReadIndexReply {
+        request: u64,
+        read_index: Option<Slot>,
+    },
 
     // ---- Learning (both modes) ----
     /// "Send me chosen entries from `from_slot` on."
@@ -148,6 +155,8 @@ impl Message {
             Message::Heartbeat { .. } => "heartbeat",
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::Forward { .. } => "forward",
+            Message::ReadIndex { .. } => "read_index",
+            Message::ReadIndexReply { .. } => "read_index_reply",
             Message::CatchUp { .. } => "catch_up",
             Message::Chosen { .. } => "chosen",
             Message::SlotPrepare { .. } => "slot_prepare",

@@ -150,6 +150,8 @@ pub struct Node {
     pub(crate) next_persist_id: PersistId,
     pub(crate) durable_persist_id: PersistId,
     pub(crate) phase1_runs: u64,
+    /// Reads forwarded to the leader: request → when.
+    pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
     /// Values at the end of the previous input, for the monotonicity invariants.
     invariant_promised: Ballot,
     invariant_commit_index: Slot,
@@ -164,6 +166,7 @@ impl Node {
     /// A node restarted from what it had made durable before a crash.
     pub fn recover(config: Config, state: DurableState) -> Result<Node, String> {
         config.validate()?;
+        let restarted = state != DurableState::default();
         let mut rng = Rng::new(config.seed);
         let election_deadline = initial_election_deadline(&config, &mut rng);
         let log = Log::recover(&state.entries, state.commit_index, state.snapshot_slot);
@@ -191,11 +194,16 @@ impl Node {
             next_persist_id: 1,
             durable_persist_id: 0,
             phase1_runs: 0,
+            forwarded_reads: Default::default(),
             invariant_promised: state.promised,
             invariant_commit_index: 0,
             config,
         };
         let mut node = node;
+        if restarted {
+            // We may have acknowledged a leader just before crashing: honour that lease.
+            node.lease = Some((crate::acceptor::RESTART_QUIET, node.config.lease_ticks));
+        }
         node.invariant_commit_index = node.log.commit_index();
         node.check_invariants();
         Ok(node)
@@ -271,6 +279,11 @@ impl Node {
                 commit_index: _,
             } => self.on_heartbeat_ack(from, ballot, echo),
             Message::Forward { commands } => self.on_forward(commands),
+            Message::ReadIndex { request } => self.on_read_index(from, request),
+            Message::ReadIndexReply {
+                request,
+                read_index,
+            } => self.on_read_index_reply(request, read_index),
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
             Message::Chosen {
                 entries,
@@ -610,6 +623,10 @@ impl Node {
                 .retain(|op| !matches!(op, PersistOp::Commit(_)));
             self.persist(PersistOp::Commit(commit));
         }
+    }
+
+    pub(crate) fn check_invariants_pub(&mut self) {
+        self.check_invariants();
     }
 
     /// The invariants of the paper, checked after every input (TigerBeetle style).

@@ -39,6 +39,11 @@ pub enum Event {
     /// `peer` asked for entries this node has compacted away: stream it the state-machine
     /// snapshot (covering up to at least `slot`); it calls `install_snapshot` when done.
     SnapshotNeeded { peer: NodeId, slot: Slot },
+    /// The read `request` is linearizable once the state machine has applied
+    /// `read_index`.
+    ReadReady { request: u64, read_index: Slot },
+    /// No leader could confirm the read; try again.
+    ReadFailed { request: u64 },
 }
 
 /// Outputs of the inputs since the last `take_ready`.

@@ -313,6 +313,9 @@ fn new_leader_adopts_highest_ballot_value_and_fills_holes_with_noops() {
         2,
         Node::recover(config(2, 3, Mode::MultiPaxos), state2).unwrap(),
     );
+    // Their restart quiet period (a lease they may have granted) has passed.
+    cluster.node(1).lease = None;
+    cluster.node(2).lease = None;
     // Node 3 campaigns; it can only win with a quorum that includes node 1 or node 2.
     cluster.node(3).start_phase1();
     cluster.settle();
@@ -609,6 +612,7 @@ fn new_leader_never_fills_noops_over_slots_compacted_elsewhere() {
             id,
             Node::recover(config(id, 3, Mode::MultiPaxos), compacted.clone()).unwrap(),
         );
+        cluster.node(id).lease = None; // the restart quiet period has passed
     }
     cluster.node(3).start_phase1();
     cluster.settle();
@@ -628,5 +632,134 @@ fn new_leader_never_fills_noops_over_slots_compacted_elsewhere() {
     assert_eq!(
         cluster.node(3).slot_value(11),
         Some((Value::Commands(vec![cmd("next")]), true))
+    );
+}
+
+fn reads(cluster: &Cluster, id: NodeId) -> Vec<Event> {
+    cluster.events[&id]
+        .iter()
+        .filter(|e| matches!(e, Event::ReadReady { .. } | Event::ReadFailed { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn leader_with_a_lease_answers_reads_without_a_round_trip() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.node(leader).propose(cmd("x")).unwrap();
+    cluster.settle();
+    let sent_before = cluster.sent.len();
+    cluster.node(leader).read_index(7);
+    cluster.settle();
+    assert_eq!(
+        cluster.sent.len(),
+        sent_before,
+        "a lease read sends nothing"
+    );
+    assert_eq!(
+        reads(&cluster, leader),
+        vec![Event::ReadReady {
+            request: 7,
+            read_index: 1
+        }]
+    );
+}
+
+#[test]
+fn leader_without_a_lease_confirms_with_one_quorum_round() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    // Let the lease lapse: the leader's clock runs, nobody answers.
+    for _ in 0..cluster.node(leader).config().read_lease_ticks() + 1 {
+        cluster.node(leader).tick();
+        let _ = cluster.node(leader).take_ready();
+    }
+    let heartbeats_before = cluster.count_sent("heartbeat");
+    cluster.node(leader).read_index(9);
+    cluster.settle();
+    assert!(
+        cluster.count_sent("heartbeat") > heartbeats_before,
+        "read-index round"
+    );
+    assert!(matches!(
+        reads(&cluster, leader)[..],
+        [Event::ReadReady { request: 9, .. }]
+    ));
+}
+
+#[test]
+fn read_at_a_follower_goes_through_the_leader() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    for i in 0..3 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(follower).read_index(1);
+    cluster.settle();
+    assert_eq!(
+        reads(&cluster, follower),
+        vec![Event::ReadReady {
+            request: 1,
+            read_index: 3
+        }]
+    );
+}
+
+#[test]
+fn isolated_leader_cannot_confirm_a_read() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.isolate(leader);
+    for _ in 0..cluster.node(leader).config().read_lease_ticks() + 1 {
+        cluster.node(leader).tick();
+        cluster.settle();
+    }
+    cluster.node(leader).read_index(5);
+    cluster.settle();
+    assert!(
+        reads(&cluster, leader).is_empty(),
+        "no quorum: no answer yet"
+    );
+    cluster.tick(40);
+    assert_eq!(
+        reads(&cluster, leader),
+        vec![Event::ReadFailed { request: 5 }],
+        "it failed once the leader stepped down"
+    );
+}
+
+#[test]
+fn restarted_acceptor_waits_out_any_lease_it_granted() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let rival = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let durable = cluster.durable[&follower].clone();
+    let mut restarted = Node::recover(config(follower, 3, Mode::MultiPaxos), durable).unwrap();
+    let promised = restarted.status().promised;
+    let prepare = Envelope {
+        from: rival,
+        to: follower,
+        message: Message::Prepare {
+            ballot: Ballot::new(promised.round + 1, rival),
+            from_slot: 1,
+        },
+    };
+    restarted.step(prepare.clone()).unwrap();
+    assert_eq!(
+        restarted.status().promised,
+        promised,
+        "no promise inside the quiet period"
+    );
+    for _ in 0..restarted.config().lease_ticks {
+        restarted.tick();
+    }
+    restarted.step(prepare).unwrap();
+    assert_eq!(
+        restarted.status().promised,
+        Ballot::new(promised.round + 1, rival)
     );
 }
