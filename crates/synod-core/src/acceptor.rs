@@ -209,9 +209,7 @@ impl Node {
     pub(crate) fn on_chosen(&mut self, from: NodeId, entries: Vec<Entry>, commit_index: Slot) {
         self.log.note_chosen_elsewhere(commit_index);
         let before = self.log.commit_index();
-        let mut last = 0;
         for entry in entries {
-            last = last.max(entry.slot);
             let change = self.log.choose(entry.slot, entry.ballot, entry.value);
             self.persist_change(change);
         }
@@ -219,8 +217,10 @@ impl Node {
         if matches!(self.role, RoleState::Leader(_)) {
             self.leader_after_choose();
         }
-        // More to fetch: ask again at once rather than after the retransmit interval.
-        if self.log.commit_index() > before || last > before {
+        // Progress and more to fetch: ask again at once rather than after the retransmit
+        // interval. Without progress (the peer lacks the same gap) wait: re-asking at once
+        // would ping-pong forever between replicas that all miss one slot.
+        if self.log.commit_index() > before {
             self.catch_up_sent = None;
         }
         self.maybe_catch_up(from);

@@ -38,3 +38,5 @@ pub use ready::{Committed, Event, ProposalId, Ready};
 
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
+mod schedules;
