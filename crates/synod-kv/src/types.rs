@@ -1,0 +1,315 @@
+//! The typed requests and responses of the KV store, shaped after etcd's v3 API.
+
+use bytes::Bytes;
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
+
+use crate::codec::{self, NestingGuard};
+
+/// One key as stored: its value and etcd's revision bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Bytes,
+    pub value: Bytes,
+    /// The revision of the put that created the key (since its last deletion).
+    pub create_revision: i64,
+    /// The revision of the last put to the key.
+    pub mod_revision: i64,
+    /// Puts since creation: 1 after the creating put.
+    pub version: i64,
+    /// The lease id attached to the key; 0 means none. Leases never expire here.
+    pub lease: i64,
+}
+
+/// Reads the keys in a range.
+///
+/// `range_end` empty: just `key`. `range_end == b"\0"`: every key `>= key`.
+/// Otherwise the half-open interval `[key, range_end)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    /// At most this many keys are returned when > 0 (`more` tells whether some were cut off).
+    pub limit: i64,
+    /// Only `count` is returned.
+    pub count_only: bool,
+    /// Values are left empty.
+    pub keys_only: bool,
+    /// 0 (or negative, as in etcd) reads the latest revision. Any other revision must equal
+    /// the current one: no history is kept.
+    pub revision: i64,
+}
+
+/// Writes one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Bytes,
+    pub value: Bytes,
+    /// Return the key's previous state.
+    pub prev_kv: bool,
+    pub lease: i64,
+    /// Keep the current value (the key must exist and `value` must be empty).
+    pub ignore_value: bool,
+    /// Keep the current lease (the key must exist and `lease` must be 0).
+    pub ignore_lease: bool,
+}
+
+/// Deletes every key in a range (same range rules as [`RangeRequest`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    /// Return the deleted keys' last states.
+    pub prev_kv: bool,
+}
+
+/// What a [`Compare`] looks at, with the operand to compare against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(i64),
+    CreateRevision(i64),
+    ModRevision(i64),
+    Value(Bytes),
+    Lease(i64),
+}
+
+/// How the key's field must relate to the operand: `Greater` means `field > operand`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// One guard of a transaction. With a non-empty `range_end` every key in the range must
+/// satisfy it. On a missing key the revision fields and the lease compare as 0; a `Value`
+/// compare fails except `NotEqual`, which holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    pub target: CompareTarget,
+    pub result: CompareResult,
+}
+
+/// If every compare holds run `success`, else `failure`; all writes share one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+/// One operation of the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+impl Op {
+    /// True when the operation can never write (a range, or a txn whose branches only read).
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Op::Range(_) => true,
+            Op::Put(_) | Op::DeleteRange(_) => false,
+            Op::Txn(txn) => txn.success.iter().chain(&txn.failure).all(Op::is_read_only),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// The matching keys in key order (none with `count_only`).
+    pub kvs: Vec<KeyValue>,
+    /// `limit` cut off some matching keys.
+    pub more: bool,
+    /// How many keys match, regardless of `limit`.
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The key's state before the put, when asked for and the key existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResponse {
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TxnResponse {
+    /// Whether the compares held (and so `success` ran).
+    pub succeeded: bool,
+    /// One response per op of the branch that ran, in order.
+    pub responses: Vec<OpResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResponse {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+/// Why a command failed. A failed command changes nothing (except that the session records it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvError {
+    /// The bytes are not a command/response of this format version.
+    Malformed(String),
+    /// The client already moved past `seq`: its reply was `last`'s and is no longer kept.
+    StaleSequence { client: u64, seq: u64, last: u64 },
+    /// A transaction branch writes the same key twice (or puts a key it also deletes).
+    DuplicateKeyInTxn(Bytes),
+    /// A read at an older revision: history is not kept.
+    RevisionCompacted { requested: i64, current: i64 },
+    /// A read at a revision the store has not reached.
+    FutureRevision { requested: i64, current: i64 },
+    /// A request with an empty key.
+    EmptyKey,
+    /// `ignore_value` or `ignore_lease` on a key that does not exist.
+    KeyNotFound(Bytes),
+    /// `ignore_value` together with a non-empty value.
+    ValueProvided,
+    /// `ignore_lease` together with a non-zero lease.
+    LeaseProvided,
+    /// A transaction branch with more than [`crate::MAX_TXN_OPS`] operations.
+    TooManyOps { count: usize, max: usize },
+    /// Transactions nested deeper than [`crate::MAX_TXN_DEPTH`].
+    TxnTooDeep { max: usize },
+    /// A command for a slot before the last applied one (the log must be applied in order).
+    SlotRegression { slot: u64, applied: u64 },
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Malformed(message) => write!(f, "malformed input: {message}"),
+            KvError::StaleSequence { client, seq, last } => write!(
+                f,
+                "client {client}: sequence {seq} is older than the last applied sequence {last}"
+            ),
+            KvError::DuplicateKeyInTxn(key) => {
+                write!(f, "duplicate key given in txn request: {key:?}")
+            }
+            KvError::RevisionCompacted { requested, current } => write!(
+                f,
+                "required revision {requested} has been compacted (only revision {current} is kept)"
+            ),
+            KvError::FutureRevision { requested, current } => write!(
+                f,
+                "required revision {requested} is a future revision (current is {current})"
+            ),
+            KvError::EmptyKey => write!(f, "key is not provided"),
+            KvError::KeyNotFound(key) => write!(f, "key not found: {key:?}"),
+            KvError::ValueProvided => write!(f, "value is provided together with ignore_value"),
+            KvError::LeaseProvided => write!(f, "lease is provided together with ignore_lease"),
+            KvError::TooManyOps { count, max } => {
+                write!(f, "too many operations in txn request: {count} > {max}")
+            }
+            KvError::TxnTooDeep { max } => write!(f, "transactions nested deeper than {max}"),
+            KvError::SlotRegression { slot, applied } => write!(
+                f,
+                "command for slot {slot} arrived after slot {applied} was applied"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KvError {}
+
+/// The outcome of one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The store's revision after the command (unchanged by reads and failures).
+    pub revision: i64,
+    pub result: Result<OpResponse, KvError>,
+}
+
+/// A client command: `(client, seq)` deduplicates retries; client 0 means "no session".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub client: u64,
+    pub seq: u64,
+    pub op: Op,
+}
+
+impl Command {
+    /// A command outside any session: never deduplicated.
+    pub fn unsessioned(op: Op) -> Command {
+        Command {
+            client: 0,
+            seq: 0,
+            op,
+        }
+    }
+
+    /// The format-version byte followed by bincode.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(codec::encode(self))
+    }
+
+    /// Decodes bytes from [`Command::encode`]; any other input is `KvError::Malformed`.
+    pub fn decode(bytes: &[u8]) -> Result<Command, KvError> {
+        codec::decode(bytes).map_err(|error| KvError::Malformed(format!("command: {error}")))
+    }
+}
+
+impl Response {
+    /// The format-version byte followed by bincode.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(codec::encode(self))
+    }
+
+    /// Decodes bytes from [`Response::encode`]; any other input is `KvError::Malformed`.
+    pub fn decode(bytes: &[u8]) -> Result<Response, KvError> {
+        codec::decode(bytes).map_err(|error| KvError::Malformed(format!("response: {error}")))
+    }
+}
+
+// Transactions nest, so their decoding counts the depth (see `codec::NestingGuard`); the
+// mirrors below carry the derived field decoding and keep the field layout identical.
+
+#[derive(Deserialize)]
+#[serde(rename = "TxnRequest")]
+struct TxnRequestFields {
+    compare: Vec<Compare>,
+    success: Vec<Op>,
+    failure: Vec<Op>,
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let _level = NestingGuard::enter().map_err(D::Error::custom)?;
+        let fields = TxnRequestFields::deserialize(deserializer)?;
+        Ok(TxnRequest {
+            compare: fields.compare,
+            success: fields.success,
+            failure: fields.failure,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "TxnResponse")]
+struct TxnResponseFields {
+    succeeded: bool,
+    responses: Vec<OpResponse>,
+}
+
+impl<'de> Deserialize<'de> for TxnResponse {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let _level = NestingGuard::enter().map_err(D::Error::custom)?;
+        let fields = TxnResponseFields::deserialize(deserializer)?;
+        Ok(TxnResponse {
+            succeeded: fields.succeeded,
+            responses: fields.responses,
+        })
+    }
+}
