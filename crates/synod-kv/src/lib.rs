@@ -4,10 +4,14 @@
 
 mod broadcast;
 mod codec;
+mod sessions;
+mod store;
 mod types;
 
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
+pub use sessions::DEFAULT_MAX_SESSIONS;
+pub use store::{KvStore, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
