@@ -648,3 +648,7 @@ impl StateMachine for KvStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
