@@ -1,0 +1,19 @@
+//! # synod-maelstrom: Synod as a Maelstrom node, and a local Maelstrom-like harness
+//!
+//! The `synod-maelstrom` binary speaks the Maelstrom protocol: newline-delimited JSON
+//! envelopes `{"src", "dest", "body"}` on stdin and stdout, logs on stderr. It serves
+//! the seed task's `multi_paxos_propose` / `multi_paxos_log` and Maelstrom's `lin-kv`
+//! workload (read, write, cas) on top of `synod_core`'s Multi-Paxos. Output lines are
+//! rendered exactly as Python's `json.dumps` would render them.
+//!
+//! * [`server`]: the node without I/O (lines in, ticks in, lines out).
+//! * [`json`]: order-keeping JSON values with Python-style rendering.
+//! * [`kv`]: log commands and the lin-kv state machine.
+//! * [`errors`]: Maelstrom's error codes.
+
+pub mod errors;
+pub mod json;
+pub mod kv;
+pub mod server;
+
+pub use server::{Server, ServerOptions};
