@@ -1,6 +1,92 @@
 //! Replicated state machines for Synod.
 //!
-//! placeholder docs (expanded below once the store lands)
+//! The log decides an order of commands; a [`StateMachine`] turns that order into state. Every
+//! replica feeds the same commands in the same slot order to its own copy, so every copy must
+//! be deterministic: no clocks, no randomness, no iteration over hash maps. Two machines live
+//! here:
+//!
+//! * [`Broadcast`], total-order broadcast: it records each message with its slot.
+//! * [`KvStore`], a key-value store with etcd v3's API and revision rules, over the latest
+//!   state only (no MVCC history).
+//!
+//! # Revisions
+//!
+//! The store has one revision counter. An empty store is at revision 1 ([`INITIAL_REVISION`]).
+//! A command that writes moves it up by exactly one, and every key it writes gets that
+//! revision:
+//!
+//! * each `Put`;
+//! * each `DeleteRange` that deletes at least one key (deleting nothing is not a write);
+//! * each `Txn` that performs at least one write; all its writes, nested txns included, share
+//!   one revision.
+//!
+//! Reads, failed commands and deduplicated retries leave it alone. Per key:
+//! `create_revision` is the revision of the put that created it (a key deleted and put again
+//! starts over, with `version` back at 1), `mod_revision` that of its last put, and `version`
+//! counts puts since creation. [`Response::revision`] is the store's revision after the
+//! command, like etcd's response header. A range at a `revision` other than 0 (latest) and the
+//! current one fails: [`KvError::RevisionCompacted`] or [`KvError::FutureRevision`].
+//!
+//! # Transactions
+//!
+//! A txn evaluates all compares against the current state, then runs `success` (all hold) or
+//! `failure` in order; later ops see earlier writes. On a missing key the revision fields,
+//! `version` and `lease` compare as 0, a `Value` compare fails, except `NotEqual`, which
+//! holds. (Here this crate differs from etcd. etcd fails every `Value` compare on a missing
+//! key.) As in etcd, a branch that writes a key twice, or puts a key it also deletes, is
+//! refused before running ([`KvError::DuplicateKeyInTxn`]). Branches are bounded by
+//! [`MAX_TXN_OPS`] ops and nesting by [`MAX_TXN_DEPTH`]. A command that fails part-way is rolled
+//! back: a failed command never changes the keys.
+//!
+//! # Exactly-once commands
+//!
+//! A client that times out resends its command, so the log may carry it twice. A
+//! [`Command`] carries `(client, seq)`. For every client the store keeps the last `seq` it
+//! applied and that command's [`Response`]:
+//!
+//! * `seq == last`: a retry; the kept response is returned and nothing is applied;
+//! * `seq < last`: [`KvError::StaleSequence`];
+//! * otherwise (or a client without a session) the command applies and its response is kept.
+//!
+//! Client 0 has no session and is never deduplicated. At most `max_sessions` sessions are kept
+//! ([`DEFAULT_MAX_SESSIONS`] by default). A new client evicts the one whose last command was
+//! applied at the lowest slot, ties broken by lower client id, which depends only on the log.
+//! An evicted client's late retry would apply again, so the bound should exceed the number of
+//! clients active at once. Sessions are part of the snapshot.
+//!
+//! # Encoding
+//!
+//! Commands, responses and snapshots are one [`FORMAT_VERSION`] byte followed by bincode
+//! (varint integers). Decoding never trusts a length beyond the input. Unknown versions,
+//! truncated or trailing bytes and over-deep nesting are errors ([`KvError::Malformed`],
+//! [`SnapshotError`]); [`StateMachine::apply`] answers them with an encoded error response.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use synod_kv::{Command, KvStore, Op, OpResponse, PutRequest, RangeRequest, Response, StateMachine};
+//!
+//! let mut store = KvStore::new();
+//! let put = Command {
+//!     client: 7,
+//!     seq: 1,
+//!     op: Op::Put(PutRequest {
+//!         key: Bytes::from_static(b"greeting"),
+//!         value: Bytes::from_static(b"hello"),
+//!         ..PutRequest::default()
+//!     }),
+//! };
+//! // The command was chosen twice (a client retry): it applies once.
+//! let first = Response::decode(&store.apply(1, &put.encode())).unwrap();
+//! let retry = Response::decode(&store.apply(2, &put.encode())).unwrap();
+//! assert_eq!((first.revision, retry.revision), (2, 2));
+//!
+//! let read = store.read(&RangeRequest {
+//!     key: Bytes::from_static(b"greeting"),
+//!     ..RangeRequest::default()
+//! });
+//! let Ok(OpResponse::Range(range)) = read.result else { panic!("{read:?}") };
+//! assert_eq!((range.kvs[0].version, range.kvs[0].create_revision), (1, 2));
+//! ```
 
 mod broadcast;
 mod codec;
@@ -74,3 +160,6 @@ impl From<codec::DecodeError> for SnapshotError {
         }
     }
 }
+
+#[cfg(test)]
+mod model_tests;
