@@ -787,6 +787,18 @@ fn a_full_session_table_evicts_the_longest_idle_client_lowest_id_first() {
 }
 
 #[test]
+fn a_store_with_no_session_room_applies_every_copy() {
+    let mut store = KvStore::with_max_sessions(0);
+    let command = sessioned(5, 1, put("a", "x"));
+    store.execute(1, &command);
+    store.execute(2, &command);
+    assert_eq!(
+        (store.session_count(), store.get(b"a").unwrap().version),
+        (0, 2)
+    );
+}
+
+#[test]
 fn failed_commands_are_remembered_too() {
     let mut store = KvStore::new();
     let bad = sessioned(1, 1, put("", "x"));
