@@ -1,0 +1,113 @@
+//! Storage errors. Every error names the file it concerns (and, for corruption, the byte
+//! offset), so an operator can find the damage without reading code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum StorageError {
+    /// A system call on `path` failed.
+    Io { path: PathBuf, source: io::Error },
+    /// Bytes at `offset` of `file` cannot be verified. The node must not serve them.
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// An earlier write or fdatasync failed: what reached the disk is unknown, so the log
+    /// refuses further writes until it is reopened (and re-verified).
+    Poisoned { path: PathBuf },
+    /// A request cannot be stored (for example it encodes larger than a record may be).
+    Invalid { reason: String },
+    /// No snapshot with this slot exists.
+    SnapshotMissing { dir: PathBuf, slot: u64 },
+    /// The group-commit thread is gone.
+    Closed,
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> StorageError {
+        StorageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> StorageError {
+        StorageError::Corrupt {
+            file: file.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// A copy of this error, for handing one failure to every request of a batch
+    /// (`io::Error` is not `Clone`; the copy keeps its kind and message).
+    pub fn duplicate(&self) -> StorageError {
+        match self {
+            StorageError::Io { path, source } => StorageError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => StorageError::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            StorageError::Poisoned { path } => StorageError::Poisoned { path: path.clone() },
+            StorageError::Invalid { reason } => StorageError::Invalid {
+                reason: reason.clone(),
+            },
+            StorageError::SnapshotMissing { dir, slot } => StorageError::SnapshotMissing {
+                dir: dir.clone(),
+                slot: *slot,
+            },
+            StorageError::Closed => StorageError::Closed,
+        }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, source } => write!(f, "I/O error on {}: {source}", path.display()),
+            StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "corrupt data in {} at offset {offset}: {reason}",
+                file.display()
+            ),
+            StorageError::Poisoned { path } => write!(
+                f,
+                "write-ahead log in {} refused a write: an earlier write or fdatasync failed; reopen it",
+                path.display()
+            ),
+            StorageError::Invalid { reason } => write!(f, "invalid request: {reason}"),
+            StorageError::SnapshotMissing { dir, slot } => {
+                write!(f, "no snapshot of slot {slot} in {}", dir.display())
+            }
+            StorageError::Closed => write!(f, "the group-commit thread has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

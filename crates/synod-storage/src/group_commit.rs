@@ -1,0 +1,256 @@
+//! Group commit: one thread owns the `Wal`; callers submit persist requests and get a
+//! completion once the request is durable. Every request that is pending when the thread
+//! wakes goes into one `append`, so they share one fdatasync. Completions run in
+//! submission order, so "request N is durable" implies every earlier one is too.
+
+use crate::error::StorageError;
+use crate::wal::Wal;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use synod_core::{PersistRequest, Slot};
+
+/// Called on the group-commit thread once the request is durable (or failed). Keep it
+/// short: the next batch waits for it.
+pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct GroupCommitStats {
+    /// Requests completed (successfully or not).
+    pub requests: u64,
+    /// `Wal::append` calls, each ending in one fdatasync when syncing is on.
+    pub syncs: u64,
+    /// The most requests one sync covered.
+    pub largest_batch: u64,
+    pub failed_requests: u64,
+    pub compactions: u64,
+    /// Size of the log on disk after the last batch or compaction.
+    pub disk_bytes: u64,
+}
+
+enum Command {
+    Compact(Slot, mpsc::Sender<Result<(), StorageError>>),
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: Vec<(PersistRequest, Completion)>,
+    commands: VecDeque<Command>,
+    shutting_down: bool,
+    /// The thread has exited: new submissions fail at once.
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Mutex<GroupCommitStats>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic elsewhere must not make the log unusable: the queue stays consistent
+        // because every critical section only moves values in or out.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn stats(&self) -> MutexGuard<'_, GroupCommitStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+pub struct GroupCommit {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<Wal>>,
+}
+
+impl GroupCommit {
+    pub fn start(wal: Wal) -> GroupCommit {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: Mutex::new(GroupCommitStats {
+                disk_bytes: wal.disk_bytes(),
+                ..GroupCommitStats::default()
+            }),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name("synod-group-commit".to_string())
+            .spawn(move || run(wal, &thread_shared))
+            .ok();
+        if thread.is_none() {
+            shared.queue().closed = true;
+        }
+        GroupCommit { shared, thread }
+    }
+
+    /// Queues `request`; `done` runs once it is durable. Completion order is submission
+    /// order.
+    pub fn submit(&self, request: PersistRequest, done: Completion) {
+        let mut queue = self.shared.queue();
+        if queue.closed {
+            drop(queue);
+            done(Err(StorageError::Closed));
+            return;
+        }
+        queue.requests.push((request, done));
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// Submits and blocks until the request is durable.
+    pub fn submit_and_wait(&self, request: PersistRequest) -> Result<(), StorageError> {
+        let (sender, receiver) = mpsc::channel();
+        self.submit(
+            request,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap_or(Err(StorageError::Closed))
+    }
+
+    pub fn stats(&self) -> GroupCommitStats {
+        *self.shared.stats()
+    }
+
+    /// Runs `Wal::compact(through)` on the group-commit thread, after every request
+    /// submitted before this call, and waits for it.
+    pub fn compact(&self, through: Slot) -> Result<(), StorageError> {
+        let (sender, receiver) = mpsc::channel();
+        {
+            let mut queue = self.shared.queue();
+            if queue.closed {
+                return Err(StorageError::Closed);
+            }
+            queue.commands.push_back(Command::Compact(through, sender));
+        }
+        self.shared.wake.notify_one();
+        receiver.recv().unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Completes every pending request, stops the thread and hands the log back.
+    pub fn shutdown(mut self) -> Result<Wal, StorageError> {
+        self.stop().ok_or(StorageError::Closed)
+    }
+
+    fn stop(&mut self) -> Option<Wal> {
+        let thread = self.thread.take()?;
+        self.shared.queue().shutting_down = true;
+        self.shared.wake.notify_one();
+        thread.join().ok()
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Marks the queue closed when the thread exits, however it exits, and fails whatever
+/// is still queued, so no caller waits forever.
+struct CloseOnExit<'a>(&'a Shared);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        let (requests, commands) = {
+            let mut queue = self.0.queue();
+            queue.closed = true;
+            (
+                std::mem::take(&mut queue.requests),
+                std::mem::take(&mut queue.commands),
+            )
+        };
+        for (_, done) in requests {
+            let _ = catch_unwind(AssertUnwindSafe(move || done(Err(StorageError::Closed))));
+        }
+        for command in commands {
+            match command {
+                Command::Compact(_, reply) => {
+                    let _ = reply.send(Err(StorageError::Closed));
+                }
+            }
+        }
+    }
+}
+
+fn run(mut wal: Wal, shared: &Shared) -> Wal {
+    let _close_on_exit = CloseOnExit(shared);
+    let mut batch: Vec<PersistRequest> = Vec::new();
+    loop {
+        let (pending, commands, shutting_down) = {
+            let mut queue = shared.queue();
+            while queue.requests.is_empty() && queue.commands.is_empty() && !queue.shutting_down {
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(|poison| poison.into_inner());
+            }
+            (
+                std::mem::take(&mut queue.requests),
+                std::mem::take(&mut queue.commands),
+                queue.shutting_down,
+            )
+        };
+
+        if !pending.is_empty() {
+            batch.clear();
+            let mut completions = Vec::with_capacity(pending.len());
+            for (request, done) in pending {
+                batch.push(request);
+                completions.push(done);
+            }
+            let result = wal.append(&batch);
+            {
+                let mut stats = shared.stats();
+                stats.requests += completions.len() as u64;
+                stats.syncs += 1;
+                stats.largest_batch = stats.largest_batch.max(completions.len() as u64);
+                if result.is_err() {
+                    stats.failed_requests += completions.len() as u64;
+                }
+                stats.disk_bytes = wal.disk_bytes();
+            }
+            for done in completions {
+                let outcome = match &result {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(error.duplicate()),
+                };
+                // A panicking callback must not take the log down with it.
+                let _ = catch_unwind(AssertUnwindSafe(move || done(outcome)));
+            }
+        }
+
+        for command in commands {
+            match command {
+                Command::Compact(through, reply) => {
+                    let result = wal.compact(through);
+                    {
+                        let mut stats = shared.stats();
+                        stats.compactions += 1;
+                        stats.disk_bytes = wal.disk_bytes();
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+
+        if shutting_down {
+            let mut queue = shared.queue();
+            if queue.requests.is_empty() && queue.commands.is_empty() {
+                queue.closed = true;
+                drop(queue);
+                return wal;
+            }
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The write-ahead log of an acceptor's durable state.
+//!
+//! Every `PersistRequest` of the core becomes one checksummed record, appended to the
+//! newest segment and made durable with one fdatasync per `append` call (group commit:
+//! many requests, one sync). At start-up every record is verified and replayed; a torn
+//! tail of the last segment (a write that was never acknowledged) is cut off, while damage
+//! anywhere else stops the node. Compaction writes a checkpoint of the remaining state at
+//! the start of a fresh segment and deletes the older ones, so disk use stays bounded.
+
+use crate::error::StorageError;
+use crate::record::{
+    decode_payload, decode_segment_header, encode_payload, encode_record, encode_segment_header,
+    find_valid_record, parse_record, RecordKind, MAX_RECORD_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use synod_core::{DurableState, PersistId, PersistOp, PersistRequest, Slot};
+
+/// Whether appends wait for the disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum SyncMode {
+    /// fdatasync after every append (and fsync of the directory after creating or
+    /// deleting a segment). The only mode that is safe for Paxos.
+    Fsync,
+    /// No syncs: for tests and benchmarks only. A machine crash loses acknowledged state.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// A new segment is started once the active one reaches this size.
+    pub segment_bytes: u64,
+    pub sync: SyncMode,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_bytes: 64 << 20,
+            sync: SyncMode::Fsync,
+        }
+    }
+}
+
+/// The payload of a checkpoint record: replay restarts from it.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    state: DurableState,
+    last_persist_id: PersistId,
+}
+
+/// What `Wal::open` cut off the end of the log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TruncatedTail {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub bytes_cut: u64,
+    pub reason: String,
+}
+
+/// What `Wal::open` found and did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct RecoveryReport {
+    /// Segments replayed.
+    pub segments: usize,
+    /// Records replayed (checkpoints included).
+    pub records: u64,
+    /// A torn tail that was cut off, if any.
+    pub truncated: Option<TruncatedTail>,
+    /// Segments older than the newest checkpoint, left behind by an interrupted
+    /// compaction and deleted at open.
+    pub discarded_segments: Vec<PathBuf>,
+}
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    records: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// Oldest first; the last one is the active segment.
+    segments: Vec<Segment>,
+    active: File,
+    next_seq: u64,
+    state: DurableState,
+    last_persist_id: PersistId,
+    poisoned: bool,
+    recovery: RecoveryReport,
+    encode_buffer: Vec<u8>,
+}
+
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.wal")
+}
+
+fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// fsync a directory, so that files created, renamed or deleted in it stay so.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| StorageError::io(dir, error))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut segments = Vec::new();
+    let listing = fs::read_dir(dir).map_err(|error| StorageError::io(dir, error))?;
+    for item in listing {
+        let item = item.map_err(|error| StorageError::io(dir, error))?;
+        if let Some(first_seq) = item.file_name().to_str().and_then(parse_segment_file_name) {
+            segments.push((first_seq, item.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// True when the segment's first record verifies and is a checkpoint. Reads only that
+/// record, so finding the replay start does not read whole segments twice.
+fn starts_with_checkpoint(path: &Path) -> Result<bool, StorageError> {
+    let mut file = File::open(path).map_err(|error| StorageError::io(path, error))?;
+    let mut head = vec![0u8; SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES];
+    if read_up_to(&mut file, &mut head).map_err(|error| StorageError::io(path, error))? < head.len()
+    {
+        return Ok(false);
+    }
+    if decode_segment_header(&head).is_err() {
+        return Ok(false);
+    }
+    let payload_len = u32::from_le_bytes(
+        head[SEGMENT_HEADER_BYTES..SEGMENT_HEADER_BYTES + 4]
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
+    if payload_len > MAX_RECORD_PAYLOAD_BYTES
+        || head[SEGMENT_HEADER_BYTES + 16] != RecordKind::Checkpoint as u8
+    {
+        return Ok(false);
+    }
+    let mut record = head[SEGMENT_HEADER_BYTES..].to_vec();
+    record.resize(RECORD_HEADER_BYTES + payload_len, 0);
+    let read = read_up_to(&mut file, &mut record[RECORD_HEADER_BYTES..])
+        .map_err(|error| StorageError::io(path, error))?;
+    if read < payload_len {
+        return Ok(false);
+    }
+    Ok(parse_record(&record, 0).is_ok())
+}
+
+fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    Ok(filled)
+}
+
+impl Wal {
+    /// Opens or creates the log in `dir`, verifies every record, truncates a torn tail of
+    /// the last segment (reporting what was cut), and returns the recovered state.
+    /// Damage anywhere else is `StorageError::Corrupt` naming the file and offset.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, DurableState), StorageError> {
+        fs::create_dir_all(dir).map_err(|error| StorageError::io(dir, error))?;
+        let mut found = list_segments(dir)?;
+        let mut recovery = RecoveryReport::default();
+        if found.is_empty() {
+            let (file, segment) = create_segment(dir, 1, options.sync)?;
+            let wal = Wal::assemble(
+                dir,
+                options,
+                vec![segment],
+                file,
+                1,
+                DurableState::default(),
+                0,
+                recovery,
+            );
+            return Ok((wal, DurableState::default()));
+        }
+
+        // Replay starts at the newest segment that begins with a checkpoint: anything
+        // older is superseded (a compaction was interrupted before deleting it).
+        let mut start = 0;
+        for index in (0..found.len()).rev() {
+            if starts_with_checkpoint(&found[index].1)? {
+                start = index;
+                break;
+            }
+        }
+        if start > 0 {
+            for (_, path) in found.drain(..start) {
+                fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
+                recovery.discarded_segments.push(path);
+            }
+            if options.sync == SyncMode::Fsync {
+                sync_dir(dir)?;
+            }
+        }
+
+        let mut state = DurableState::default();
+        let mut last_persist_id = 0;
+        let mut segments = Vec::with_capacity(found.len());
+        let mut next_seq: Option<u64> = None;
+        let last_index = found.len() - 1;
+        for (index, (first_seq, path)) in found.into_iter().enumerate() {
+            let is_last = index == last_index;
+            let mut bytes = fs::read(&path).map_err(|error| StorageError::io(&path, error))?;
+            match decode_segment_header(&bytes) {
+                Ok(header_seq) if header_seq == first_seq => {}
+                Ok(header_seq) => return Err(StorageError::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "segment header says first seq {header_seq}, file name says {first_seq}"
+                    ),
+                )),
+                Err(reason) => {
+                    if !is_last || find_valid_record(&bytes, 0).is_some() {
+                        return Err(StorageError::corrupt(&path, 0, reason));
+                    }
+                    // The segment was being created when the process died: nothing in it
+                    // was ever acknowledged. Start it afresh.
+                    let header = encode_segment_header(first_seq);
+                    rewrite_file(&path, &header, options.sync)?;
+                    recovery.truncated = Some(TruncatedTail {
+                        file: path.clone(),
+                        offset: 0,
+                        bytes_cut: bytes.len() as u64,
+                        reason,
+                    });
+                    bytes = header.to_vec();
+                }
+            }
+            match next_seq {
+                Some(expected) if expected != first_seq => {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "segment starts at seq {first_seq} but the previous segment ends before seq {expected}: a segment is missing"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+
+            let mut offset = SEGMENT_HEADER_BYTES;
+            let mut seq = first_seq;
+            while offset < bytes.len() {
+                let record = match parse_record(&bytes, offset) {
+                    Ok(record) => record,
+                    Err(reason) => {
+                        if is_last && find_valid_record(&bytes, offset + 1).is_none() {
+                            // Torn tail: an append that never completed its fdatasync, so
+                            // nothing after `offset` was ever acknowledged.
+                            truncate_file(&path, offset as u64, options.sync)?;
+                            let cut = TruncatedTail {
+                                file: path.clone(),
+                                offset: offset as u64,
+                                bytes_cut: (bytes.len() - offset) as u64,
+                                reason,
+                            };
+                            eprintln!(
+                                "synod-storage: cut a torn tail of {} bytes from {} at offset {}: {}",
+                                cut.bytes_cut,
+                                cut.file.display(),
+                                cut.offset,
+                                cut.reason
+                            );
+                            recovery.truncated = Some(cut);
+                            bytes.truncate(offset);
+                            break;
+                        }
+                        return Err(StorageError::corrupt(&path, offset as u64, reason));
+                    }
+                };
+                if record.seq != seq {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        offset as u64,
+                        format!("record has seq {} where {seq} was expected", record.seq),
+                    ));
+                }
+                match RecordKind::from_byte(record.kind_byte) {
+                    Some(RecordKind::Request) => {
+                        let request: PersistRequest =
+                            decode_payload(record.payload).map_err(|reason| {
+                                StorageError::corrupt(
+                                    &path,
+                                    offset as u64,
+                                    format!("undecodable persist request: {reason}"),
+                                )
+                            })?;
+                        state.apply_all(&request.ops);
+                        last_persist_id = request.id;
+                    }
+                    Some(RecordKind::Checkpoint) => {
+                        let checkpoint: Checkpoint =
+                            decode_payload(record.payload).map_err(|reason| {
+                                StorageError::corrupt(
+                                    &path,
+                                    offset as u64,
+                                    format!("undecodable checkpoint: {reason}"),
+                                )
+                            })?;
+                        state = checkpoint.state;
+                        last_persist_id = checkpoint.last_persist_id;
+                    }
+                    None => {
+                        return Err(StorageError::corrupt(
+                            &path,
+                            offset as u64,
+                            format!("unknown record kind {}", record.kind_byte),
+                        ))
+                    }
+                }
+                // Without a checkpoint the log must begin at its first record.
+                if next_seq.is_none()
+                    && seq == first_seq
+                    && first_seq != 1
+                    && record.kind_byte != RecordKind::Checkpoint as u8
+                {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        offset as u64,
+                        format!("the log begins at seq {first_seq} without a checkpoint: earlier segments are missing"),
+                    ));
+                }
+                offset += record.total_bytes;
+                seq += 1;
+                recovery.records += 1;
+            }
+            next_seq = Some(seq);
+            segments.push(Segment {
+                first_seq,
+                path,
+                bytes: bytes.len() as u64,
+                records: seq - first_seq,
+            });
+        }
+        recovery.segments = segments.len();
+
+        let active_path = &segments.last().expect("at least one segment").path;
+        let active = OpenOptions::new()
+            .append(true)
+            .open(active_path)
+            .map_err(|error| StorageError::io(active_path, error))?;
+        let next_seq = next_seq.expect("at least one segment");
+        let wal = Wal::assemble(
+            dir,
+            options,
+            segments,
+            active,
+            next_seq,
+            state.clone(),
+            last_persist_id,
+            recovery,
+        );
+        Ok((wal, state))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dir: &Path,
+        options: WalOptions,
+        segments: Vec<Segment>,
+        active: File,
+        next_seq: u64,
+        state: DurableState,
+        last_persist_id: PersistId,
+        recovery: RecoveryReport,
+    ) -> Wal {
+        Wal {
+            dir: dir.to_path_buf(),
+            options,
+            segments,
+            active,
+            next_seq,
+            state,
+            last_persist_id,
+            poisoned: false,
+            recovery,
+            encode_buffer: Vec::new(),
+        }
+    }
+
+    /// Appends the ops of several persist requests and makes them durable with one
+    /// fdatasync. On error nothing may be assumed durable and the log refuses further
+    /// writes (an fdatasync that failed once cannot be retried safely).
+    pub fn append(&mut self, requests: &[PersistRequest]) -> Result<(), StorageError> {
+        self.check_writable()?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let active = self.segments.last().expect("an active segment");
+        if active.records > 0 && active.bytes >= self.options.segment_bytes {
+            self.rotate()?;
+        }
+        let mut buffer = std::mem::take(&mut self.encode_buffer);
+        buffer.clear();
+        for (index, request) in requests.iter().enumerate() {
+            let payload = encode_payload(request).map_err(|reason| StorageError::Invalid {
+                reason: format!("persist request {} cannot be encoded: {reason}", request.id),
+            })?;
+            if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
+                return Err(StorageError::Invalid {
+                    reason: format!(
+                        "persist request {} encodes to {} bytes, more than the {MAX_RECORD_PAYLOAD_BYTES} a record may hold",
+                        request.id,
+                        payload.len()
+                    ),
+                });
+            }
+            encode_record(
+                self.next_seq + index as u64,
+                RecordKind::Request,
+                &payload,
+                &mut buffer,
+            );
+        }
+        let result = self.write_and_sync(&buffer);
+        let written = buffer.len() as u64;
+        self.encode_buffer = buffer;
+        result?;
+
+        let active = self.segments.last_mut().expect("an active segment");
+        active.bytes += written;
+        active.records += requests.len() as u64;
+        self.next_seq += requests.len() as u64;
+        for request in requests {
+            self.state.apply_all(&request.ops);
+            self.last_persist_id = request.id;
+        }
+        Ok(())
+    }
+
+    /// After a state-machine snapshot covering slots `..=through` was saved: writes a
+    /// checkpoint of the remaining durable state at the start of a fresh segment, makes
+    /// it durable, then deletes every older segment.
+    pub fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        self.check_writable()?;
+        let mut state = self.state.clone();
+        state.apply(&PersistOp::Snapshot { slot: through });
+        let payload = encode_payload(&Checkpoint {
+            state,
+            last_persist_id: self.last_persist_id,
+        })
+        .map_err(|reason| StorageError::Invalid {
+            reason: format!("checkpoint cannot be encoded: {reason}"),
+        })?;
+        if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
+            return Err(StorageError::Invalid {
+                reason: format!(
+                    "checkpoint encodes to {} bytes, more than a record may hold",
+                    payload.len()
+                ),
+            });
+        }
+        // Replay starts at a segment whose first record is a checkpoint.
+        if self.segments.last().expect("an active segment").records > 0 {
+            self.rotate()?;
+        }
+        let mut buffer = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+        encode_record(self.next_seq, RecordKind::Checkpoint, &payload, &mut buffer);
+        self.write_and_sync(&buffer)?;
+        let active = self.segments.last_mut().expect("an active segment");
+        active.bytes += buffer.len() as u64;
+        active.records += 1;
+        self.next_seq += 1;
+        self.state.apply(&PersistOp::Snapshot { slot: through });
+
+        // The checkpoint is durable: older segments are no longer needed. Deleting them
+        // is not atomic, but open() ignores segments older than the newest checkpoint.
+        let active_index = self.segments.len() - 1;
+        let old: Vec<Segment> = self.segments.drain(..active_index).collect();
+        let mut deleted = 0;
+        let mut failure = None;
+        for segment in &old {
+            match fs::remove_file(&segment.path) {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    failure = Some(StorageError::io(&segment.path, error));
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure {
+            // Keep the segments not yet deleted on the books, so disk use stays honest.
+            let mut kept: Vec<Segment> = old.into_iter().skip(deleted).collect();
+            kept.append(&mut self.segments);
+            self.segments = kept;
+            return Err(error);
+        }
+        if !old.is_empty() && self.options.sync == SyncMode::Fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = &self.segments.last().expect("an active segment").path;
+        let mut result = self.active.write_all(bytes);
+        if result.is_ok() && self.options.sync == SyncMode::Fsync {
+            result = self.active.sync_data();
+        }
+        result.map_err(|error| {
+            self.poisoned = true;
+            StorageError::io(path, error)
+        })
+    }
+
+    /// Starts a new segment named after the next sequence number.
+    fn rotate(&mut self) -> Result<(), StorageError> {
+        match create_segment(&self.dir, self.next_seq, self.options.sync) {
+            Ok((file, segment)) => {
+                self.active = file;
+                self.segments.push(segment);
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// Bytes of every segment file on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.bytes).sum()
+    }
+
+    /// The durable state, mirrored in memory: what a restart would recover.
+    pub fn state(&self) -> &DurableState {
+        &self.state
+    }
+
+    /// The id of the last persist request made durable (0 if none).
+    pub fn last_persist_id(&self) -> PersistId {
+        self.last_persist_id
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments
+            .iter()
+            .map(|segment| segment.path.clone())
+            .collect()
+    }
+
+    /// The first sequence number of each segment, oldest first.
+    pub fn segment_first_seqs(&self) -> Vec<u64> {
+        self.segments
+            .iter()
+            .map(|segment| segment.first_seq)
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &WalOptions {
+        &self.options
+    }
+
+    /// What `open` verified and cut.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+}
+
+fn create_segment(
+    dir: &Path,
+    first_seq: u64,
+    sync: SyncMode,
+) -> Result<(File, Segment), StorageError> {
+    let path = dir.join(segment_file_name(first_seq));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|error| StorageError::io(&path, error))?;
+    file.write_all(&encode_segment_header(first_seq))
+        .map_err(|error| StorageError::io(&path, error))?;
+    if sync == SyncMode::Fsync {
+        file.sync_data()
+            .map_err(|error| StorageError::io(&path, error))?;
+        sync_dir(dir)?;
+    }
+    let segment = Segment {
+        first_seq,
+        path,
+        bytes: SEGMENT_HEADER_BYTES as u64,
+        records: 0,
+    };
+    Ok((file, segment))
+}
+
+fn truncate_file(path: &Path, len: u64, sync: SyncMode) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|error| StorageError::io(path, error))?;
+    file.set_len(len)
+        .map_err(|error| StorageError::io(path, error))?;
+    if sync == SyncMode::Fsync {
+        file.sync_all()
+            .map_err(|error| StorageError::io(path, error))?;
+    }
+    Ok(())
+}
+
+fn rewrite_file(path: &Path, contents: &[u8], sync: SyncMode) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|error| StorageError::io(path, error))?;
+    file.write_all(contents)
+        .map_err(|error| StorageError::io(path, error))?;
+    if sync == SyncMode::Fsync {
+        file.sync_all()
+            .map_err(|error| StorageError::io(path, error))?;
+    }
+    Ok(())
+}
