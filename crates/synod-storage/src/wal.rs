@@ -223,13 +223,15 @@ impl Wal {
             let mut bytes = fs::read(&path).map_err(|error| StorageError::io(&path, error))?;
             match decode_segment_header(&bytes) {
                 Ok(header_seq) if header_seq == first_seq => {}
-                Ok(header_seq) => return Err(StorageError::corrupt(
-                    &path,
-                    0,
-                    format!(
+                Ok(header_seq) => {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        0,
+                        format!(
                         "segment header says first seq {header_seq}, file name says {first_seq}"
                     ),
-                )),
+                    ))
+                }
                 Err(reason) => {
                     if !is_last || find_valid_record(&bytes, 0).is_some() {
                         return Err(StorageError::corrupt(&path, 0, reason));

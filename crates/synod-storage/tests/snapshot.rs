@@ -1,0 +1,169 @@
+//! Snapshot store: atomic saves, verification, chunked transfer with bounded memory.
+
+use std::fs;
+use synod_storage::{SnapshotStore, StorageError};
+
+fn image(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn saved_snapshot_is_the_latest_and_only_the_newest_two_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    assert_eq!(store.latest().expect("empty store"), None);
+    store.save(10, &image(1000, 1)).expect("save 10");
+    store.save(20, &image(2000, 2)).expect("save 20");
+    store.save(30, &image(3000, 3)).expect("save 30");
+    assert_eq!(store.slots().expect("slots"), vec![20, 30]);
+    assert_eq!(store.latest().expect("latest"), Some((30, image(3000, 3))));
+    let reopened = SnapshotStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        reopened.latest().expect("latest"),
+        Some((30, image(3000, 3)))
+    );
+}
+
+#[test]
+fn empty_snapshot_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(1, &[]).expect("save");
+    assert_eq!(store.latest().expect("latest"), Some((1, Vec::new())));
+}
+
+#[test]
+fn corrupt_snapshot_is_detected_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(7, &image(5000, 9)).expect("save");
+    let path = store.path_of(7);
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[2500] ^= 0x01;
+    fs::write(&path, &bytes).expect("write");
+    match store.latest() {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, path);
+            assert_eq!(offset, 32, "data starts after the 32-byte header");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.reader(7, 100),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn truncated_snapshot_is_detected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(7, &image(5000, 9)).expect("save");
+    let path = store.path_of(7);
+    let bytes = fs::read(&path).expect("read");
+    fs::write(&path, &bytes[..bytes.len() - 100]).expect("write");
+    assert!(matches!(store.latest(), Err(StorageError::Corrupt { .. })));
+}
+
+#[test]
+fn lagging_replica_receives_a_snapshot_in_small_chunks() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
+    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let data = image(200_000, 5);
+    leader.save(4242, &data).expect("save");
+
+    let reader = leader.reader(4242, 1000).expect("reader");
+    assert_eq!(reader.total_bytes(), 200_000 + 48);
+    let mut writer = follower.writer(4242).expect("writer");
+    let mut chunks = 0;
+    for chunk in reader {
+        let chunk = chunk.expect("chunk");
+        assert!(chunk.len() <= 1000, "chunks stay bounded");
+        writer.write_chunk(&chunk).expect("write chunk");
+        chunks += 1;
+    }
+    assert_eq!(chunks, 201);
+    writer.finish().expect("verified and installed");
+    assert_eq!(follower.latest().expect("latest"), Some((4242, data)));
+}
+
+#[test]
+fn damaged_transfer_is_rejected_and_leaves_nothing_behind() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
+    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    leader.save(9, &image(10_000, 1)).expect("save");
+    let mut writer = follower.writer(9).expect("writer");
+    for (index, chunk) in leader.reader(9, 333).expect("reader").enumerate() {
+        let mut chunk = chunk.expect("chunk");
+        if index == 5 {
+            chunk[10] ^= 0xFF;
+        }
+        writer.write_chunk(&chunk).expect("write chunk");
+    }
+    assert!(matches!(writer.finish(), Err(StorageError::Corrupt { .. })));
+    assert_eq!(follower.slots().expect("slots"), Vec::<u64>::new());
+    assert_eq!(fs::read_dir(follower_dir.path()).expect("list").count(), 0);
+}
+
+#[test]
+fn transfer_of_another_slot_is_rejected() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
+    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    leader.save(9, &image(100, 1)).expect("save");
+    let mut writer = follower.writer(10).expect("writer");
+    for chunk in leader.reader(9, 64).expect("reader") {
+        writer.write_chunk(&chunk.expect("chunk")).expect("write");
+    }
+    assert!(writer.finish().is_err());
+    assert_eq!(follower.latest().expect("latest"), None);
+}
+
+#[test]
+fn unfinished_transfer_is_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(1, &image(100, 1)).expect("save");
+    {
+        let mut writer = store.writer(2).expect("writer");
+        writer.write_chunk(&image(50, 2)).expect("write");
+    }
+    assert_eq!(store.slots().expect("slots"), vec![1]);
+    assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+}
+
+#[test]
+fn reader_refuses_a_missing_slot_and_a_zero_chunk_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(3, b"state").expect("save");
+    assert!(matches!(
+        store.reader(4, 10),
+        Err(StorageError::SnapshotMissing { slot: 4, .. })
+    ));
+    assert!(matches!(
+        store.reader(3, 0),
+        Err(StorageError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn temporary_files_from_a_crash_are_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("00000000000000000005.snap.tmp"), b"half").expect("write");
+    fs::write(
+        dir.path().join("00000000000000000006.snap.partial"),
+        b"half",
+    )
+    .expect("write");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    assert_eq!(store.latest().expect("latest"), None);
+    assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
+}
