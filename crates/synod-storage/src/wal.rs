@@ -176,7 +176,14 @@ impl Wal {
     /// the last segment (reporting what was cut), and returns the recovered state.
     /// Damage anywhere else is `StorageError::Corrupt` naming the file and offset.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, DurableState), StorageError> {
+        let created = !dir.exists();
         fs::create_dir_all(dir).map_err(|error| StorageError::io(dir, error))?;
+        if created && options.sync == SyncMode::Fsync {
+            // The new directory's own entry must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let mut found = list_segments(dir)?;
         let mut recovery = RecoveryReport::default();
         if found.is_empty() {
