@@ -25,16 +25,33 @@
 //!
 //! Indefinite operations (a client timed out or crashed and never learned the outcome) have an
 //! infinite return time: they have no return event, so the search is never forced to place
-//! them. When met, they may be linearized with any outcome the model allows
-//! ([`Model::step_unknown`]) or left out entirely; the search succeeds as soon as every
-//! *completed* operation is linearized. Indefinite operations that can never change the state
-//! ([`Model::is_read_only`]) constrain nothing and are dropped before the search.
+//! them, and it succeeds as soon as every *completed* operation is linearized. They live in a
+//! second list and are tried only when every completed candidate has failed (a read needs a
+//! write nobody saw acknowledged), with any outcome the model allows
+//! ([`Model::step_unknown`]). Three reductions keep them from multiplying the search space; each
+//! skips a configuration only when another one that can do everything it can is explored too:
+//!
+//! - *Subsumption* in the memo: a configuration is skipped if one with the same completed
+//!   operations, the same state and a subset of its indefinite operations was seen (an
+//!   indefinite operation never has to be linearized, so having it still pending only helps).
+//!   Trying completed operations first makes the search reach each point with the fewest.
+//! - *Absorption*: an indefinite operation right after another is skipped if, alone, it leads
+//!   to the same state from before the other (a write overwriting a write).
+//! - *Twins*: of pending indefinite operations with the same effect ([`Model::same_effect`])
+//!   only the earliest-called is tried; once both are called they are interchangeable.
+//!
+//! Indefinite read-only operations ([`Model::is_read_only`]) constrain nothing and are dropped.
 //!
 //! Complexity: the problem is NP-complete in general. The worst case is exponential in the
 //! number of mutually concurrent operations (every subset of a concurrent window, times every
-//! model state, is a distinct configuration); each search step costs one model step plus hashing
-//! a bitset of `n / 64` words. The `budget` argument bounds the number of search steps, and the
-//! checker answers [`Verdict::Unknown`] rather than run for ever on a pathological history.
+//! model state, is a distinct configuration), and in the number of pending indefinite
+//! operations when refuting a history whose reads could be explained by many of them (small
+//! value domains). Each search step costs one model step plus a memo lookup keyed by the
+//! linearized set, stored compactly as the length of its solid prefix (in call order) plus the
+//! bits of the concurrency window. For histories from a handful of concurrent clients the
+//! search takes a few steps per operation to accept and tens to refute (see the tests). The
+//! `budget` argument bounds the number of search steps; beyond it the checker answers
+//! [`Verdict::Unknown`] rather than run for ever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Debug};
@@ -1014,7 +1031,7 @@ impl<'h, M: Model> Search<'h, M> {
             .min();
         let mut text = format!(
             "no linearization covers all {} completed operations ({} operations in total). \
-             Longest linearizable prefix: {} completed operations",
+             Longest linearizable prefix found: {} completed operations",
             self.completed_total,
             self.ops.len(),
             best.completed,
@@ -1217,6 +1234,34 @@ mod tests {
     }
 
     #[test]
+    fn explanation_shows_prefix_state_and_blocked_operations() {
+        let explanation = assert_violation(&[
+            write(1, 1, 0, 1),
+            write(2, 2, 2, 3),
+            read(3, Some(1), 4, 5),
+            write(1, 3, 4, 9),
+            read(2, Some(3), 10, 11),
+        ]);
+        let expected = [
+            "no linearization covers all 5 completed operations",
+            "Longest linearizable prefix found: 3 completed operations:",
+            "\n    #0 client 1: Write(1) [call 0, ret 1] -> WriteOk",
+            "\n    #1 client 2: Write(2) [call 2, ret 3] -> WriteOk",
+            "\n    #3 client 1: Write(3) [call 4, ret 9] -> WriteOk",
+            "state after that prefix: Register(Some(3))",
+            "#2 client 3: Read [call 4, ret 5] -> ReadOk(Some(1)) must be linearized before \
+             anything called after 5",
+            "\n    #2 client 3: Read [call 4, ret 5] -> ReadOk(Some(1)) (impossible in this state)",
+        ];
+        for fragment in expected {
+            assert!(
+                explanation.contains(fragment),
+                "missing {fragment:?} in:\n{explanation}"
+            );
+        }
+    }
+
+    #[test]
     fn lost_write_is_not_linearizable() {
         // Both writes were acknowledged in sequence; a later read returns the older value.
         let explanation =
@@ -1351,6 +1396,27 @@ mod tests {
         let mut history = prefix.to_vec();
         history.extend([read(3, Some(2), 10, 11), read(3, Some(1), 12, 13)]);
         assert_violation(&history);
+    }
+
+    #[test]
+    fn each_indefinite_write_takes_effect_at_most_once() {
+        // Ten indefinite writes of 1 and ten of 2, then reads alternating 1, 2, 1, 2, ...: each
+        // switch consumes one write, so twenty reads are fine and a twenty-first is not. The
+        // writes of one value are interchangeable; the search must not try their 10! orders.
+        let mut history: Vec<_> = (0..20)
+            .map(|client| {
+                Operation::indefinite(client, RegisterOp::Write(1 + client as u32 % 2), 0)
+            })
+            .collect();
+        for index in 0..20 {
+            let call = 10 + 2 * index;
+            history.push(read(100, Some(1 + index as u32 % 2), call, call + 1));
+        }
+        let verdict = check(&Register(None), &history, 10_000);
+        assert!(verdict.is_linearizable(), "{verdict}");
+        history.push(read(100, Some(1), 100, 101));
+        let verdict = check(&Register(None), &history, 10_000);
+        assert!(verdict.is_violation(), "{verdict}");
     }
 
     #[test]
