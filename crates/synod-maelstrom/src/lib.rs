@@ -10,10 +10,14 @@
 //! * [`json`]: order-keeping JSON values with Python-style rendering.
 //! * [`kv`]: log commands and the lin-kv state machine.
 //! * [`errors`]: Maelstrom's error codes.
+//! * [`harness`]: a local lin-kv test — spawns nodes, routes their messages with delays
+//!   and partitions, runs clients, checks linearizability.
 
 pub mod errors;
+pub mod harness;
 pub mod json;
 pub mod kv;
 pub mod server;
 
+pub use harness::{HarnessOptions, HarnessReport};
 pub use server::{Server, ServerOptions};

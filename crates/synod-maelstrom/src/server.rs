@@ -197,6 +197,13 @@ impl Server {
         self.replica.as_ref().map(|replica| replica.me.as_str())
     }
 
+    /// The node this one believes leads (its Maelstrom id), if any.
+    pub fn leader(&self) -> Option<String> {
+        let replica = self.replica.as_ref()?;
+        let leader = replica.node.status().leader?;
+        replica.name_of(leader).map(str::to_string)
+    }
+
     /// True while some request has not been answered yet.
     pub fn has_pending_requests(&self) -> bool {
         self.replica.as_ref().is_some_and(|replica| {
