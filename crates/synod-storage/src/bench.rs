@@ -283,3 +283,52 @@ pub fn bench(dir: &Path, options: BenchOptions) -> Result<BenchReport, StorageEr
         rows,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_reports_every_measurement_and_cleans_up() {
+        let dir =
+            std::env::temp_dir().join(format!("synod-storage-bench-test-{}", std::process::id()));
+        let options = BenchOptions {
+            single_writer_appends: 50,
+            concurrent_writers: 4,
+            appends_per_writer: 25,
+            payload_bytes: 64,
+            raw_syncs: 20,
+            sync: SyncMode::None,
+        };
+        let report = bench(&dir, options).expect("bench runs");
+        let names: Vec<&str> = report.rows.iter().map(|row| row.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "raw write+fdatasync",
+                "wal append, 1 writer",
+                "group commit, 4 writers"
+            ]
+        );
+        assert_eq!(report.rows[1].appends, 50);
+        assert_eq!(report.rows[2].appends, 100);
+        assert!(report.rows[2].syncs >= 1 && report.rows[2].syncs <= 100);
+        assert!(report
+            .rows
+            .iter()
+            .all(|row| row.p50_us <= row.p99_us && row.p99_us <= row.max_us));
+        assert!(report.table().contains("group commit, 4 writers"));
+        assert!(report.to_json().contains("\"raw_fdatasync_per_sec\""));
+        assert_eq!(std::fs::read_dir(&dir).expect("bench dir").count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn percentile_uses_nearest_rank() {
+        let sorted: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&sorted, 0.5), 50);
+        assert_eq!(percentile(&sorted, 0.99), 99);
+        assert_eq!(percentile(&[], 0.5), 0);
+        assert_eq!(percentile(&[7], 0.99), 7);
+    }
+}
