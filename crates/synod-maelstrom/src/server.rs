@@ -984,8 +984,12 @@ impl Replica {
     /// Answers the requests whose deadline passed: code 11 for those that never
     /// entered the log, code 0 (indefinite) for those that did.
     fn expire(&mut self, now: u64, out: &mut Out) {
-        while self.waiting.front().is_some_and(|w| w.deadline <= now) {
-            let waiting = self.waiting.pop_front().expect("front exists");
+        let (expired, kept): (VecDeque<Waiting>, VecDeque<Waiting>) =
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|waiting| waiting.deadline <= now);
+        self.waiting = kept;
+        for waiting in expired {
             let text = "no leader known: the request was not applied";
             match waiting.request {
                 Request::Kv { client, msg_id, .. } => out.error(

@@ -78,3 +78,30 @@ fn three_nodes_with_partitions_and_delays_are_linearizable() {
         assert!(ok_count(&report, kind) > 0, "no {kind} succeeded");
     }
 }
+
+#[test]
+fn harness_command_prints_a_summary_and_a_json_verdict_line() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_synod-maelstrom-test"))
+        .args(["--bin", env!("CARGO_BIN_EXE_synod-maelstrom")])
+        .args([
+            "--node-count",
+            "1",
+            "--concurrency",
+            "2",
+            "--time-limit",
+            "1",
+        ])
+        .output()
+        .expect("run synod-maelstrom-test");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    println!("{stdout}");
+    assert!(output.status.success(), "exit {}", output.status);
+    assert!(stdout.starts_with(":stats"));
+    let verdict: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a verdict line")).unwrap();
+    assert_eq!(verdict["valid"], true);
+    assert!(verdict["ok"].as_u64().unwrap() > 0);
+    for field in ["ops", "fail", "info", "p50_ms", "p99_ms", "availability"] {
+        assert!(verdict.get(field).is_some(), "verdict without {field}");
+    }
+}
