@@ -6,6 +6,7 @@
 //! the state they vouch for is durable.
 
 use crate::ballot::{Ballot, NodeId, Slot, Tick};
+use crate::log::Change;
 use crate::message::{Entry, Message, Value};
 use crate::node::{Node, RoleState};
 
@@ -116,10 +117,28 @@ impl Node {
             return;
         }
         let last_slot = first_slot + values.len() as u64 - 1;
+        let mut stale = None;
         for (offset, value) in values.into_iter().enumerate() {
             let slot = first_slot + offset as u64;
-            let change = self.log.accept(slot, ballot, value);
-            self.persist_change(change);
+            match self.log.accept(slot, ballot, value) {
+                Change::AlreadyChosen { chosen_ballot } => {
+                    stale = stale.max(Some(chosen_ballot));
+                }
+                change => self.persist_change(change),
+            }
+        }
+        if let Some(chosen_ballot) = stale {
+            // We hold a slot chosen at a higher ballot than this leader's: it is stale.
+            // No vote for the run; tell it a higher ballot exists.
+            self.send(
+                from,
+                Message::Preempted {
+                    ballot,
+                    promised: chosen_ballot.max(self.promised),
+                    leader: self.leader,
+                },
+            );
+            return;
         }
         self.send_after_persist(
             from,

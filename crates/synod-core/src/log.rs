@@ -35,6 +35,11 @@ pub(crate) enum Change {
     Unchanged,
     /// The entry for the slot must be persisted (new value or higher ballot).
     Persist(Entry),
+    /// The slot is known chosen with another value, at `chosen_ballot`: the Accept is
+    /// stale (its ballot is lower). The acceptor must not vote for it.
+    AlreadyChosen {
+        chosen_ballot: Ballot,
+    },
 }
 
 impl Log {
@@ -106,12 +111,20 @@ impl Log {
     /// checked the ballot against the promise.
     pub(crate) fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) -> Change {
         match self.entries.get_mut(&slot) {
+            Some(entry) if entry.chosen && entry.value == value => Change::Unchanged,
             Some(entry) if entry.chosen => {
-                assert_eq!(
-                    entry.value, value,
-                    "slot {slot} is chosen; ballot {ballot:?} tried to accept a different value"
+                // Learned chosen (catch-up, decision mark) without promising its ballot:
+                // an older proposer's Accept may still arrive. Any ballot above the one
+                // the value was chosen at proposes that value, so a different value at a
+                // ballot at or above it means Paxos itself was broken.
+                assert!(
+                    ballot < entry.ballot,
+                    "slot {slot} is chosen at {:?}; ballot {ballot:?} tried to accept a different value",
+                    entry.ballot
                 );
-                Change::Unchanged
+                Change::AlreadyChosen {
+                    chosen_ballot: entry.ballot,
+                }
             }
             Some(entry) if entry.ballot > ballot => Change::Unchanged,
             Some(entry) if entry.ballot == ballot => {
@@ -322,6 +335,35 @@ mod tests {
         let mut log = Log::default();
         let _ = log.choose(1, Ballot::new(1, 1), value("a"));
         let _ = log.choose(1, Ballot::new(2, 2), value("b"));
+    }
+
+    /// A replica that learned slot 1 chosen at ballot 3 (through catch-up, promising
+    /// nothing) later receives the Accept of a deposed leader at ballot 2 with another
+    /// value. It must refuse to vote: a vote would let the stale leader count a quorum
+    /// for a value that was never chosen.
+    #[test]
+    fn stale_accept_for_a_slot_learned_chosen_gets_no_vote() {
+        let mut log = Log::default();
+        let _ = log.choose(1, Ballot::new(3, 3), value("chosen"));
+        assert_eq!(
+            log.accept(1, Ballot::new(2, 1), value("stale")),
+            Change::AlreadyChosen {
+                chosen_ballot: Ballot::new(3, 3)
+            }
+        );
+        assert_eq!(
+            log.accept(1, Ballot::new(2, 1), value("chosen")),
+            Change::Unchanged
+        );
+        assert_eq!(log.get(1).unwrap().value, value("chosen"));
+    }
+
+    #[test]
+    #[should_panic(expected = "tried to accept a different value")]
+    fn a_different_value_above_the_chosen_ballot_is_a_broken_invariant() {
+        let mut log = Log::default();
+        let _ = log.choose(1, Ballot::new(3, 3), value("chosen"));
+        let _ = log.accept(1, Ballot::new(4, 1), value("other"));
     }
 
     #[test]

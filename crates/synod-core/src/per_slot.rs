@@ -9,11 +9,15 @@
 
 use crate::ballot::{Ballot, NodeId, Slot, Tick};
 use crate::config::Backoff;
+use crate::log::Change;
 use crate::message::{Decided, Message, Value};
 use crate::node::{Node, Pending};
 use crate::persist::PersistOp;
 use crate::ready::Event;
 use std::collections::BTreeMap;
+
+/// Silent links hear our commit point every this many election timeouts.
+const ANTI_ENTROPY_TIMEOUTS: u64 = 5;
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 enum Phase {
@@ -65,6 +69,8 @@ pub(crate) struct PerSlot {
     gap_since: Option<Tick>,
     /// Who last told us of a decision (where to catch up from).
     decided_source: Option<NodeId>,
+    /// When a message last went to each peer: silent links get an anti-entropy mark.
+    last_sent: BTreeMap<NodeId, Tick>,
 }
 
 impl PerSlot {
@@ -108,6 +114,7 @@ impl Node {
     ) {
         let decided = self.take_decided(to);
         let message = message(decided);
+        self.per_slot.last_sent.insert(to, self.now);
         if after_persist {
             self.send_after_persist(to, message);
         } else {
@@ -315,6 +322,21 @@ impl Node {
             self.persist(PersistOp::SlotPromise { slot, ballot });
         }
         let change = self.log.accept(slot, ballot, value);
+        if let Change::AlreadyChosen { chosen_ballot } = change {
+            // A stale proposer: no vote; tell it the slot is decided (it fetches the value).
+            self.send_slot(
+                from,
+                |mut decided| {
+                    decided.push(Decided {
+                        slot,
+                        ballot: chosen_ballot,
+                    });
+                    Message::SlotDecided { decided }
+                },
+                false,
+            );
+            return;
+        }
         self.persist_change(change);
         self.send_slot(
             from,
@@ -477,7 +499,36 @@ impl Node {
             .collect();
         for peer in due {
             let decided = self.take_decided(peer);
+            self.per_slot.last_sent.insert(peer, now);
             self.send(peer, Message::SlotDecided { decided });
+        }
+        // Anti-entropy: a decision mark is sent once and may be lost. A peer we have not
+        // sent anything to for a while (ANTI_ENTROPY_TIMEOUTS election timeouts) hears our
+        // commit point again, so a replica that missed the last decisions of a quiet
+        // cluster still catches up. Rare, so it costs little next to the protocol's own
+        // 4(N−1) messages per slot.
+        let commit = self.log.commit_index();
+        if let Some(entry) = self.log.get(commit) {
+            let mark = Decided {
+                slot: commit,
+                ballot: entry.ballot,
+            };
+            let silent: Vec<NodeId> = self
+                .peers()
+                .filter(|peer| {
+                    let last = self.per_slot.last_sent.get(peer).copied().unwrap_or(0);
+                    now >= last + ANTI_ENTROPY_TIMEOUTS * self.config.election_timeout_ticks
+                })
+                .collect();
+            for peer in silent {
+                self.per_slot.last_sent.insert(peer, now);
+                self.send(
+                    peer,
+                    Message::SlotDecided {
+                        decided: vec![mark],
+                    },
+                );
+            }
         }
         // Retries after backoff, and retransmission of unanswered phases.
         let retransmit = self.config.retransmit_ticks;

@@ -1,0 +1,30 @@
+//! `synod`: the one binary. See `synod --help`.
+
+mod sim;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "synod",
+    version,
+    about = "Multi-Paxos replicated log and linearizable KV store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Seeded cluster simulation with fault injection and the safety/liveness checkers.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => sim::run(args),
+    }
+}

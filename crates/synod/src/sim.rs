@@ -1,0 +1,108 @@
+//! `synod sim`: many seeds with faults, one seed in detail, or the protocol benchmark.
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use synod_sim::{bench, runner};
+
+#[derive(Args)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    command: Option<SimCommand>,
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Run this one seed and print its full report (replays a failure exactly).
+    #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Messages and message delays per committed command: Multi-Paxos vs per-slot Paxos.
+    Bench {
+        /// Also write the rows as a JSON array to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: SimArgs) -> ExitCode {
+    match args.command {
+        Some(SimCommand::Bench { out }) => return run_bench(out),
+        None => {}
+    }
+    if let Some(seed) = args.seed {
+        let report = runner::run_seed(seed);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+        return if report.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            eprint!("{}", runner::describe(&report));
+            ExitCode::FAILURE
+        };
+    }
+    let bar = progress_bar(args.seeds);
+    let mut violations = 0;
+    let mut done = 0u64;
+    let summary = runner::run_seeds(args.first_seed, args.seeds, |report| {
+        done += 1;
+        if !report.violations.is_empty() {
+            violations += report.violations.len();
+            bar.suspend(|| eprint!("{}", runner::describe(report)));
+        }
+        bar.set_message(format!("violations {violations}"));
+        bar.inc(1);
+        if bar.is_hidden() && (done.is_multiple_of(25) || done == args.seeds) {
+            eprintln!("[sim] {done}/{} seeds, violations {violations}", args.seeds);
+        }
+    });
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&summary).expect("summary serializes")
+    );
+    if summary.violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("[sim] {bar:30} {pos}/{len} seeds {msg} ({eta})")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn run_bench(out: Option<PathBuf>) -> ExitCode {
+    let rows = bench::run_all(|i, total, what| eprintln!("[sim bench] {}/{total} {what}", i + 1));
+    print!("{}", bench::table(&rows));
+    for row in &rows {
+        println!("{}", serde_json::to_string(row).expect("row serializes"));
+    }
+    if let Some(path) = out {
+        let json = serde_json::to_string_pretty(&rows).expect("rows serialize");
+        if let Err(error) = std::fs::write(&path, json) {
+            eprintln!("cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
