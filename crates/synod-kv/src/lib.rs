@@ -31,9 +31,8 @@
 //!
 //! A txn evaluates all compares against the current state, then runs `success` (all hold) or
 //! `failure` in order; later ops see earlier writes. On a missing key the revision fields,
-//! `version` and `lease` compare as 0, a `Value` compare fails, except `NotEqual`, which
-//! holds. (Here this crate differs from etcd. etcd fails every `Value` compare on a missing
-//! key.) As in etcd, a branch that writes a key twice, or puts a key it also deletes, is
+//! `version` and `lease` compare as 0, and every `Value` compare fails (`NotEqual` too), exactly
+//! as etcd's `applyCompare` does. As in etcd, a branch that writes a key twice, or puts a key it also deletes, is
 //! refused before running ([`KvError::DuplicateKeyInTxn`]). Branches are bounded by
 //! [`MAX_TXN_OPS`] ops and nesting by [`MAX_TXN_DEPTH`]. A command that fails part-way is rolled
 //! back: a failed command never changes the keys.

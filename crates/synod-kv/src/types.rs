@@ -82,8 +82,8 @@ pub enum CompareResult {
 }
 
 /// One guard of a transaction. With a non-empty `range_end` every key in the range must
-/// satisfy it. On a missing key the revision fields and the lease compare as 0; a `Value`
-/// compare fails except `NotEqual`, which holds.
+/// satisfy it. On a missing key the revision fields and the lease compare as 0; every
+/// `Value` compare fails, `NotEqual` included (as in etcd).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     pub key: Bytes,
