@@ -6,6 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::fast_options;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use synod_core::{Ballot, DurableState, Entry, PersistOp, PersistRequest, Value};
 use synod_storage::Wal;
 
@@ -55,7 +56,13 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/model.proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn reopened_log_matches_the_in_memory_model(steps in proptest::collection::vec(step(), 1..25)) {

@@ -47,10 +47,10 @@ fn write_log_recording_offsets(
     let (mut wal, _) = Wal::open(dir, fast_options(1 << 30)).expect("open");
     let mut offsets = Vec::new();
     for request in history {
-        offsets.push(wal.disk_bytes());
+        offsets.push(wal.log_bytes());
         wal.append(std::slice::from_ref(request)).expect("append");
     }
-    offsets.push(wal.disk_bytes());
+    offsets.push(wal.log_bytes());
     offsets
 }
 
@@ -100,20 +100,43 @@ fn torn_last_record_is_cut_at_every_byte_offset_and_appends_continue() {
 }
 
 #[test]
-fn zeroed_tail_after_the_last_record_is_cut() {
-    // A file system may extend the file before the data lands: the tail reads as zeros.
+fn zeroed_preallocation_after_the_last_record_is_the_clean_end_of_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let history = mixed_history(3);
     let offsets = write_log_recording_offsets(dir.path(), &history);
     let segment = segment_files(dir.path()).remove(0);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .expect("open");
-    file.write_all(&[0u8; 4096]).expect("zeros");
+    let file_len = fs::metadata(&segment).expect("stat").len();
+    assert!(file_len > offsets[3], "the active segment is preallocated");
+    let (mut wal, recovered) = Wal::open(dir.path(), fast_options(1 << 30)).expect("open");
+    assert_eq!(recovered, replay(&history));
+    assert_eq!(wal.recovery_report().truncated, None);
+    assert_eq!(wal.log_bytes(), offsets[3]);
+    assert_eq!(wal.disk_bytes(), file_len);
+    // The next record goes right after the last one, not after the zeros.
+    let more = accept_request(4, 4, Ballot::new(1, 1), 0);
+    wal.append(std::slice::from_ref(&more)).expect("append");
+    drop(wal);
+    let (_, reopened) = Wal::open(dir.path(), fast_options(1 << 30)).expect("reopen");
+    let mut expected = history.clone();
+    expected.push(more);
+    assert_eq!(reopened, replay(&expected));
+}
+
+#[test]
+fn torn_record_followed_by_preallocated_zeros_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(4);
+    let offsets = write_log_recording_offsets(dir.path(), &history);
+    let segment = segment_files(dir.path()).remove(0);
+    // The last record's second half never reached the disk: zeros instead.
+    let mut file = OpenOptions::new().write(true).open(&segment).expect("open");
+    let middle = (offsets[3] + offsets[4]) / 2;
+    file.seek(SeekFrom::Start(middle)).expect("seek");
+    file.write_all(&vec![0u8; (offsets[4] - middle) as usize])
+        .expect("zeros");
     drop(file);
     let (wal, recovered) = Wal::open(dir.path(), fast_options(1 << 30)).expect("open");
-    assert_eq!(recovered, replay(&history));
+    assert_eq!(recovered, replay(&history[..3]));
     assert_eq!(
         wal.recovery_report()
             .truncated
@@ -255,7 +278,16 @@ fn segment_torn_while_being_created_is_restarted() {
     let (mut wal, _) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
     wal.append(&history).expect("append");
     let next_seq = wal.next_seq();
+    let used = wal.log_bytes();
     drop(wal);
+    // Rotation seals the old segment (cuts its preallocation), then creates the next one;
+    // the crash came while the new header was being written.
+    let sealed = segment_files(dir.path()).remove(0);
+    OpenOptions::new()
+        .write(true)
+        .open(&sealed)
+        .and_then(|file| file.set_len(used))
+        .expect("seal");
     let torn = dir.path().join(format!("{next_seq:020}.wal"));
     fs::write(&torn, b"SYNODW").expect("partial header");
     let (mut wal, recovered) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
@@ -375,10 +407,12 @@ fn record_with_an_unexpected_sequence_number_is_corruption() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
     wal.append(&mixed_history(3)).expect("append");
+    let used = wal.log_bytes() as usize;
     drop(wal);
     // Splice a valid record (a copy of the first) after the third: its seq is 1, not 4.
     let segment = segment_files(dir.path()).remove(0);
     let mut bytes = fs::read(&segment).expect("read");
+    bytes.truncate(used);
     let first_record_len = {
         let len = u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes")) as usize;
         20 + len
