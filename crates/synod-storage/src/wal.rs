@@ -81,7 +81,7 @@ pub struct RecoveryReport {
 /// data: appending past end of file also changes the file size and block map, which makes
 /// every fdatasync a journal commit (measured in docs/storage.md).
 const PREALLOCATE_STEP_BYTES: u64 = 1 << 20;
-const ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
+static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
 struct Segment {
     first_seq: u64,
