@@ -13,6 +13,7 @@
 //! * [`harness`]: a local lin-kv test — spawns nodes, routes their messages with delays
 //!   and partitions, runs clients, checks linearizability.
 
+pub mod cli;
 pub mod errors;
 pub mod harness;
 pub mod json;

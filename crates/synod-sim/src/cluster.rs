@@ -125,6 +125,8 @@ pub struct SimOptions {
     pub clients_prefer_leader: bool,
     /// A client waits up to this many units between two operations.
     pub max_think_units: u64,
+    /// Clients start at a random instant up to this many units in.
+    pub max_start_units: u64,
     /// Messages and latencies are counted only once this many commands were applied
     /// (the benchmark skips the election).
     pub measure_after_commands: u64,
@@ -152,6 +154,7 @@ impl SimOptions {
             check_linearizability: true,
             clients_prefer_leader: false,
             max_think_units: TICK_UNITS,
+            max_start_units: TICK_UNITS,
             measure_after_commands: 0,
         }
     }
@@ -361,7 +364,7 @@ impl Simulation {
             sim.schedule(phase, Event::Tick(id));
         }
         for client in 0..sim.clients.len() {
-            let start = sim.rng.gen_range(0..TICK_UNITS);
+            let start = sim.rng.gen_range(0..=sim.options.max_start_units);
             sim.schedule(start, Event::ClientNext(client));
         }
         if sim.faulty {

@@ -20,11 +20,15 @@ struct Cli {
 enum Command {
     /// Seeded cluster simulation with fault injection and the safety/liveness checkers.
     Sim(sim::SimArgs),
+    /// Lin-kv workload against local `synod-maelstrom` processes, with partitions and
+    /// delays, checked for linearizability (build `-p synod-maelstrom` first).
+    MaelstromTest(synod_maelstrom::cli::HarnessArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
     }
 }
