@@ -8,7 +8,7 @@ use crate::wal::{SyncMode, Wal, WalOptions};
 use bytes::Bytes;
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -24,9 +24,11 @@ pub struct BenchOptions {
     pub appends_per_writer: usize,
     /// Size of the client command in each accepted entry.
     pub payload_bytes: usize,
-    /// Iterations of the raw write + fdatasync loop.
+    /// Iterations of each raw write + fdatasync loop.
     pub raw_syncs: usize,
     pub sync: SyncMode,
+    /// The measurements run interleaved, each count split over this many rounds.
+    pub rounds: usize,
 }
 
 impl Default for BenchOptions {
@@ -38,6 +40,7 @@ impl Default for BenchOptions {
             payload_bytes: 128,
             raw_syncs: 1000,
             sync: SyncMode::Fsync,
+            rounds: 4,
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct BenchReport {
     pub dir: String,
     pub payload_bytes: usize,
     pub sync: SyncMode,
+    /// Write + fdatasync of one record's bytes into a preallocated file: the disk's ceiling.
     pub raw_fdatasync_per_sec: f64,
     pub rows: Vec<BenchRow>,
 }
@@ -118,20 +122,16 @@ pub fn percentile(sorted_us: &[u64], fraction: f64) -> u64 {
     sorted_us[rank - 1]
 }
 
-fn row(
-    name: &str,
-    writers: usize,
-    syncs: u64,
-    seconds: f64,
-    mut latencies_us: Vec<u64>,
-) -> BenchRow {
+fn row(name: &str, writers: usize, sample: Sample) -> BenchRow {
+    let mut latencies_us = sample.latencies_us;
     latencies_us.sort_unstable();
     let appends = latencies_us.len() as u64;
+    let seconds = sample.seconds;
     BenchRow {
         name: name.to_string(),
         writers,
         appends,
-        syncs,
+        syncs: sample.syncs,
         seconds,
         appends_per_sec: if seconds > 0.0 {
             appends as f64 / seconds
@@ -151,135 +151,215 @@ fn fresh_dir(path: &Path) -> Result<(), StorageError> {
     fs::create_dir_all(path).map_err(|error| StorageError::io(path, error))
 }
 
-/// Runs the three measurements in `dir` (created if needed; its `bench-*` entries are
-/// replaced and removed afterwards).
+/// Latencies (µs) and elapsed seconds of one measurement, plus the syncs it made.
+struct Sample {
+    latencies_us: Vec<u64>,
+    seconds: f64,
+    syncs: u64,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.latencies_us.extend(other.latencies_us);
+        self.seconds += other.seconds;
+        self.syncs += other.syncs;
+    }
+}
+
+/// Write one record's bytes and fdatasync, `count` times: into a preallocated file (data
+/// only, what the log does) or appending to a growing file (every sync also commits the
+/// file size and block map).
+fn raw_syncs(
+    dir: &Path,
+    record: &[u8],
+    count: usize,
+    preallocated: bool,
+    sync: SyncMode,
+) -> Result<Sample, StorageError> {
+    let path = dir.join("bench-raw-fdatasync");
+    let _ = fs::remove_file(&path);
+    let io = |error| StorageError::io(&path, error);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    if preallocated {
+        file.write_all(&vec![0u8; record.len() * count])
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+    }
+    let mut latencies_us = Vec::with_capacity(count);
+    let started = Instant::now();
+    for _ in 0..count {
+        let begin = Instant::now();
+        file.write_all(record).map_err(io)?;
+        if sync == SyncMode::Fsync {
+            file.sync_data().map_err(io)?;
+        }
+        latencies_us.push(begin.elapsed().as_micros() as u64);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = fs::remove_file(&path);
+    Ok(Sample {
+        latencies_us,
+        seconds,
+        syncs: count as u64,
+    })
+}
+
+/// One writer, one request per append: one fdatasync per request.
+fn single_writer(
+    dir: &Path,
+    payload: &Bytes,
+    count: usize,
+    options: &WalOptions,
+) -> Result<Sample, StorageError> {
+    let wal_dir = dir.join("bench-wal-single");
+    fresh_dir(&wal_dir)?;
+    let (mut wal, _) = Wal::open(&wal_dir, options.clone())?;
+    let mut latencies_us = Vec::with_capacity(count);
+    let started = Instant::now();
+    for id in 1..=count as u64 {
+        let request = bench_request(id, payload);
+        let begin = Instant::now();
+        wal.append(std::slice::from_ref(&request))?;
+        latencies_us.push(begin.elapsed().as_micros() as u64);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(wal);
+    let _ = fs::remove_dir_all(&wal_dir);
+    Ok(Sample {
+        latencies_us,
+        seconds,
+        syncs: count as u64,
+    })
+}
+
+/// `writers` threads, each waiting for its own request, through group commit.
+fn group_commit(
+    dir: &Path,
+    payload: &Bytes,
+    writers: usize,
+    per_writer: usize,
+    options: &WalOptions,
+) -> Result<Sample, StorageError> {
+    let wal_dir = dir.join("bench-wal-group");
+    fresh_dir(&wal_dir)?;
+    let (wal, _) = Wal::open(&wal_dir, options.clone())?;
+    let group = Arc::new(GroupCommit::start(wal));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|writer| {
+            let group = Arc::clone(&group);
+            let payload = payload.clone();
+            let count = per_writer as u64;
+            thread::spawn(move || -> Result<Vec<u64>, StorageError> {
+                let mut latencies = Vec::with_capacity(count as usize);
+                for index in 0..count {
+                    let id = writer as u64 * count + index + 1;
+                    let begin = Instant::now();
+                    group.submit_and_wait(bench_request(id, &payload))?;
+                    latencies.push(begin.elapsed().as_micros() as u64);
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    let mut failure = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(mut own)) => latencies_us.append(&mut own),
+            Ok(Err(error)) => failure = Some(error),
+            Err(_) => failure = Some(StorageError::Closed),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let syncs = group.stats().syncs;
+    drop(group);
+    let _ = fs::remove_dir_all(&wal_dir);
+    Ok(Sample {
+        latencies_us,
+        seconds,
+        syncs,
+    })
+}
+
+/// Runs the measurements in `dir` (created if needed; its `bench-*` entries are replaced
+/// and removed afterwards). The disk is shared with whatever else runs on the machine, so
+/// the measurements are interleaved in `rounds` and each row aggregates all its rounds:
+/// a burst of background writeback then hits every row alike.
 pub fn bench(dir: &Path, options: BenchOptions) -> Result<BenchReport, StorageError> {
     fs::create_dir_all(dir).map_err(|error| StorageError::io(dir, error))?;
     let payload = Bytes::from(vec![0x5Au8; options.payload_bytes]);
-    let mut rows = Vec::new();
-
-    // 1. Raw: append a record-sized write and fdatasync it, the floor under every engine.
-    let raw_path = dir.join("bench-raw-fdatasync");
-    let _ = fs::remove_file(&raw_path);
-    let record_bytes = {
+    let record = {
         let mut buffer = Vec::new();
         let encoded = crate::record::encode_payload(&bench_request(1, &payload))
             .map_err(|reason| StorageError::Invalid { reason })?;
         crate::record::encode_record(1, crate::record::RecordKind::Request, &encoded, &mut buffer);
         buffer
     };
-    {
-        let io = |error| StorageError::io(&raw_path, error);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&raw_path)
-            .map_err(io)?;
-        let mut latencies = Vec::with_capacity(options.raw_syncs);
-        let started = Instant::now();
-        for _ in 0..options.raw_syncs {
-            let begin = Instant::now();
-            file.write_all(&record_bytes).map_err(io)?;
-            if options.sync == SyncMode::Fsync {
-                file.sync_data().map_err(io)?;
-            }
-            latencies.push(begin.elapsed().as_micros() as u64);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        rows.push(row(
-            "raw write+fdatasync",
-            1,
-            options.raw_syncs as u64,
-            seconds,
-            latencies,
-        ));
-    }
-    let _ = fs::remove_file(&raw_path);
-    let raw_fdatasync_per_sec = rows[0].appends_per_sec;
-
     let wal_options = WalOptions {
         segment_bytes: 64 << 20,
         sync: options.sync,
     };
-
-    // 2. One writer, one request per append: one fdatasync per request.
-    let single_dir = dir.join("bench-wal-single");
-    fresh_dir(&single_dir)?;
-    {
-        let (mut wal, _) = Wal::open(&single_dir, wal_options.clone())?;
-        let mut latencies = Vec::with_capacity(options.single_writer_appends);
-        let started = Instant::now();
-        for id in 1..=options.single_writer_appends as u64 {
-            let request = bench_request(id, &payload);
-            let begin = Instant::now();
-            wal.append(std::slice::from_ref(&request))?;
-            latencies.push(begin.elapsed().as_micros() as u64);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        rows.push(row(
-            "wal append, 1 writer",
-            1,
-            options.single_writer_appends as u64,
-            seconds,
-            latencies,
-        ));
-    }
-    let _ = fs::remove_dir_all(&single_dir);
-
-    // 3. N writers, each waiting for its own request, through group commit.
-    let group_dir = dir.join("bench-wal-group");
-    fresh_dir(&group_dir)?;
-    {
-        let (wal, _) = Wal::open(&group_dir, wal_options)?;
-        let group = Arc::new(GroupCommit::start(wal));
-        let writers = options.concurrent_writers.max(1);
-        let started = Instant::now();
-        let handles: Vec<_> = (0..writers)
-            .map(|writer| {
-                let group = Arc::clone(&group);
-                let payload = payload.clone();
-                let count = options.appends_per_writer as u64;
-                thread::spawn(move || -> Result<Vec<u64>, StorageError> {
-                    let mut latencies = Vec::with_capacity(count as usize);
-                    for index in 0..count {
-                        let id = writer as u64 * count + index + 1;
-                        let begin = Instant::now();
-                        group.submit_and_wait(bench_request(id, &payload))?;
-                        latencies.push(begin.elapsed().as_micros() as u64);
-                    }
-                    Ok(latencies)
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        let mut failure = None;
-        for handle in handles {
-            match handle.join() {
-                Ok(Ok(mut own)) => latencies.append(&mut own),
-                Ok(Err(error)) => failure = Some(error),
-                Err(_) => failure = Some(StorageError::Closed),
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        let stats = group.stats();
-        rows.push(row(
-            &format!("group commit, {writers} writers"),
+    let rounds = options.rounds.max(1);
+    let writers = options.concurrent_writers.max(1);
+    let share = |total: usize| total.div_ceil(rounds).max(1);
+    let empty = || Sample {
+        latencies_us: Vec::new(),
+        seconds: 0.0,
+        syncs: 0,
+    };
+    let (mut raw_preallocated, mut raw_growing, mut single, mut group) =
+        (empty(), empty(), empty(), empty());
+    for _ in 0..rounds {
+        raw_preallocated.merge(raw_syncs(
+            dir,
+            &record,
+            share(options.raw_syncs),
+            true,
+            options.sync,
+        )?);
+        raw_growing.merge(raw_syncs(
+            dir,
+            &record,
+            share(options.raw_syncs),
+            false,
+            options.sync,
+        )?);
+        single.merge(single_writer(
+            dir,
+            &payload,
+            share(options.single_writer_appends),
+            &wal_options,
+        )?);
+        group.merge(group_commit(
+            dir,
+            &payload,
             writers,
-            stats.syncs,
-            seconds,
-            latencies,
-        ));
+            share(options.appends_per_writer),
+            &wal_options,
+        )?);
     }
-    let _ = fs::remove_dir_all(&group_dir);
-
+    let rows = vec![
+        row("raw fdatasync, preallocated", 1, raw_preallocated),
+        row("raw fdatasync, growing file", 1, raw_growing),
+        row("wal append, 1 writer", 1, single),
+        row(&format!("group commit, {writers} writers"), writers, group),
+    ];
     Ok(BenchReport {
         dir: dir.display().to_string(),
         payload_bytes: options.payload_bytes,
         sync: options.sync,
-        raw_fdatasync_per_sec,
+        raw_fdatasync_per_sec: rows[0].appends_per_sec,
         rows,
     })
 }
@@ -299,20 +379,25 @@ mod tests {
             payload_bytes: 64,
             raw_syncs: 20,
             sync: SyncMode::None,
+            rounds: 2,
         };
         let report = bench(&dir, options).expect("bench runs");
         let names: Vec<&str> = report.rows.iter().map(|row| row.name.as_str()).collect();
         assert_eq!(
             names,
             vec![
-                "raw write+fdatasync",
+                "raw fdatasync, preallocated",
+                "raw fdatasync, growing file",
                 "wal append, 1 writer",
                 "group commit, 4 writers"
             ]
         );
-        assert_eq!(report.rows[1].appends, 50);
-        assert_eq!(report.rows[2].appends, 100);
-        assert!(report.rows[2].syncs >= 1 && report.rows[2].syncs <= 100);
+        assert_eq!(report.rows[2].appends, 50);
+        assert_eq!(
+            report.rows[3].appends, 104,
+            "4 writers x 13 per round x 2 rounds"
+        );
+        assert!(report.rows[3].syncs >= 2 && report.rows[3].syncs <= 104);
         assert!(report
             .rows
             .iter()
