@@ -8,6 +8,8 @@
 //! * (d) **no lost acknowledged write** — every write or successful compare-and-set a
 //!   client saw acknowledged is in the state machine of every replica at the end, even
 //!   of replicas that crashed and rebuilt their state from their disk and their peers;
+//! * **total-order broadcast** — the same commands fed to the broadcast machine on every
+//!   replica come out as prefixes of one sequence, the whole sequence once converged;
 //! * (e) **liveness** — after the faults stop, every client operation completes and
 //!   the replicas converge within a bound (checked in [`crate::cluster`]).
 
@@ -47,6 +49,13 @@ pub enum Violation {
     Refused {
         node: NodeId,
         error: String,
+    },
+    /// Two replicas' total-order broadcast deliveries differ (or, after convergence,
+    /// differ in length).
+    BroadcastDiverged {
+        first: NodeId,
+        second: NodeId,
+        index: usize,
     },
     /// The run panicked: an invariant assertion inside the core (or the simulator) fired.
     Panic(String),
@@ -168,4 +177,28 @@ pub fn check_history(
         ))),
         Verdict::Linearizable => None,
     }
+}
+
+/// Total-order broadcast: every replica delivered a prefix of one sequence, and once the
+/// replicas converged, the same whole sequence.
+pub fn check_broadcast(
+    sequences: &[(NodeId, &[(Slot, bytes::Bytes)])],
+    converged: bool,
+) -> Option<Violation> {
+    let (first, longest) = sequences.iter().max_by_key(|(_, s)| s.len())?;
+    for (node, sequence) in sequences {
+        let differs = sequence
+            .iter()
+            .zip(longest.iter())
+            .position(|(a, b)| a != b);
+        let short = converged && sequence.len() != longest.len();
+        if differs.is_some() || short {
+            return Some(Violation::BroadcastDiverged {
+                first: *first,
+                second: *node,
+                index: differs.unwrap_or(sequence.len()),
+            });
+        }
+    }
+    None
 }

@@ -30,8 +30,8 @@ use synod_core::{
     Backoff, Config, DurableState, Envelope, Mode, Node, NodeId, PersistRequest, Slot, Value,
 };
 use synod_kv::{
-    Command, Compare, CompareResult, CompareTarget, KvStore, Op, OpResponse, PutRequest,
-    RangeRequest, Response, TxnRequest,
+    Broadcast, Command, Compare, CompareResult, CompareTarget, KvStore, Op, OpResponse, PutRequest,
+    RangeRequest, Response, StateMachine, TxnRequest,
 };
 
 /// Units of simulated time per one-way message delay in the fault-free benchmark.
@@ -250,6 +250,9 @@ struct Replica {
     /// When the last queued persist completes (they complete in order).
     disk_busy_until: u64,
     kv: KvStore,
+    /// The same commands through the total-order broadcast machine: every replica must
+    /// deliver the same sequence.
+    broadcast: Broadcast,
     /// The last slot handed to the state machine (no-ops included).
     applied: Slot,
     /// Client requests received here, answered when their command is applied here.
@@ -323,6 +326,7 @@ impl Simulation {
                     unsynced: VecDeque::new(),
                     disk_busy_until: 0,
                     kv: KvStore::new(),
+                    broadcast: Broadcast::new(),
                     applied: 0,
                     waiting: BTreeMap::new(),
                     proposed_at: BTreeMap::new(),
@@ -585,6 +589,8 @@ impl Simulation {
             Value::Commands(commands) => commands,
         };
         for bytes in commands {
+            let replica = self.replicas.get_mut(&id).expect("known node");
+            replica.broadcast.apply(slot, &bytes);
             let command = match Command::decode(&bytes) {
                 Ok(command) => command,
                 Err(error) => {
@@ -910,6 +916,7 @@ impl Simulation {
         // The state machine is rebuilt from the log: the recovered node re-delivers every
         // committed slot from the start.
         replica.kv = KvStore::new();
+        replica.broadcast = Broadcast::new();
         replica.applied = 0;
         self.checker.on_restart(id);
         self.dirty.insert(id);
@@ -970,6 +977,15 @@ impl Simulation {
             .filter(|(_, r)| r.node.is_some())
             .map(|(id, _)| *id)
             .collect();
+        let sequences: Vec<(NodeId, &[(Slot, Bytes)])> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.node.is_some())
+            .map(|(id, r)| (*id, r.broadcast.delivered()))
+            .collect();
+        if let Some(violation) = crate::checks::check_broadcast(&sequences, healed && converged) {
+            self.report.violations.push(violation);
+        }
         if healed && converged {
             let lost = self.checker.lost_acknowledged_writes(&live);
             self.report.violations.extend(lost);

@@ -195,3 +195,21 @@ fn dueling_proposers_settle_with_randomized_backoff() {
     assert!(report.violations.is_empty(), "{report:?}");
     assert_eq!(report.ops_ok + report.ops_failed, 20, "{report:?}");
 }
+
+#[test]
+fn broadcast_checker_flags_diverging_deliveries() {
+    use crate::checks::check_broadcast;
+    let a = [(1, Bytes::from_static(b"x")), (2, Bytes::from_static(b"y"))];
+    let b = [(1, Bytes::from_static(b"x"))];
+    let c = [(1, Bytes::from_static(b"z"))];
+    assert_eq!(check_broadcast(&[(1, &a), (2, &b)], false), None);
+    assert!(check_broadcast(&[(1, &a), (2, &b)], true).is_some());
+    assert_eq!(
+        check_broadcast(&[(1, &a), (3, &c)], false),
+        Some(Violation::BroadcastDiverged {
+            first: 1,
+            second: 3,
+            index: 0
+        })
+    );
+}
