@@ -57,13 +57,10 @@ fn first_free_slot(state: &DurableState) -> u64 {
         + 1
 }
 
-/// Child side: runs only when the parent set the environment variable.
-#[test]
-fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else {
-        return;
-    };
-    let (wal, state) = Wal::open(Path::new(&dir), options()).expect("child opens the log");
+/// Child side: the test binary re-executed by the parent with `CHILD_DIR_VAR` set.
+/// Appends until it is killed.
+fn run_child(dir: &std::ffi::OsStr) {
+    let (wal, state) = Wal::open(Path::new(dir), options()).expect("child opens the log");
     let first_slot = first_free_slot(&state);
     let group = Arc::new(GroupCommit::start(wal));
     let next_slot = Arc::new(AtomicU64::new(first_slot));
@@ -145,7 +142,8 @@ fn check_recovered(
 
 #[test]
 fn killed_writer_never_loses_an_acknowledged_write() {
-    if std::env::var_os(CHILD_DIR_VAR).is_some() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_VAR) {
+        run_child(&dir);
         return;
     }
     let seed = std::env::var(SEED_VAR)
@@ -166,7 +164,12 @@ fn killed_writer_never_loses_an_acknowledged_write() {
     let mut final_snapshot_slot = 0;
     for run in 0..RUNS {
         let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "killed_writer_never_loses_an_acknowledged_write",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
