@@ -1,6 +1,23 @@
 //! # synod-server: the runtime operators run
 //!
-//! Drives a [`synod_core::Node`] with real I/O: peers over TCP, a write-ahead log and
-//! snapshots from `synod-storage`, and etcd's v3 gRPC API in front of a [`synod_kv::KvStore`].
+//! Drives a [`synod_core::Node`] with real I/O: peers over TCP ([`wire`], [`transport`]),
+//! a write-ahead log and snapshots from `synod-storage`, client sessions that make
+//! retried proposals apply once ([`sessions`]), Prometheus [`metrics`], and — for the KV
+//! store — etcd's v3 gRPC API ([`etcd`]).
+//!
+//! The runtime is generic over [`synod_kv::StateMachine`]: [`Server::start`] runs one
+//! replica of any state machine inside the caller's tokio runtime, and its [`Handle`]
+//! proposes commands and runs reads. `synod node` and `synod dev` are [`run_node`] and
+//! [`run_dev`].
 
+pub mod config;
+mod driver;
+pub mod metrics;
 pub mod proto;
+mod server;
+pub mod sessions;
+pub mod transport;
+pub mod wire;
+
+pub use config::{Cluster, ConfigError, Member, ServerConfig};
+pub use server::{has_data, Consistency, Handle, NodeStatus, Server, ServerError};

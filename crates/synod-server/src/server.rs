@@ -1,0 +1,458 @@
+//! [`Server`]: one replica running in the caller's tokio runtime, generic over the
+//! state machine, and [`Handle`], the client-facing API for embedders.
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::driver::{Channels, Driver, DriverSettings, ReadFn, Request};
+use crate::metrics::Metrics;
+use crate::sessions::{RuntimeImage, Sessions};
+use crate::transport::PEER_QUEUE_FRAMES;
+use crate::transport::{accept_peers, dial_peer, Directory, PeerInfo, TransportContext};
+use crate::wire::Hello;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use synod_core::{Ballot, Node, NodeId, Role, Slot};
+use synod_kv::StateMachine;
+use synod_storage::{GroupCommit, SnapshotStore, Wal, WalOptions};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How a read is served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started: the leader confirms
+    /// it still leads (by its lease, or one quorum round) and the read waits until this
+    /// replica applied the leader's commit index.
+    Linearizable,
+    /// This replica's current state, possibly stale; no communication.
+    Serializable,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ServerError {
+    Config(String),
+    /// Storage failed; the replica stops rather than risk forgetting a promise.
+    Storage(String),
+    /// The data directory cannot be recovered as it is.
+    Recovery(String),
+    Io(String),
+    /// No leader could serve the request in time (it may or may not have taken effect).
+    Timeout {
+        after: Duration,
+    },
+    /// The replica is shutting down.
+    Stopped,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Config(reason) => write!(f, "configuration error: {reason}"),
+            ServerError::Storage(reason) => write!(f, "storage error: {reason}"),
+            ServerError::Recovery(reason) => {
+                write!(f, "cannot recover the data directory: {reason}")
+            }
+            ServerError::Io(reason) => write!(f, "i/o error: {reason}"),
+            ServerError::Timeout { after } => write!(
+                f,
+                "request timed out after {after:?} without a leader able to serve it"
+            ),
+            ServerError::Stopped => write!(f, "the replica is stopped"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<ConfigError> for ServerError {
+    fn from(error: ConfigError) -> Self {
+        ServerError::Config(error.0)
+    }
+}
+
+/// A replica's view of itself.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub promised: Ballot,
+    pub commit_index: Slot,
+    pub applied_slot: Slot,
+    pub last_slot: Slot,
+    /// The newest snapshot this replica holds (0: none).
+    pub snapshot_slot: Slot,
+    pub phase1_runs: u64,
+    pub wal_disk_bytes: u64,
+    pub pending_proposals: usize,
+}
+
+/// Submits proposals and reads to one replica. Cheap to clone.
+pub struct Handle<S> {
+    requests: mpsc::Sender<Request<S>>,
+    node_id: NodeId,
+}
+
+impl<S> Clone for Handle<S> {
+    fn clone(&self) -> Self {
+        Handle {
+            requests: self.requests.clone(),
+            node_id: self.node_id,
+        }
+    }
+}
+
+impl<S: StateMachine> Handle<S> {
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Replicates `command` and returns the state machine's response once it is applied
+    /// at this replica. Works at any replica (followers forward to the leader); through a
+    /// failover the runtime proposes again until the request deadline, and each command
+    /// is applied exactly once.
+    pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, ServerError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Propose {
+                payload: command.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        response.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Runs `read` against the state machine at the given consistency.
+    pub async fn read<R, F>(&self, consistency: Consistency, read: F) -> Result<R, ServerError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        let (reply, response) = oneshot::channel();
+        let read: ReadFn<S> = Box::new(move |state: Result<&S, ServerError>| {
+            let _ = reply.send(state.map(read));
+        });
+        self.requests
+            .send(Request::Read { consistency, read })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        response.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ServerError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Status { reply })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        response.await.map_err(|_| ServerError::Stopped)
+    }
+}
+
+/// One running replica: its driver, peer transport and storage.
+pub struct Server<S: StateMachine> {
+    handle: Handle<S>,
+    config: ServerConfig,
+    peer_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    directory: Directory,
+    stop: watch::Sender<bool>,
+    driver: Option<JoinHandle<Result<(), ServerError>>>,
+    transport: Vec<JoinHandle<()>>,
+}
+
+const MEMBER_FILE: &str = "member";
+
+/// Refuses a data directory that belongs to another member or cluster.
+fn check_identity(config: &ServerConfig) -> Result<(), ServerError> {
+    let io =
+        |error: std::io::Error| ServerError::Io(format!("{}: {error}", config.data_dir.display()));
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let path = config.data_dir.join(MEMBER_FILE);
+    let identity = format!(
+        "cluster_id={:016x}\nnode_id={}\n",
+        config.cluster.cluster_id, config.node_id
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if existing == identity => Ok(()),
+        Ok(existing) => Err(ServerError::Recovery(format!(
+            "{} belongs to another member or cluster ({}), not to node {} of cluster {:016x}",
+            config.data_dir.display(),
+            existing.trim().replace('\n', ", "),
+            config.node_id,
+            config.cluster.cluster_id
+        ))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, identity).map_err(io)
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// Loads the newest snapshot into `state_machine`: (applied slot, sessions).
+fn restore_snapshot<S: StateMachine>(
+    store: &SnapshotStore,
+    state_machine: &mut S,
+) -> Result<(Slot, Sessions), ServerError> {
+    let Some((slot, data)) = store
+        .latest()
+        .map_err(|error| ServerError::Recovery(error.to_string()))?
+    else {
+        return Ok((0, Sessions::default()));
+    };
+    let image = RuntimeImage::decode(&data)
+        .map_err(|error| ServerError::Recovery(format!("snapshot of slot {slot}: {error}")))?;
+    if image.applied_slot != slot {
+        return Err(ServerError::Recovery(format!(
+            "the snapshot file of slot {slot} holds an image of slot {}",
+            image.applied_slot
+        )));
+    }
+    state_machine
+        .restore(&image.state_machine)
+        .map_err(|error| ServerError::Recovery(format!("snapshot of slot {slot}: {error}")))?;
+    Ok((slot, image.sessions()))
+}
+
+impl<S: StateMachine> Server<S> {
+    /// Binds the member's peer address and starts.
+    pub async fn start(config: ServerConfig, state_machine: S) -> Result<Server<S>, ServerError> {
+        let addr = config.member()?.peer_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServerError::Io(format!("binding peer address {addr}: {error}")))?;
+        Server::start_with_listener(config, state_machine, listener).await
+    }
+
+    /// Starts with an already bound peer listener: recovers from the data directory
+    /// (newest snapshot, then the write-ahead log), then joins the cluster.
+    pub async fn start_with_listener(
+        config: ServerConfig,
+        mut state_machine: S,
+        peer_listener: TcpListener,
+    ) -> Result<Server<S>, ServerError> {
+        let core_config = config.core_config()?;
+        let member = config.member()?.clone();
+        check_identity(&config)?;
+        let snapshots = SnapshotStore::open(&config.data_dir.join("snap"))
+            .map_err(|error| ServerError::Storage(error.to_string()))?;
+        let (applied_slot, sessions) = restore_snapshot(&snapshots, &mut state_machine)?;
+        let (wal, durable) = Wal::open(
+            &config.data_dir.join("wal"),
+            WalOptions {
+                segment_bytes: config.wal_segment_bytes,
+                sync: config.wal_sync,
+            },
+        )
+        .map_err(|error| ServerError::Recovery(error.to_string()))?;
+        if durable.snapshot_slot > applied_slot {
+            return Err(ServerError::Recovery(format!(
+                "the log is compacted through slot {} but the newest snapshot covers slot {} only",
+                durable.snapshot_slot, applied_slot
+            )));
+        }
+        let mut node = Node::recover(core_config, durable).map_err(ServerError::Config)?;
+        if applied_slot > 0 {
+            // The state machine already holds every slot up to the snapshot.
+            node.install_snapshot(applied_slot);
+        }
+        let group_commit = Arc::new(GroupCommit::start(wal));
+        let metrics = Metrics::new(config.node_id);
+        let directory: Directory = Arc::new(Mutex::new(BTreeMap::new()));
+        directory
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(
+                config.node_id,
+                PeerInfo {
+                    name: member.name.clone(),
+                    client_urls: config.client_urls.clone(),
+                },
+            );
+        let context = Arc::new(TransportContext {
+            me: Hello {
+                cluster_id: config.cluster.cluster_id,
+                node_id: config.node_id,
+                name: member.name.clone(),
+                client_urls: config.client_urls.clone(),
+            },
+            cluster: config.cluster.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            metrics: Arc::clone(&metrics),
+            directory: Arc::clone(&directory),
+        });
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|error| ServerError::Io(error.to_string()))?;
+
+        let (requests_tx, requests_rx) = mpsc::channel(8192);
+        let (peer_tx, peer_rx) = mpsc::channel(8192);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut transport = Vec::new();
+        let mut peers = HashMap::new();
+        for peer in &config.cluster.members {
+            if peer.id == config.node_id {
+                continue;
+            }
+            let (frames_tx, frames_rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+            peers.insert(peer.id, frames_tx);
+            transport.push(tokio::spawn(dial_peer(
+                Arc::clone(&context),
+                peer.clone(),
+                frames_rx,
+            )));
+        }
+        transport.push(tokio::spawn(accept_peers(
+            peer_listener,
+            Arc::clone(&context),
+            peer_tx,
+        )));
+        let election_timeout = config.election_timeout;
+        let driver = Driver::new(
+            node,
+            state_machine,
+            sessions,
+            applied_slot,
+            DriverSettings {
+                tick_interval: config.tick_interval,
+                request_timeout: config.request_timeout,
+                retry_after: election_timeout,
+                snapshot_interval_slots: config.snapshot_interval_slots,
+                snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+            },
+            Arc::clone(&metrics),
+            group_commit,
+            Arc::new(snapshots),
+            Channels {
+                requests: requests_rx,
+                peer_inputs: peer_rx,
+                control_tx,
+                control_rx,
+                stop: stop_rx,
+                peers,
+            },
+        );
+        let driver = tokio::spawn(driver.run());
+        Ok(Server {
+            handle: Handle {
+                requests: requests_tx,
+                node_id: config.node_id,
+            },
+            config,
+            peer_addr,
+            metrics,
+            directory,
+            stop: stop_tx,
+            driver: Some(driver),
+            transport,
+        })
+    }
+
+    pub fn handle(&self) -> Handle<S> {
+        self.handle.clone()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Every member with what this node learned of it (name and client URLs from the
+    /// peer handshakes).
+    pub fn members(&self) -> Vec<(crate::config::Member, PeerInfo)> {
+        let directory = self
+            .directory
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        self.config
+            .cluster
+            .members
+            .iter()
+            .map(|member| {
+                let info = directory.get(&member.id).cloned().unwrap_or(PeerInfo {
+                    name: member.name.clone(),
+                    client_urls: Vec::new(),
+                });
+                (member.clone(), info)
+            })
+            .collect()
+    }
+
+    /// The shared directory of peers (for services that outlive a borrow of the server).
+    pub fn directory(&self) -> Directory {
+        Arc::clone(&self.directory)
+    }
+
+    /// True once the replica stopped by itself (a storage failure).
+    pub fn is_finished(&self) -> bool {
+        self.driver
+            .as_ref()
+            .is_none_or(|driver| driver.is_finished())
+    }
+
+    /// Waits until the replica stops by itself (a storage failure), returning why.
+    pub async fn stopped(&mut self) -> Result<(), ServerError> {
+        let Some(driver) = self.driver.as_mut() else {
+            return Err(ServerError::Stopped);
+        };
+        let result = match driver.await {
+            Ok(result) => result,
+            Err(error) => Err(ServerError::Io(format!("replica task failed: {error}"))),
+        };
+        self.driver = None;
+        result
+    }
+
+    /// Stops the replica: closes peer connections, answers waiting requests with
+    /// `Stopped`, and completes every queued write-ahead-log write.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        let transport = std::mem::take(&mut self.transport);
+        for task in &transport {
+            task.abort();
+        }
+        let _ = self.stop.send(true);
+        let result = match self.driver.take() {
+            Some(driver) => match driver.await {
+                Ok(result) => result,
+                Err(error) => Err(ServerError::Io(format!("replica task failed: {error}"))),
+            },
+            None => Ok(()),
+        };
+        for task in transport {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl<S: StateMachine> Drop for Server<S> {
+    fn drop(&mut self) {
+        for task in &self.transport {
+            task.abort();
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Whether `dir` holds data of an earlier run.
+pub fn has_data(dir: &Path) -> bool {
+    dir.join(MEMBER_FILE).exists()
+}
