@@ -1,5 +1,6 @@
 //! `synod`: the one binary. See `synod --help`.
 
+mod bench;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     /// Lin-kv workload against local `synod-maelstrom` processes, with partitions and
     /// delays, checked for linearizability (build `-p synod-maelstrom` first).
     MaelstromTest(synod_maelstrom::cli::HarnessArgs),
+    /// Benchmarks: `synod bench storage`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,5 +33,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
