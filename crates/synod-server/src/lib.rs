@@ -12,7 +12,9 @@
 
 pub mod config;
 mod driver;
+pub mod etcd;
 pub mod metrics;
+mod node;
 pub mod proto;
 mod server;
 pub mod sessions;
@@ -20,4 +22,5 @@ pub mod transport;
 pub mod wire;
 
 pub use config::{Cluster, ConfigError, Member, ServerConfig};
+pub use node::{EtcdNode, Listeners};
 pub use server::{has_data, Consistency, Handle, NodeStatus, Server, ServerError};

@@ -177,3 +177,111 @@ impl<S: StateMachine> TestCluster<S> {
         }
     }
 }
+
+/// Three KV replicas with their etcd gRPC and metrics endpoints, in-process.
+pub struct EtcdCluster {
+    pub cluster: Cluster,
+    pub configs: Vec<ServerConfig>,
+    pub nodes: Vec<Option<synod_server::EtcdNode>>,
+    pub client_addrs: Vec<SocketAddr>,
+    pub dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub async fn start(size: usize) -> EtcdCluster {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (peers, peer_addrs) = bind_listeners(size).await;
+        let (clients, client_addrs) = bind_listeners(size).await;
+        let cluster = Cluster::from_addrs(&peer_addrs, "etcd-test");
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        for (index, (peer, client)) in peers.into_iter().zip(clients).enumerate() {
+            let mut config = test_config(index as u64 + 1, &cluster, dir.path());
+            config.client_urls = vec![format!("http://{}", client_addrs[index])];
+            let node = synod_server::EtcdNode::start(
+                config.clone(),
+                synod_server::Listeners {
+                    peer: Some(peer),
+                    clients: vec![client],
+                    metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                },
+            )
+            .await
+            .expect("node starts");
+            configs.push(config);
+            nodes.push(Some(node));
+        }
+        EtcdCluster {
+            cluster,
+            configs,
+            nodes,
+            client_addrs,
+            dir,
+        }
+    }
+
+    pub fn endpoint(&self, index: usize) -> String {
+        format!("http://{}", self.client_addrs[index])
+    }
+
+    pub fn node(&self, index: usize) -> &synod_server::EtcdNode {
+        self.nodes[index].as_ref().expect("node is running")
+    }
+
+    pub async fn stop(&mut self, index: usize) {
+        if let Some(node) = self.nodes[index].take() {
+            node.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Starts node `index` again on its old addresses and data directory.
+    pub async fn restart(&mut self, index: usize) {
+        let config = self.configs[index].clone();
+        let client = TcpListener::bind(self.client_addrs[index])
+            .await
+            .expect("rebind client port");
+        let node = synod_server::EtcdNode::start(
+            config,
+            synod_server::Listeners {
+                peer: None,
+                clients: vec![client],
+                metrics: None,
+            },
+        )
+        .await
+        .expect("node restarts");
+        self.nodes[index] = Some(node);
+    }
+
+    /// Index of the node every running node agrees leads.
+    pub async fn wait_for_leader(&self) -> usize {
+        for _ in 0..3000 {
+            let mut leaders = Vec::new();
+            for node in self.nodes.iter().flatten() {
+                leaders.push(
+                    node.server()
+                        .handle()
+                        .status()
+                        .await
+                        .expect("status")
+                        .leader,
+                );
+            }
+            if let Some(Some(leader)) = leaders.first() {
+                let index = (*leader - 1) as usize;
+                if leaders.iter().all(|l| *l == Some(*leader)) && self.nodes[index].is_some() {
+                    return index;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no leader emerged");
+    }
+
+    pub async fn stop_all(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop(index).await;
+        }
+    }
+}

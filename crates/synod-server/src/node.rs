@@ -1,0 +1,130 @@
+//! [`EtcdNode`]: a KV replica with its etcd gRPC endpoints and metrics endpoint — what
+//! `synod node` runs, and what the tests start in-process.
+
+use crate::config::ServerConfig;
+use crate::etcd::EtcdApi;
+use crate::metrics::serve_metrics;
+use crate::{Server, ServerError};
+use std::net::SocketAddr;
+use std::time::Duration;
+use synod_kv::KvStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// How long a graceful stop lets in-flight client requests finish.
+const GRACEFUL_STOP: Duration = Duration::from_secs(2);
+
+pub struct EtcdNode {
+    server: Server<KvStore>,
+    client_addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    grpc: Vec<JoinHandle<()>>,
+    metrics_task: Option<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Listeners an [`EtcdNode`] serves on; `peer: None` binds the member's peer address.
+pub struct Listeners {
+    pub peer: Option<TcpListener>,
+    pub clients: Vec<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
+impl EtcdNode {
+    pub async fn start(
+        config: ServerConfig,
+        listeners: Listeners,
+    ) -> Result<EtcdNode, ServerError> {
+        let server = match listeners.peer {
+            Some(peer) => Server::start_with_listener(config, KvStore::new(), peer).await?,
+            None => Server::start(config, KvStore::new()).await?,
+        };
+        let api = EtcdApi::new(
+            server.handle(),
+            server.config().cluster.clone(),
+            server.directory(),
+            server.metrics(),
+        );
+        let (shutdown, _) = watch::channel(false);
+        let mut grpc = Vec::new();
+        let mut client_addrs = Vec::new();
+        for listener in listeners.clients {
+            let addr = listener
+                .local_addr()
+                .map_err(|error| ServerError::Io(error.to_string()))?;
+            client_addrs.push(addr);
+            let routes = api.clone().routes();
+            let mut stop = shutdown.subscribe();
+            let node = server.node_id();
+            grpc.push(tokio::spawn(async move {
+                let incoming = TcpListenerStream::new(listener);
+                let result = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::error!(node, %addr, %error, "the client endpoint failed");
+                }
+            }));
+            tracing::info!(node = server.node_id(), %addr, "serving etcd v3 gRPC clients");
+        }
+        let (metrics_addr, metrics_task) = match listeners.metrics {
+            Some(listener) => {
+                let addr = listener
+                    .local_addr()
+                    .map_err(|error| ServerError::Io(error.to_string()))?;
+                tracing::info!(node = server.node_id(), %addr, "serving metrics at /metrics");
+                (
+                    Some(addr),
+                    Some(tokio::spawn(serve_metrics(listener, server.metrics()))),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(EtcdNode {
+            server,
+            client_addrs,
+            metrics_addr,
+            grpc,
+            metrics_task,
+            shutdown,
+        })
+    }
+
+    pub fn server(&self) -> &Server<KvStore> {
+        &self.server
+    }
+
+    pub fn server_mut(&mut self) -> &mut Server<KvStore> {
+        &mut self.server
+    }
+
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops accepting clients, lets in-flight requests finish for a moment, then stops
+    /// the replica (every queued log write completes).
+    pub async fn stop(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        for task in self.grpc {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(GRACEFUL_STOP, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Some(task) = self.metrics_task {
+            task.abort();
+        }
+        self.server.stop().await
+    }
+}
