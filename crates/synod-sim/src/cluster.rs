@@ -1003,14 +1003,7 @@ impl Simulation {
 fn to_kv_op(op: &ClientOp) -> Op {
     let key = Bytes::from(format!("k{}", op.key));
     match &op.op {
-        RegisterOp::Read => Op::Range(RangeRequest {
-            key,
-            range_end: Bytes::new(),
-            limit: 0,
-            count_only: false,
-            keys_only: false,
-            revision: 0,
-        }),
+        RegisterOp::Read => read(key),
         RegisterOp::Write(value) => Op::Put(put(key, *value)),
         RegisterOp::Cas { from, to } => Op::Txn(TxnRequest {
             compare: vec![Compare {
@@ -1020,16 +1013,20 @@ fn to_kv_op(op: &ClientOp) -> Op {
                 result: CompareResult::Equal,
             }],
             success: vec![Op::Put(put(key.clone(), *to))],
-            failure: vec![Op::Range(RangeRequest {
-                key,
-                range_end: Bytes::new(),
-                limit: 0,
-                count_only: false,
-                keys_only: false,
-                revision: 0,
-            })],
+            failure: vec![read(key)],
         }),
     }
+}
+
+fn read(key: Bytes) -> Op {
+    Op::Range(RangeRequest {
+        key,
+        range_end: Bytes::new(),
+        limit: 0,
+        count_only: false,
+        keys_only: false,
+        revision: 0,
+    })
 }
 
 fn put(key: Bytes, value: u64) -> PutRequest {
