@@ -299,6 +299,8 @@ async fn status_member_list_and_unserved_methods() {
     kv(&cluster, 0).await.put(put("k", "v")).await.unwrap();
     let leader = cluster.wait_for_leader().await;
     for index in 0..3 {
+        // A linearizable read makes this node apply the put before its status is asked.
+        kv(&cluster, index).await.range(get("k")).await.unwrap();
         let status = MaintenanceClient::connect(cluster.endpoint(index))
             .await
             .unwrap()
