@@ -10,6 +10,7 @@
 //! proposes commands and runs reads. `synod node` and `synod dev` are [`run_node`] and
 //! [`run_dev`].
 
+pub mod cli;
 pub mod config;
 mod driver;
 pub mod etcd;
@@ -21,6 +22,7 @@ pub mod sessions;
 pub mod transport;
 pub mod wire;
 
+pub use cli::{run_dev, run_node, DevArgs, NodeArgs};
 pub use config::{Cluster, ConfigError, Member, ServerConfig};
 pub use node::{EtcdNode, Listeners};
 pub use server::{has_data, Consistency, Handle, NodeStatus, Server, ServerError};

@@ -1,0 +1,525 @@
+//! `synod node` and `synod dev`: flags, environment variables and process lifecycle.
+//!
+//! Flags that mean what an etcd flag means carry etcd's name. Every flag can also be set
+//! through the environment as `SYNOD_<FLAG>` (`--data-dir` ↔ `SYNOD_DATA_DIR`).
+
+use crate::config::{resolve_url, Cluster, ServerConfig};
+use crate::node::{EtcdNode, Listeners};
+use anyhow::{anyhow, bail, Context};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use synod_storage::SyncMode;
+use tokio::net::TcpListener;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This member's name in --initial-cluster.
+    #[arg(long, env = "SYNOD_NAME", default_value = "default")]
+    pub name: String,
+    /// Where the write-ahead log and snapshots live [default: <name>.synod].
+    #[arg(long, env = "SYNOD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve etcd v3 gRPC clients on.
+    #[arg(
+        long,
+        env = "SYNOD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Client URLs announced to the cluster (for `member list`) [default: the listen URLs].
+    #[arg(long, env = "SYNOD_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// URL to accept peer connections on.
+    #[arg(
+        long,
+        env = "SYNOD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// Every member as name=peer-url, comma-separated (this member's entry is where peers
+    /// dial it).
+    #[arg(
+        long,
+        env = "SYNOD_INITIAL_CLUSTER",
+        default_value = "default=http://127.0.0.1:2380"
+    )]
+    pub initial_cluster: String,
+    /// Distinguishes clusters with the same member list: nodes with different tokens
+    /// refuse each other.
+    #[arg(
+        long,
+        env = "SYNOD_INITIAL_CLUSTER_TOKEN",
+        default_value = "synod-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// URL to serve Prometheus metrics on (plain HTTP, /metrics) [default: none].
+    #[arg(long, env = "SYNOD_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// Milliseconds between a leader's heartbeats.
+    #[arg(long, env = "SYNOD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Milliseconds without a leader before a follower runs for election (also the
+    /// acceptors' lease).
+    #[arg(long, env = "SYNOD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied slots between snapshots (each snapshot compacts the log).
+    #[arg(long, env = "SYNOD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Milliseconds a client request may wait, through failovers, before it fails.
+    #[arg(long, env = "SYNOD_REQUEST_TIMEOUT", default_value_t = 10_000)]
+    pub request_timeout: u64,
+    /// How much node clocks may differ in rate, in percent; shortens the read lease.
+    #[arg(long, env = "SYNOD_MAX_CLOCK_DRIFT_PERCENT", default_value_t = 10)]
+    pub max_clock_drift_percent: u64,
+    /// Skip fdatasync: a machine crash loses acknowledged writes. For tests only.
+    #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+    /// error, warn, info or debug (RUST_LOG, when set, wins).
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DevArgs {
+    /// Directory for the three members' data (and their logs).
+    #[arg(long, env = "SYNOD_DEV_DATA_DIR", default_value = "synod-data")]
+    pub data_dir: PathBuf,
+    /// Client port of the first member; the others use +20000 and +30000 (etcd's local
+    /// convention: 2379, 22379, 32379). Peers listen on 12380, 22380 and 32380 (client
+    /// port + 10001, +1, +1), metrics on client port + 2.
+    #[arg(long, env = "SYNOD_DEV_CLIENT_PORT", default_value_t = 2379)]
+    pub client_port: u16,
+    /// Skip fdatasync in the members (faster, unsafe).
+    #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+    /// Passed to the members.
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Installs a tracing subscriber (RUST_LOG wins over `level`); a no-op when the program
+/// already installed one.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl NodeArgs {
+    /// The replica configuration these flags describe.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let cluster = Cluster::parse(&self.initial_cluster, &self.initial_cluster_token)
+            .context("--initial-cluster")?;
+        let member = cluster.member_named(&self.name).ok_or_else(|| {
+            anyhow!(
+                "--name {:?} is not in --initial-cluster (members: {})",
+                self.name,
+                cluster
+                    .members
+                    .iter()
+                    .map(|member| member.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.synod", self.name)));
+        let mut config = ServerConfig::new(member.id, cluster.clone(), data_dir);
+        config.client_urls = split_urls(
+            self.advertise_client_urls
+                .as_deref()
+                .unwrap_or(&self.listen_client_urls),
+        );
+        config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
+        config.election_timeout = Duration::from_millis(self.election_timeout);
+        config.snapshot_interval_slots = self.snapshot_count;
+        config.request_timeout = Duration::from_millis(self.request_timeout);
+        config.max_clock_drift_percent = self.max_clock_drift_percent;
+        if self.unsafe_no_fsync {
+            config.wal_sync = SyncMode::None;
+        }
+        config.core_config().context("timing flags")?;
+        Ok(config)
+    }
+}
+
+async fn bind(url: &str, what: &str) -> anyhow::Result<TcpListener> {
+    let addr = resolve_url(url).with_context(|| what.to_string())?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+/// Runs one replica until SIGTERM or SIGINT (graceful stop), or until storage fails.
+pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level);
+    let config = args.server_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("synod-node")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut clients = Vec::new();
+        for url in split_urls(&args.listen_client_urls) {
+            clients.push(bind(&url, "--listen-client-urls").await?);
+        }
+        if clients.is_empty() {
+            bail!("--listen-client-urls names no URL");
+        }
+        let peer = bind(&args.listen_peer_urls, "--listen-peer-urls").await?;
+        let metrics = match &args.listen_metrics_urls {
+            Some(url) => Some(bind(url, "--listen-metrics-urls").await?),
+            None => None,
+        };
+        let mut node = EtcdNode::start(
+            config.clone(),
+            Listeners {
+                peer: Some(peer),
+                clients,
+                metrics,
+            },
+        )
+        .await
+        .context("starting the replica")?;
+        tracing::info!(
+            name = %args.name,
+            node = config.node_id,
+            cluster_id = %format!("{:016x}", config.cluster.cluster_id),
+            data_dir = %config.data_dir.display(),
+            "synod node is up"
+        );
+        let reason = wait_for_stop(&mut node).await?;
+        tracing::info!(%reason, "stopping gracefully");
+        node.stop().await.context("stopping the replica")?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM/SIGINT (with the signal's name); fails if the replica died.
+async fn wait_for_stop(node: &mut EtcdNode) -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        tokio::select! {
+            _ = terminate.recv() => Ok("SIGTERM"),
+            _ = interrupt.recv() => Ok("SIGINT"),
+            result = node.server_mut().stopped() => match result {
+                Ok(()) => Ok("the replica stopped"),
+                Err(error) => Err(anyhow!("the replica failed: {error}")),
+            },
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok("Ctrl-C"),
+            result = node.server_mut().stopped() => match result {
+                Ok(()) => Ok("the replica stopped"),
+                Err(error) => Err(anyhow!("the replica failed: {error}")),
+            },
+        }
+    }
+}
+
+/// The `synod node` arguments of member `index` (0-based) of the dev cluster.
+pub fn dev_member_args(args: &DevArgs, index: usize) -> anyhow::Result<Vec<String>> {
+    let ports = dev_ports(args.client_port)?;
+    let initial_cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(member, (_, peer, _))| format!("n{}=http://127.0.0.1:{peer}", member + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (client, peer, metrics) = ports[index];
+    let mut member = vec![
+        "node".to_string(),
+        format!("--name=n{}", index + 1),
+        format!(
+            "--data-dir={}",
+            args.data_dir.join(format!("n{}", index + 1)).display()
+        ),
+        format!("--listen-client-urls=http://127.0.0.1:{client}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"),
+        format!("--initial-cluster={initial_cluster}"),
+        "--initial-cluster-token=synod-dev".to_string(),
+        format!("--log-level={}", args.log_level),
+    ];
+    if args.unsafe_no_fsync {
+        member.push("--unsafe-no-fsync".to_string());
+    }
+    Ok(member)
+}
+
+/// (client, peer, metrics) ports of the three dev members.
+fn dev_ports(client_port: u16) -> anyhow::Result<[(u16, u16, u16); 3]> {
+    let mut ports = [(0, 0, 0); 3];
+    let base = u32::from(client_port);
+    // etcd's Procfile: clients 2379, 22379, 32379; peers 12380, 22380, 32380.
+    let layout = [
+        (base, base + 10_001, base + 2),
+        (base + 20_000, base + 20_001, base + 20_002),
+        (base + 30_000, base + 30_001, base + 30_002),
+    ];
+    if base + 30_002 > u32::from(u16::MAX) {
+        bail!("--client-port {client_port} leaves no room for the members' ports (it must be at most 35533)");
+    }
+    for (index, (client, peer, metrics)) in layout.into_iter().enumerate() {
+        ports[index] = (client as u16, peer as u16, metrics as u16);
+    }
+    Ok(ports)
+}
+
+struct Member {
+    name: String,
+    child: Child,
+}
+
+/// Starts a local three-member cluster, each member its own `synod node` child process
+/// (this executable), prints the client endpoints and stops them all on Ctrl-C.
+pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let executable = std::env::current_exe().context("locating the synod executable")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let ports = dev_ports(args.client_port)?;
+    let mut members: Vec<Member> = Vec::new();
+    for index in 0..3 {
+        let name = format!("n{}", index + 1);
+        let log_path = args.data_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let spawned = Command::new(&executable)
+            .args(dev_member_args(&args, index)?)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        match spawned {
+            Ok(child) => members.push(Member { name, child }),
+            Err(error) => {
+                stop_members(&mut members);
+                bail!("starting member {name} ({}): {error}", executable.display());
+            }
+        }
+    }
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|(client, _, _)| format!("127.0.0.1:{client}"))
+        .collect();
+    println!(
+        "synod dev: 3-member cluster, data and logs in {}",
+        args.data_dir.display()
+    );
+    for (index, (client, peer, metrics)) in ports.iter().enumerate() {
+        println!(
+            "  n{}  client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}  metrics http://127.0.0.1:{metrics}/metrics",
+            index + 1
+        );
+    }
+    println!(
+        "try:  ETCDCTL_API=3 etcdctl --endpoints={} put hello world",
+        endpoints.join(",")
+    );
+    println!("Ctrl-C stops the cluster.");
+
+    let interrupted = install_interrupt_flag()?;
+    // A member that exits (say, killed to watch a failover) is reported; the others keep
+    // serving until Ctrl-C, or until none is left.
+    let mut reported = vec![false; members.len()];
+    let outcome = loop {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            break Ok(());
+        }
+        for (index, member) in members.iter_mut().enumerate() {
+            if reported[index] {
+                continue;
+            }
+            if let Ok(Some(status)) = member.child.try_wait() {
+                reported[index] = true;
+                eprintln!(
+                    "synod dev: member {} exited ({status}); see {}",
+                    member.name,
+                    args.data_dir.join(format!("{}.log", member.name)).display()
+                );
+            }
+        }
+        if reported.iter().all(|exited| *exited) {
+            break Err(anyhow!("every member exited"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("synod dev: stopping the members");
+    stop_members(&mut members);
+    outcome
+}
+
+/// A flag set by SIGINT or SIGTERM.
+fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = std::sync::Arc::clone(&flag);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    std::thread::Builder::new()
+        .name("synod-dev-signals".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut terminate), Ok(mut interrupt)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+                set.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .context("starting the signal thread")?;
+    Ok(flag)
+}
+
+/// SIGTERM to every member (a graceful stop), then SIGKILL to any still running after
+/// ten seconds.
+fn stop_members(members: &mut [Member]) {
+    for member in members.iter_mut() {
+        terminate(&mut member.child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for member in members.iter_mut() {
+        loop {
+            match member.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!("synod dev: member {} did not stop; killing it", member.name);
+                    let _ = member.child.kill();
+                    let _ = member.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn terminate(child: &mut Child) {
+    let Ok(pid) = i32::try_from(child.id()) else {
+        let _ = child.kill();
+        return;
+    };
+    // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is shared.
+    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if result != 0 {
+        let _ = child.kill();
+    }
+}
+
+#[cfg(not(unix))]
+fn terminate(child: &mut Child) {
+    let _ = child.kill();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct NodeCli {
+        #[command(flatten)]
+        args: NodeArgs,
+    }
+
+    #[derive(Parser)]
+    struct DevCli {
+        #[command(flatten)]
+        args: DevArgs,
+    }
+
+    #[test]
+    fn node_flags_use_etcd_names_and_defaults() {
+        let cli = NodeCli::try_parse_from([
+            "synod",
+            "--name=n2",
+            "--initial-cluster=n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380",
+            "--listen-client-urls=http://127.0.0.1:22379",
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+        ])
+        .unwrap();
+        let config = cli.args.server_config().unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.data_dir, PathBuf::from("n2.synod"));
+        assert_eq!(config.client_urls, ["http://127.0.0.1:22379"]);
+        assert_eq!(config.election_timeout, Duration::from_millis(500));
+        assert_eq!(config.wal_sync, SyncMode::Fsync);
+    }
+
+    #[test]
+    fn a_name_missing_from_the_cluster_and_bad_timings_are_explained() {
+        let cli = NodeCli::try_parse_from(["synod", "--name=n9"]).unwrap();
+        let error = cli.args.server_config().unwrap_err().to_string();
+        assert!(error.contains("not in --initial-cluster"), "{error}");
+        let cli = NodeCli::try_parse_from([
+            "synod",
+            "--heartbeat-interval=2000",
+            "--election-timeout=1000",
+        ])
+        .unwrap();
+        let error = format!("{:#}", cli.args.server_config().unwrap_err());
+        assert!(error.contains("heartbeat"), "{error}");
+    }
+
+    #[test]
+    fn dev_members_follow_the_local_cluster_convention() {
+        let cli = DevCli::try_parse_from(["synod"]).unwrap();
+        let second = dev_member_args(&cli.args, 1).unwrap();
+        assert_eq!(second[0], "node");
+        assert!(second.contains(&"--listen-client-urls=http://127.0.0.1:22379".to_string()));
+        assert!(second.contains(&"--listen-peer-urls=http://127.0.0.1:22380".to_string()));
+        let cluster = second
+            .iter()
+            .find(|arg| arg.starts_with("--initial-cluster="))
+            .unwrap();
+        assert_eq!(
+            cluster,
+            "--initial-cluster=n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380"
+        );
+        let cli = DevCli::try_parse_from(["synod", "--client-port=40000"]).unwrap();
+        assert!(dev_member_args(&cli.args, 0).is_err());
+    }
+}
