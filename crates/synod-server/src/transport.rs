@@ -306,13 +306,6 @@ pub async fn dial_peer(
                 );
             }
             Err(failure) => {
-                // What queued up for an unreachable peer is stale by the time it comes
-                // back: drop it (Paxos retransmits what still matters).
-                let mut dropped = 0;
-                while outgoing.try_recv().is_ok() {
-                    dropped += 1;
-                }
-                context.metrics.peer_messages_dropped.inc_by(dropped);
                 // Log a failure once, not on every retry of an unreachable peer.
                 if failure != last_failure {
                     tracing::debug!(node = context.me.node_id, peer = peer.id, addr = %peer.peer_addr, %failure, "cannot connect to peer");
@@ -320,7 +313,21 @@ pub async fn dial_peer(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Frames for an unreachable peer would be stale by the time it comes back: drop
+        // them while waiting (Paxos retransmits what still matters).
+        let retry = tokio::time::sleep(backoff);
+        tokio::pin!(retry);
+        let mut dropped = 0;
+        loop {
+            tokio::select! {
+                _ = &mut retry => break,
+                frame = outgoing.recv() => match frame {
+                    Some(_) => dropped += 1,
+                    None => return,
+                },
+            }
+        }
+        context.metrics.peer_messages_dropped.inc_by(dropped);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
