@@ -25,4 +25,4 @@ pub mod wire;
 pub use cli::{run_dev, run_node, DevArgs, NodeArgs};
 pub use config::{Cluster, ConfigError, Member, ServerConfig};
 pub use node::{EtcdNode, Listeners};
-pub use server::{has_data, Consistency, Handle, NodeStatus, Server, ServerError};
+pub use server::{Consistency, Handle, NodeStatus, Server, ServerError};

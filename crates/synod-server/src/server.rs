@@ -12,7 +12,6 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use synod_core::{Ballot, Node, NodeId, Role, Slot};
@@ -450,9 +449,4 @@ impl<S: StateMachine> Drop for Server<S> {
         }
         let _ = self.stop.send(true);
     }
-}
-
-/// Whether `dir` holds data of an earlier run.
-pub fn has_data(dir: &Path) -> bool {
-    dir.join(MEMBER_FILE).exists()
 }
