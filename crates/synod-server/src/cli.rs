@@ -17,7 +17,7 @@ pub struct NodeArgs {
     /// This member's name in --initial-cluster.
     #[arg(long, env = "SYNOD_NAME", default_value = "default")]
     pub name: String,
-    /// Where the write-ahead log and snapshots live [default: `<name>.synod`].
+    /// Where the write-ahead log and snapshots live (default: `<name>.synod`).
     #[arg(long, env = "SYNOD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to serve etcd v3 gRPC clients on.
