@@ -183,3 +183,26 @@ async fn a_replica_that_missed_compacted_slots_catches_up_from_a_snapshot() {
     assert!(installed >= 1, "it caught up through a snapshot");
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_refuses_to_start_as_another_member() {
+    let mut cluster = TestCluster::start(3, |_| {}, Counter::default).await;
+    cluster
+        .server(0)
+        .handle()
+        .propose(delta(1))
+        .await
+        .expect("write");
+    cluster.stop(0).await;
+    let mut impostor = cluster.configs[1].clone();
+    impostor.data_dir = cluster.configs[0].data_dir.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match synod_server::Server::start_with_listener(impostor, Counter::default(), listener).await {
+        Err(synod_server::ServerError::Recovery(reason)) => {
+            assert!(reason.contains("belongs to another member"), "{reason}")
+        }
+        Err(other) => panic!("expected a recovery error, got {other}"),
+        Ok(_) => panic!("node 2 started on node 1's data directory"),
+    }
+    cluster.stop_all().await;
+}
