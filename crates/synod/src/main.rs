@@ -19,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one replica: etcd v3 API for clients, TCP to its peers, a write-ahead log.
+    Node(synod_server::cli::NodeArgs),
+    /// A local 3-node cluster on 127.0.0.1:2379, :22379 and :32379 (Ctrl-C stops it).
+    Dev(synod_server::cli::DevArgs),
     /// Seeded cluster simulation with fault injection and the safety/liveness checkers.
     Sim(sim::SimArgs),
     /// Lin-kv workload against local `synod-maelstrom` processes, with partitions and
@@ -31,8 +35,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Node(args) => report(synod_server::cli::run_node(args)),
+        Command::Dev(args) => report(synod_server::cli::run_dev(args)),
         Command::Sim(args) => sim::run(args),
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("synod: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
