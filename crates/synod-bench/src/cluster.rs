@@ -1,0 +1,441 @@
+//! `synod bench cluster`: the whole run. Measures the machine's ceilings, starts the
+//! systems (Synod ×3, etcd ×3 where installed, the unreplicated ceiling), drives every
+//! cell — workload × clients — with the same load generator, one system after the other
+//! for each cell so drift in the machine hits all of them alike, then kills each
+//! cluster's leader under load.
+
+use crate::error::BenchError;
+use crate::load::{preload, run_load, LoadSpec, Workload};
+use crate::machine::{self, Machine};
+use crate::process::{etcd_version, find_on_path, ClusterProcesses, Launch, Ports, System, Timing};
+use crate::report::{Ceilings, Cell, ClusterReport, Failover, Settings};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Where the members keep their data (on the disk being measured; removed after).
+    pub data_dir: PathBuf,
+    /// The `synod` executable whose `node` subcommand runs a replica.
+    pub synod_executable: PathBuf,
+    /// The `etcd` executable; `None` looks for `etcd` on `PATH`.
+    pub etcd_executable: Option<PathBuf>,
+    /// Measure Synod alone even where etcd is installed.
+    pub skip_etcd: bool,
+    /// Leave out the unreplicated ceiling.
+    pub skip_ceiling: bool,
+    pub skip_failover: bool,
+    pub workloads: Vec<Workload>,
+    pub clients: Vec<usize>,
+    pub warmup: Duration,
+    pub cell_duration: Duration,
+    pub keyspace: usize,
+    pub value_bytes: usize,
+    pub connections_per_endpoint: usize,
+    pub timing: Timing,
+    /// Put clients during failover (all on the followers' endpoints).
+    pub failover_clients: usize,
+    /// Load before the leader is killed.
+    pub failover_before: Duration,
+    /// Load after the leader is killed.
+    pub failover_after: Duration,
+    pub fdatasync_iterations: usize,
+    pub loopback_round_trips: usize,
+    /// First loopback port tried for the members.
+    pub base_port: u16,
+}
+
+impl ClusterOptions {
+    pub fn new(synod_executable: PathBuf) -> ClusterOptions {
+        ClusterOptions {
+            data_dir: PathBuf::from("synod-data/bench-cluster"),
+            synod_executable,
+            etcd_executable: None,
+            skip_etcd: false,
+            skip_ceiling: false,
+            skip_failover: false,
+            workloads: Workload::ALL.to_vec(),
+            clients: vec![1, 16, 64, 256],
+            warmup: Duration::from_millis(500),
+            cell_duration: Duration::from_secs(3),
+            keyspace: 1000,
+            value_bytes: 256,
+            connections_per_endpoint: 4,
+            timing: Timing {
+                heartbeat_interval_ms: 100,
+                election_timeout_ms: 1000,
+            },
+            failover_clients: 16,
+            failover_before: Duration::from_secs(2),
+            failover_after: Duration::from_secs(5),
+            fdatasync_iterations: 1000,
+            loopback_round_trips: 10_000,
+            base_port: 23_100,
+        }
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        if self.workloads.is_empty() || self.clients.is_empty() {
+            return Err(BenchError::new(
+                "choose at least one workload and one client count",
+            ));
+        }
+        if self.clients.contains(&0) {
+            return Err(BenchError::new("a client count must be at least 1"));
+        }
+        if self.cell_duration.is_zero() {
+            return Err(BenchError::new("the cell duration must be positive"));
+        }
+        if !self.synod_executable.is_file() {
+            return Err(BenchError::new(format!(
+                "the synod executable {} does not exist",
+                self.synod_executable.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the run reports what it is doing (a progress bar, or nothing).
+pub trait Progress {
+    /// The run has `steps` steps.
+    fn begin(&self, steps: u64);
+    /// A step starts.
+    fn step(&self, what: &str);
+    /// The current step is done.
+    fn done(&self);
+    /// A line worth keeping on screen.
+    fn note(&self, line: &str);
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn begin(&self, _steps: u64) {}
+    fn step(&self, _what: &str) {}
+    fn done(&self) {}
+    fn note(&self, _line: &str) {}
+    fn finish(&self) {}
+}
+
+/// An indicatif progress bar on stderr.
+pub struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    pub fn new() -> Bar {
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+        )
+        .map(|style| style.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bar(bar)
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Bar {
+        Bar::new()
+    }
+}
+
+impl Progress for Bar {
+    fn begin(&self, steps: u64) {
+        self.0.set_length(steps);
+    }
+    fn step(&self, what: &str) {
+        self.0.set_message(what.to_string());
+    }
+    fn done(&self) {
+        self.0.inc(1);
+    }
+    fn note(&self, line: &str) {
+        self.0.println(line);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// One system ready to be measured.
+struct Running {
+    processes: ClusterProcesses,
+}
+
+/// Runs the whole benchmark; see the module documentation.
+pub fn run(options: &ClusterOptions, progress: &dyn Progress) -> Result<ClusterReport, BenchError> {
+    options.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("synod-bench")
+        .build()
+        .map_err(|error| BenchError::new(format!("starting the async runtime: {error}")))?;
+    let result = runtime.block_on(run_async(options, progress));
+    progress.finish();
+    let _ = std::fs::remove_dir_all(&options.data_dir);
+    result
+}
+
+async fn run_async(
+    options: &ClusterOptions,
+    progress: &dyn Progress,
+) -> Result<ClusterReport, BenchError> {
+    let mut notes = Vec::new();
+    let etcd_executable = if options.skip_etcd {
+        notes.push(
+            "etcd was left out of this run (--skip-etcd): Synod is measured alone.".to_string(),
+        );
+        None
+    } else {
+        match options
+            .etcd_executable
+            .clone()
+            .or_else(|| find_on_path("etcd"))
+        {
+            Some(path) if path.is_file() => Some(path),
+            _ => {
+                notes.push(
+                    "etcd is not installed (Debian: apt-get install etcd-server): Synod is measured alone, and the targets against etcd are not measured."
+                        .to_string(),
+                );
+                None
+            }
+        }
+    };
+    let etcd_version = match &etcd_executable {
+        Some(path) => Some(etcd_version(path)?),
+        None => None,
+    };
+    let mut systems = vec![System::Synod];
+    if etcd_executable.is_some() {
+        systems.push(System::Etcd);
+    }
+    if !options.skip_ceiling {
+        systems.push(System::Ceiling);
+    }
+    let replicated: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|system| *system != System::Ceiling)
+        .collect();
+    let cells = options.workloads.len() * options.clients.len() * systems.len();
+    let failovers = if options.skip_failover {
+        0
+    } else {
+        replicated.len()
+    };
+    progress.begin((2 + systems.len() + cells + failovers) as u64);
+
+    progress.step("loopback round-trip time");
+    let loopback_message_bytes = 64;
+    let loopback_rtt = machine::loopback_rtt(options.loopback_round_trips, loopback_message_bytes)?;
+    progress.done();
+    progress.step("fdatasync latency");
+    let fdatasync_block_bytes = 4096;
+    let fdatasync = machine::fdatasync_latency(
+        &options.data_dir,
+        options.fdatasync_iterations,
+        fdatasync_block_bytes,
+    )?;
+    progress.done();
+    let ceilings = Ceilings {
+        fdatasync_block_bytes,
+        fdatasync,
+        loopback_message_bytes,
+        loopback_rtt,
+    };
+    progress.note(&format!(
+        "fdatasync p50 {:.0} µs, loopback RTT p50 {:.0} µs",
+        ceilings.fdatasync.p50_us, ceilings.loopback_rtt.p50_us
+    ));
+
+    let mut ports = Ports::from(options.base_port);
+    let mut running: Vec<(System, Running)> = Vec::new();
+    for system in &systems {
+        progress.step(&format!("starting {}", system.label()));
+        let executable = match system {
+            System::Etcd => etcd_executable
+                .clone()
+                .ok_or_else(|| BenchError::new("etcd was chosen without an executable"))?,
+            System::Synod | System::Ceiling => options.synod_executable.clone(),
+        };
+        let mut processes = ClusterProcesses::start(
+            Launch {
+                system: *system,
+                executable: &executable,
+                members: if *system == System::Ceiling { 1 } else { 3 },
+                data_dir: options.data_dir.join(system.name()),
+                timing: options.timing,
+            },
+            &mut ports,
+        )?;
+        processes.wait_ready(Duration::from_secs(30)).await?;
+        preload(
+            &processes.endpoints(),
+            options.keyspace,
+            options.value_bytes,
+        )
+        .await
+        .map_err(|error| error.context(format!("preloading {}", system.name())))?;
+        running.push((*system, Running { processes }));
+        progress.done();
+    }
+
+    let mut cells = Vec::new();
+    for workload in &options.workloads {
+        for &clients in &options.clients {
+            for (system, run) in &running {
+                progress.step(&format!(
+                    "{} · {} · {clients} clients",
+                    system.name(),
+                    workload.name()
+                ));
+                let mut spec = LoadSpec::new(*workload, clients, options.cell_duration);
+                spec.warmup = options.warmup;
+                spec.keyspace = options.keyspace;
+                spec.value_bytes = options.value_bytes;
+                spec.connections_per_endpoint = options.connections_per_endpoint;
+                let servers_before = run.processes.cpu_time();
+                let client_before = machine::own_cpu_time().unwrap_or_default();
+                let started = Instant::now();
+                let result =
+                    run_load(&run.processes.endpoints(), &spec)
+                        .await
+                        .map_err(|error| {
+                            error.context(format!("{} {}", system.name(), workload.name()))
+                        })?;
+                let wall = started.elapsed().as_secs_f64().max(1e-9);
+                let servers = run.processes.cpu_time().saturating_sub(servers_before);
+                let client = machine::own_cpu_time()
+                    .unwrap_or_default()
+                    .saturating_sub(client_before);
+                let mut cell = Cell::of(*system, *workload, clients, &result);
+                cell.server_cpu_percent = servers.as_secs_f64() / wall * 100.0;
+                cell.client_cpu_percent = client.as_secs_f64() / wall * 100.0;
+                progress.note(&format!(
+                    "{:<8} {:<17} {clients:>4} clients: {:>8.0} ops/s  p50 {:>7} ms  p99 {:>7} ms  errors {}",
+                    system.name(),
+                    workload.name(),
+                    cell.ops_per_sec,
+                    crate::report::format_ms(cell.p50_us),
+                    crate::report::format_ms(cell.p99_us),
+                    cell.errors
+                ));
+                cells.push(cell);
+                progress.done();
+            }
+        }
+    }
+
+    let mut failovers = Vec::new();
+    if !options.skip_failover {
+        for (system, run) in &mut running {
+            if *system == System::Ceiling {
+                continue;
+            }
+            progress.step(&format!("{}: kill -9 the leader under load", system.name()));
+            let failover = failover(&mut run.processes, options).await?;
+            progress.note(&format!(
+                "{} failover: killed {}, longest stall {} ms, {} errors",
+                system.name(),
+                failover.killed,
+                failover.stall_ms,
+                failover.errors
+            ));
+            failovers.push(failover);
+            progress.done();
+        }
+    }
+    for (_, run) in running {
+        run.processes.stop();
+    }
+
+    let mut report = ClusterReport {
+        date: machine::utc_now(),
+        machine: Machine::describe(),
+        etcd_version,
+        notes,
+        settings: Settings {
+            clients: options.clients.clone(),
+            workloads: options.workloads.clone(),
+            warmup_ms: options.warmup.as_millis() as u64,
+            cell_ms: options.cell_duration.as_millis() as u64,
+            keyspace: options.keyspace,
+            value_bytes: options.value_bytes,
+            connections_per_endpoint: options.connections_per_endpoint,
+            heartbeat_interval_ms: options.timing.heartbeat_interval_ms,
+            election_timeout_ms: options.timing.election_timeout_ms,
+        },
+        ceilings,
+        cells,
+        failovers,
+        targets: Vec::new(),
+    };
+    report.evaluate_targets();
+    Ok(report)
+}
+
+/// Puts from clients on the followers' endpoints only; the leader is killed with SIGKILL
+/// `failover_before` into the load. Reports the longest time without a successful put and
+/// the errors clients saw.
+async fn failover(
+    processes: &mut ClusterProcesses,
+    options: &ClusterOptions,
+) -> Result<Failover, BenchError> {
+    let system = processes.system;
+    let leader = match processes.leader_index().await {
+        Some(leader) => leader,
+        None => processes.wait_ready(Duration::from_secs(30)).await?,
+    };
+    let killed = processes.members[leader].name.clone();
+    let followers: Vec<String> = processes
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != leader)
+        .map(|(_, member)| member.client_url.clone())
+        .collect();
+    let window = options.failover_before + options.failover_after;
+    let mut spec = LoadSpec::new(Workload::Put, options.failover_clients.max(1), window);
+    spec.warmup = Duration::ZERO;
+    spec.keyspace = options.keyspace;
+    spec.value_bytes = options.value_bytes;
+    spec.connections_per_endpoint = options.connections_per_endpoint;
+    spec.record_completions = true;
+    spec.seed = 7;
+    let load = tokio::spawn({
+        let followers = followers.clone();
+        let spec = spec.clone();
+        async move { run_load(&followers, &spec).await }
+    });
+    tokio::time::sleep(options.failover_before).await;
+    processes.kill(leader)?;
+    let killed_at = Instant::now();
+    let result = load
+        .await
+        .map_err(|error| BenchError::new(format!("the failover load failed: {error}")))??;
+    let window_end = result.started + window;
+    let stall = result.longest_gap(result.started, window_end);
+    let new_leader = processes
+        .leader_index()
+        .await
+        .map(|index| processes.members[index].name.clone());
+    let killed_after = killed_at.saturating_duration_since(result.started);
+    Ok(Failover {
+        system,
+        clients: spec.clients,
+        killed,
+        killed_after_ms: killed_after.as_millis() as u64,
+        window_ms: window.as_millis() as u64,
+        stall_ms: stall.as_millis() as u64,
+        errors: result.errors,
+        ops: result.ops,
+        first_error: result.first_error,
+        new_leader,
+    })
+}

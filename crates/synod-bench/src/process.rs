@@ -1,0 +1,423 @@
+//! The systems under test as child processes on loopback: a Synod cluster (`synod node`),
+//! an etcd cluster (`etcd`), and the unreplicated Synod ceiling. Members are killed with
+//! SIGKILL when dropped, so a failed run leaves nothing behind.
+
+use crate::error::BenchError;
+use serde::Serialize;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use synod_server::proto::etcdserverpb as pb;
+use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::Endpoint;
+
+/// Which system a measurement is of.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+pub enum System {
+    /// Three Synod replicas, fsync on.
+    #[serde(rename = "synod")]
+    Synod,
+    /// Three etcd members, fsync on (etcd always syncs).
+    #[serde(rename = "etcd")]
+    Etcd,
+    /// One unreplicated Synod node with fsync off: what the client and gRPC alone allow.
+    #[serde(rename = "ceiling")]
+    Ceiling,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Synod => "synod",
+            System::Etcd => "etcd",
+            System::Ceiling => "ceiling",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Synod => "Synod ×3",
+            System::Etcd => "etcd ×3",
+            System::Ceiling => "ceiling (1 node, no fsync)",
+        }
+    }
+}
+
+/// Hands out loopback ports that nothing listens on, counting up from a base far from
+/// etcd's 2379/2380 and from the kernel's ephemeral range.
+pub struct Ports {
+    next: u16,
+}
+
+impl Ports {
+    pub fn from(base: u16) -> Ports {
+        Ports { next: base }
+    }
+
+    pub fn take(&mut self) -> Result<u16, BenchError> {
+        while self.next < 32_000 {
+            let port = self.next;
+            self.next += 1;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+        Err(BenchError::new(
+            "no free loopback port left below 32000 for the benchmark clusters",
+        ))
+    }
+}
+
+/// Timing shared by both replicated systems, as etcd's flags spell it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Timing {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    child: Child,
+    alive: bool,
+}
+
+impl Member {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A running cluster of child processes.
+pub struct ClusterProcesses {
+    pub system: System,
+    pub members: Vec<Member>,
+    pub data_dir: PathBuf,
+}
+
+/// How to start one kind of cluster.
+pub struct Launch<'a> {
+    pub system: System,
+    pub executable: &'a Path,
+    pub members: usize,
+    pub data_dir: PathBuf,
+    pub timing: Timing,
+}
+
+fn open_log(path: &Path) -> Result<File, BenchError> {
+    File::create(path)
+        .map_err(|error| BenchError::new(format!("creating {}: {error}", path.display())))
+}
+
+impl ClusterProcesses {
+    /// Starts the members; [`ClusterProcesses::wait_ready`] waits for a leader.
+    pub fn start(launch: Launch<'_>, ports: &mut Ports) -> Result<ClusterProcesses, BenchError> {
+        let Launch {
+            system,
+            executable,
+            members,
+            data_dir,
+            timing,
+        } = launch;
+        if data_dir.exists() {
+            fs::remove_dir_all(&data_dir).map_err(|error| {
+                BenchError::new(format!("clearing {}: {error}", data_dir.display()))
+            })?;
+        }
+        fs::create_dir_all(&data_dir).map_err(|error| {
+            BenchError::new(format!("creating {}: {error}", data_dir.display()))
+        })?;
+        let mut layout = Vec::new();
+        for index in 0..members {
+            layout.push((
+                format!("n{}", index + 1),
+                ports.take()?,
+                ports.take()?,
+                ports.take()?,
+            ));
+        }
+        let initial_cluster = layout
+            .iter()
+            .map(|(name, _, peer, _)| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = ClusterProcesses {
+            system,
+            members: Vec::new(),
+            data_dir: data_dir.clone(),
+        };
+        for (name, client, peer, metrics) in &layout {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let metrics_url = format!("http://127.0.0.1:{metrics}");
+            let member_dir = data_dir.join(name);
+            let mut command = Command::new(executable);
+            match system {
+                System::Synod | System::Ceiling => {
+                    command.args([
+                        "node".to_string(),
+                        format!("--name={name}"),
+                        format!("--data-dir={}", member_dir.display()),
+                        format!("--listen-client-urls={client_url}"),
+                        format!("--listen-peer-urls={peer_url}"),
+                        format!("--listen-metrics-urls={metrics_url}"),
+                        format!("--initial-cluster={initial_cluster}"),
+                        format!("--initial-cluster-token=bench-{}", system.name()),
+                        format!("--heartbeat-interval={}", timing.heartbeat_interval_ms),
+                        format!("--election-timeout={}", timing.election_timeout_ms),
+                        "--log-level=warn".to_string(),
+                    ]);
+                    if system == System::Ceiling {
+                        command.arg("--unsafe-no-fsync");
+                    }
+                }
+                System::Etcd => {
+                    command.args([
+                        format!("--name={name}"),
+                        format!("--data-dir={}", member_dir.display()),
+                        format!("--listen-client-urls={client_url}"),
+                        format!("--advertise-client-urls={client_url}"),
+                        format!("--listen-peer-urls={peer_url}"),
+                        format!("--initial-advertise-peer-urls={peer_url}"),
+                        format!("--listen-metrics-urls={metrics_url}"),
+                        format!("--initial-cluster={initial_cluster}"),
+                        "--initial-cluster-state=new".to_string(),
+                        "--initial-cluster-token=bench-etcd".to_string(),
+                        format!("--heartbeat-interval={}", timing.heartbeat_interval_ms),
+                        format!("--election-timeout={}", timing.election_timeout_ms),
+                        "--logger=zap".to_string(),
+                        "--log-level=warn".to_string(),
+                    ]);
+                }
+            }
+            let log = open_log(&data_dir.join(format!("{name}.log")))?;
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|error| {
+                    BenchError::new(format!(
+                        "starting {} member {name} ({}): {error}",
+                        system.name(),
+                        executable.display()
+                    ))
+                })?;
+            cluster.members.push(Member {
+                name: name.clone(),
+                client_url,
+                child,
+                alive: true,
+            });
+        }
+        Ok(cluster)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|member| member.alive)
+            .map(|member| member.client_url.clone())
+            .collect()
+    }
+
+    /// Process ids of the members still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter(|member| member.alive)
+            .map(Member::pid)
+            .collect()
+    }
+
+    /// Total CPU time the running members have used.
+    pub fn cpu_time(&self) -> Duration {
+        self.pids()
+            .into_iter()
+            .filter_map(crate::machine::process_cpu_time)
+            .sum()
+    }
+
+    /// The last lines a member wrote to its log, to explain a failure.
+    fn log_tail(&self, name: &str) -> String {
+        let text =
+            fs::read_to_string(self.data_dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// Fails if a member exited on its own.
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        for index in 0..self.members.len() {
+            let member = &mut self.members[index];
+            if !member.alive {
+                continue;
+            }
+            if let Ok(Some(status)) = member.child.try_wait() {
+                member.alive = false;
+                let name = member.name.clone();
+                return Err(BenchError::new(format!(
+                    "{} member {name} exited ({status}); its log ends:\n{}",
+                    self.system.name(),
+                    self.log_tail(&name)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each member's own id and the leader it reports, from `Maintenance.Status`.
+    pub async fn statuses(&self) -> Vec<Option<(u64, u64)>> {
+        let mut statuses = Vec::new();
+        for member in &self.members {
+            statuses.push(if member.alive {
+                status_of(&member.client_url).await.ok()
+            } else {
+                None
+            });
+        }
+        statuses
+    }
+
+    /// Index of the member that leads, when the running members agree on one.
+    pub async fn leader_index(&self) -> Option<usize> {
+        let statuses = self.statuses().await;
+        let mut leaders = statuses.iter().flatten().map(|(_, leader)| *leader);
+        let leader = leaders.next()?;
+        if leader == 0 || leaders.any(|other| other != leader) {
+            return None;
+        }
+        statuses
+            .iter()
+            .position(|status| matches!(status, Some((id, _)) if *id == leader))
+    }
+
+    /// Waits until every member answers and they agree on a leader.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<usize, BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let statuses = self.statuses().await;
+            if statuses.iter().all(Option::is_some) {
+                if let Some(leader) = self.leader_index().await {
+                    return Ok(leader);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::new(format!(
+                    "{} did not elect a leader within {timeout:?} (statuses: {statuses:?}); logs in {}",
+                    self.system.name(),
+                    self.data_dir.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL to one member (as `kill -9`), then reaps it.
+    pub fn kill(&mut self, index: usize) -> Result<(), BenchError> {
+        let member = self
+            .members
+            .get_mut(index)
+            .ok_or_else(|| BenchError::new(format!("no member {index} to kill")))?;
+        member
+            .child
+            .kill()
+            .map_err(|error| BenchError::new(format!("killing {}: {error}", member.name)))?;
+        let _ = member.child.wait();
+        member.alive = false;
+        Ok(())
+    }
+
+    /// Kills every member and removes the data directory.
+    pub fn stop(mut self) {
+        self.kill_all();
+        let _ = fs::remove_dir_all(&self.data_dir);
+    }
+
+    fn kill_all(&mut self) {
+        for member in &mut self.members {
+            if member.alive {
+                let _ = member.child.kill();
+                let _ = member.child.wait();
+                member.alive = false;
+            }
+        }
+    }
+}
+
+impl Drop for ClusterProcesses {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// `(member id, leader id)` as one endpoint reports them.
+pub async fn status_of(url: &str) -> Result<(u64, u64), BenchError> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|error| BenchError::new(format!("bad endpoint {url:?}: {error}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|error| BenchError::new(format!("connecting to {url}: {error}")))?;
+    let status = MaintenanceClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|status| BenchError::new(format!("status of {url}: {}", status.message())))?
+        .into_inner();
+    let member_id = status.header.map_or(0, |header| header.member_id);
+    Ok((member_id, status.leader))
+}
+
+/// Finds an executable on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `3.4.23` from `etcd --version`.
+pub fn etcd_version(executable: &Path) -> Result<String, BenchError> {
+    let output = Command::new(executable)
+        .arg("--version")
+        .output()
+        .map_err(|error| {
+            BenchError::new(format!(
+                "running {} --version: {error}",
+                executable.display()
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("etcd Version:"))
+        .map(|version| version.trim().to_string())
+        .ok_or_else(|| {
+            BenchError::new(format!(
+                "{} --version printed no version",
+                executable.display()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_skip_one_that_is_taken() {
+        let free = Ports::from(24_000).take().unwrap();
+        let _held = std::net::TcpListener::bind(("127.0.0.1", free)).unwrap();
+        let next = Ports::from(free).take().unwrap();
+        assert!(next > free, "{next} is after the held port {free}");
+    }
+
+    #[test]
+    fn a_missing_program_is_not_found_on_the_path() {
+        assert!(find_on_path("surely-no-such-program-synod").is_none());
+        assert!(find_on_path("sh").is_some());
+    }
+}

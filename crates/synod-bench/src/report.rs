@@ -1,0 +1,571 @@
+//! The results of one `synod bench cluster` run, the issue's targets judged against them,
+//! and their renderings: a markdown table, JSON, and the README section.
+
+use crate::load::{LoadResult, Workload};
+use crate::machine::{Machine, Sampled};
+use crate::process::System;
+use serde::Serialize;
+
+/// One system under one workload at one number of clients.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cell {
+    pub system: System,
+    pub workload: Workload,
+    pub clients: usize,
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+    /// CPU used by the system's processes over the cell (warm-up included), in percent
+    /// of one CPU (the machine has `machine.cpus` × 100 %).
+    pub server_cpu_percent: f64,
+    /// CPU used by the load generator over the same time.
+    pub client_cpu_percent: f64,
+    pub first_error: Option<String>,
+}
+
+impl Cell {
+    pub fn of(system: System, workload: Workload, clients: usize, result: &LoadResult) -> Cell {
+        Cell {
+            system,
+            workload,
+            clients,
+            ops: result.ops,
+            errors: result.errors,
+            seconds: result.seconds,
+            ops_per_sec: result.ops_per_sec(),
+            p50_us: result.latency.p50_us,
+            p99_us: result.latency.p99_us,
+            max_us: result.latency.max_us,
+            mean_us: result.latency.mean_us,
+            server_cpu_percent: 0.0,
+            client_cpu_percent: 0.0,
+            first_error: result.first_error.clone(),
+        }
+    }
+}
+
+/// Killing the leader of a replicated system under load.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failover {
+    pub system: System,
+    /// Put clients, all on the endpoints that survive.
+    pub clients: usize,
+    pub killed: String,
+    /// When the leader was killed, from the start of the measured window.
+    pub killed_after_ms: u64,
+    pub window_ms: u64,
+    /// Longest time without any successful operation.
+    pub stall_ms: u64,
+    /// Client-visible errors at the surviving endpoints.
+    pub errors: u64,
+    pub ops: u64,
+    pub first_error: Option<String>,
+    pub new_leader: Option<String>,
+}
+
+/// The machine's limits, measured in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ceilings {
+    pub fdatasync_block_bytes: usize,
+    /// Write + fdatasync into a preallocated file in the benchmark's data directory.
+    pub fdatasync: Sampled,
+    pub loopback_message_bytes: usize,
+    /// TCP ping-pong on 127.0.0.1.
+    pub loopback_rtt: Sampled,
+}
+
+/// How the run was configured (what the README states beside the numbers).
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub clients: Vec<usize>,
+    pub workloads: Vec<Workload>,
+    pub warmup_ms: u64,
+    pub cell_ms: u64,
+    pub keyspace: usize,
+    pub value_bytes: usize,
+    pub connections_per_endpoint: usize,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// A figure it needs is not in this run (e.g. etcd is not installed).
+    NotMeasured,
+}
+
+impl Verdict {
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+}
+
+/// One of the issue's targets, judged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub goal: String,
+    pub figure: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    pub date: String,
+    pub machine: Machine,
+    /// `etcd --version`, when etcd ran.
+    pub etcd_version: Option<String>,
+    /// Things a reader must know (etcd missing, a system that failed to start…).
+    pub notes: Vec<String>,
+    pub settings: Settings,
+    pub ceilings: Ceilings,
+    pub cells: Vec<Cell>,
+    pub failovers: Vec<Failover>,
+    pub targets: Vec<Target>,
+}
+
+pub fn format_ms(micros: u64) -> String {
+    let ms = micros as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+fn format_rate(ops_per_sec: f64) -> String {
+    format!("{ops_per_sec:.0}")
+}
+
+fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+    (denominator > 0.0).then(|| numerator / denominator)
+}
+
+impl ClusterReport {
+    pub fn cell(&self, system: System, workload: Workload, clients: usize) -> Option<&Cell> {
+        self.cells.iter().find(|cell| {
+            cell.system == system && cell.workload == workload && cell.clients == clients
+        })
+    }
+
+    pub fn systems(&self) -> Vec<System> {
+        [System::Synod, System::Etcd, System::Ceiling]
+            .into_iter()
+            .filter(|system| self.cells.iter().any(|cell| cell.system == *system))
+            .collect()
+    }
+
+    pub fn failover(&self, system: System) -> Option<&Failover> {
+        self.failovers
+            .iter()
+            .find(|failover| failover.system == system)
+    }
+
+    /// The markdown table of every cell, systems side by side.
+    pub fn table(&self) -> String {
+        let systems = self.systems();
+        let mut header = vec!["workload".to_string(), "clients".to_string()];
+        for system in &systems {
+            header.push(format!("{} ops/s", system.name()));
+        }
+        let side_by_side = systems.contains(&System::Synod) && systems.contains(&System::Etcd);
+        if side_by_side {
+            header.push("synod ÷ etcd".to_string());
+        }
+        for system in &systems {
+            header.push(format!("{} p50 / p99 / max ms", system.name()));
+        }
+        let mut out = format!("| {} |\n", header.join(" | "));
+        let aligns: Vec<&str> = header
+            .iter()
+            .enumerate()
+            .map(|(index, _)| if index == 0 { "---" } else { "--:" })
+            .collect();
+        out.push_str(&format!("| {} |\n", aligns.join(" | ")));
+        for workload in &self.settings.workloads {
+            for &clients in &self.settings.clients {
+                let mut row = vec![workload.name().to_string(), clients.to_string()];
+                let cells: Vec<Option<&Cell>> = systems
+                    .iter()
+                    .map(|system| self.cell(*system, *workload, clients))
+                    .collect();
+                for cell in &cells {
+                    row.push(cell.map_or("—".to_string(), |cell| {
+                        let errors = if cell.errors > 0 {
+                            format!(" ({} err)", cell.errors)
+                        } else {
+                            String::new()
+                        };
+                        format!("{}{errors}", format_rate(cell.ops_per_sec))
+                    }));
+                }
+                if side_by_side {
+                    let synod = self.cell(System::Synod, *workload, clients);
+                    let etcd = self.cell(System::Etcd, *workload, clients);
+                    row.push(
+                        match (synod, etcd) {
+                            (Some(synod), Some(etcd)) => ratio(synod.ops_per_sec, etcd.ops_per_sec),
+                            _ => None,
+                        }
+                        .map_or("—".to_string(), |ratio| format!("{ratio:.2}×")),
+                    );
+                }
+                for cell in &cells {
+                    row.push(cell.map_or("—".to_string(), |cell| {
+                        format!(
+                            "{} / {} / {}",
+                            format_ms(cell.p50_us),
+                            format_ms(cell.p99_us),
+                            format_ms(cell.max_us)
+                        )
+                    }));
+                }
+                out.push_str(&format!("| {} |\n", row.join(" | ")));
+            }
+        }
+        out
+    }
+
+    /// CPU per system at each number of clients (the profile behind the throughput).
+    pub fn cpu_table(&self) -> String {
+        let systems = self.systems();
+        let mut out = String::from("| workload | clients |");
+        for system in &systems {
+            out.push_str(&format!(" {} servers / client CPU % |", system.name()));
+        }
+        out.push_str("\n| --- | --: |");
+        for _ in &systems {
+            out.push_str(" --: |");
+        }
+        out.push('\n');
+        for workload in &self.settings.workloads {
+            for &clients in &self.settings.clients {
+                out.push_str(&format!("| {} | {clients} |", workload.name()));
+                for system in &systems {
+                    match self.cell(*system, *workload, clients) {
+                        Some(cell) => out.push_str(&format!(
+                            " {:.0} / {:.0} |",
+                            cell.server_cpu_percent, cell.client_cpu_percent
+                        )),
+                        None => out.push_str(" — |"),
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn failover_table(&self) -> String {
+        let mut out = String::from(
+            "| system | leader killed | longest stall ms | client errors | successful puts | first error |\n| --- | --- | --: | --: | --: | --- |\n",
+        );
+        for failover in &self.failovers {
+            out.push_str(&format!(
+                "| {} | {} (at {} ms of {} ms) | {} | {} | {} | {} |\n",
+                failover.system.name(),
+                failover.killed,
+                failover.killed_after_ms,
+                failover.window_ms,
+                failover.stall_ms,
+                failover.errors,
+                failover.ops,
+                failover
+                    .first_error
+                    .as_deref()
+                    .map_or("—".to_string(), |error| error.replace('|', "/"))
+            ));
+        }
+        out
+    }
+
+    pub fn ceilings_line(&self) -> String {
+        let disk = &self.ceilings.fdatasync;
+        let rtt = &self.ceilings.loopback_rtt;
+        format!(
+            "Disk: write {} B + fdatasync p50 {} ms, p99 {} ms ({:.0}/s, one at a time). Loopback TCP round trip ({} B): p50 {:.0} µs, p99 {:.0} µs.",
+            self.ceilings.fdatasync_block_bytes,
+            format_ms(disk.p50_us as u64),
+            format_ms(disk.p99_us as u64),
+            disk.per_sec,
+            self.ceilings.loopback_message_bytes,
+            rtt.p50_us,
+            rtt.p99_us
+        )
+    }
+
+    pub fn targets_table(&self) -> String {
+        let mut out = String::from("| target | measured | verdict |\n| --- | --- | --- |\n");
+        for target in &self.targets {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                target.goal,
+                target.figure,
+                target.verdict.word()
+            ));
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+    }
+
+    /// Judges the issue's targets against the cells and failovers of this run.
+    pub fn evaluate_targets(&mut self) {
+        let mut targets = Vec::new();
+        let throughput_vs_etcd =
+            |report: &ClusterReport, workload: Workload, goal: &str, factor: f64| {
+                let synod = report.cell(System::Synod, workload, 64);
+                let etcd = report.cell(System::Etcd, workload, 64);
+                match (synod, etcd) {
+                    (Some(synod), Some(etcd)) if etcd.ops_per_sec > 0.0 => {
+                        let times = synod.ops_per_sec / etcd.ops_per_sec;
+                        Target {
+                            goal: goal.to_string(),
+                            figure: format!(
+                                "{times:.2}× ({:.0} vs {:.0} ops/s)",
+                                synod.ops_per_sec, etcd.ops_per_sec
+                            ),
+                            verdict: if times >= factor {
+                                Verdict::Met
+                            } else {
+                                Verdict::Missed
+                            },
+                        }
+                    }
+                    _ => Target {
+                        goal: goal.to_string(),
+                        figure: "no etcd figure in this run".to_string(),
+                        verdict: Verdict::NotMeasured,
+                    },
+                }
+            };
+        targets.push(throughput_vs_etcd(
+            self,
+            Workload::Put,
+            "put throughput at 64 clients ≥ 3× etcd",
+            3.0,
+        ));
+        targets.push(
+            match (
+                self.cell(System::Synod, Workload::Put, 1),
+                self.cell(System::Etcd, Workload::Put, 1),
+            ) {
+                (Some(synod), Some(etcd)) if etcd.p50_us > 0 => {
+                    let times = synod.p50_us as f64 / etcd.p50_us as f64;
+                    Target {
+                        goal: "single-client put p50 ≤ 0.4× etcd".to_string(),
+                        figure: format!(
+                            "{times:.2}× ({} vs {} ms)",
+                            format_ms(synod.p50_us),
+                            format_ms(etcd.p50_us)
+                        ),
+                        verdict: if times <= 0.4 {
+                            Verdict::Met
+                        } else {
+                            Verdict::Missed
+                        },
+                    }
+                }
+                _ => Target {
+                    goal: "single-client put p50 ≤ 0.4× etcd".to_string(),
+                    figure: "no etcd figure in this run".to_string(),
+                    verdict: Verdict::NotMeasured,
+                },
+            },
+        );
+        targets.push(throughput_vs_etcd(
+            self,
+            Workload::GetLinearizable,
+            "linearizable get at 64 clients ≥ 4× etcd",
+            4.0,
+        ));
+        targets.push(throughput_vs_etcd(
+            self,
+            Workload::CompareAndSet,
+            "CAS at 64 clients ≥ 5× etcd",
+            5.0,
+        ));
+        let goal = "failover stall ≤ etcd's, zero errors at surviving endpoints";
+        targets.push(
+            match (self.failover(System::Synod), self.failover(System::Etcd)) {
+                (Some(synod), Some(etcd)) => Target {
+                    goal: goal.to_string(),
+                    figure: format!(
+                        "stall {} vs {} ms; {} errors (etcd {})",
+                        synod.stall_ms, etcd.stall_ms, synod.errors, etcd.errors
+                    ),
+                    verdict: if synod.stall_ms <= etcd.stall_ms && synod.errors == 0 {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                },
+                (Some(synod), None) => Target {
+                    goal: goal.to_string(),
+                    figure: format!(
+                        "stall {} ms, {} errors; no etcd figure",
+                        synod.stall_ms, synod.errors
+                    ),
+                    verdict: if synod.errors > 0 {
+                        Verdict::Missed
+                    } else {
+                        Verdict::NotMeasured
+                    },
+                },
+                _ => Target {
+                    goal: goal.to_string(),
+                    figure: "no failover in this run".to_string(),
+                    verdict: Verdict::NotMeasured,
+                },
+            },
+        );
+        let goal = "put throughput ≥ 50% of the unreplicated ceiling (best over client counts)";
+        let best = |system: System| {
+            self.cells
+                .iter()
+                .filter(|cell| cell.system == system && cell.workload == Workload::Put)
+                .max_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec))
+        };
+        targets.push(match (best(System::Synod), best(System::Ceiling)) {
+            (Some(synod), Some(ceiling)) if ceiling.ops_per_sec > 0.0 => {
+                let share = synod.ops_per_sec / ceiling.ops_per_sec;
+                Target {
+                    goal: goal.to_string(),
+                    figure: format!(
+                        "{:.0}% ({:.0} ops/s at {} clients vs {:.0} at {})",
+                        share * 100.0,
+                        synod.ops_per_sec,
+                        synod.clients,
+                        ceiling.ops_per_sec,
+                        ceiling.clients
+                    ),
+                    verdict: if share >= 0.5 {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                }
+            }
+            _ => Target {
+                goal: goal.to_string(),
+                figure: "no ceiling figure in this run".to_string(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+        self.targets = targets;
+    }
+
+    /// The section `docs/bench/README.md` carries between its markers.
+    pub fn readme_section(&self) -> String {
+        let settings = &self.settings;
+        let etcd = match &self.etcd_version {
+            Some(version) => format!("etcd {version} ×3 (fsync on)"),
+            None => "no etcd (not installed: Synod measured alone)".to_string(),
+        };
+        let mut out = String::new();
+        out.push_str("## Cluster benchmark: Synod vs etcd vs the machine\n\n");
+        out.push_str(&format!(
+            "Measured {} on {} with `synod bench cluster`, in one run: Synod ×3 (fsync on), {}, and \
+             a single unreplicated Synod node with fsync off (the ceiling: what the client and gRPC \
+             alone allow). Both clusters use heartbeat {} ms and election timeout {} ms; the same \
+             closed-loop etcd v3 gRPC client drives every system, its clients spread over all \
+             endpoints (followers forward), at most {} connections per endpoint. Clients and all \
+             nodes share the machine's CPUs. Each cell: {} ms warm-up, {} ms measured; keys from \
+             {} keys, {}-byte values.\n\n",
+            self.date,
+            self.machine.summary(),
+            etcd,
+            settings.heartbeat_interval_ms,
+            settings.election_timeout_ms,
+            settings.connections_per_endpoint,
+            settings.warmup_ms,
+            settings.cell_ms,
+            settings.keyspace,
+            settings.value_bytes
+        ));
+        for note in &self.notes {
+            out.push_str(&format!("> {note}\n\n"));
+        }
+        out.push_str(&format!("{}\n\n", self.ceilings_line()));
+        out.push_str("![throughput by clients, per workload](cluster.svg)\n\n");
+        out.push_str(&self.table());
+        out.push_str("\n### Failover (kill -9 of the leader under put load)\n\n");
+        if self.failovers.is_empty() {
+            out.push_str("Not run.\n");
+        } else {
+            out.push_str(&self.failover_table());
+        }
+        out.push_str("\n### Targets\n\n");
+        out.push_str(&self.targets_table());
+        out.push_str("\n### CPU per cell (percent of one CPU; the machine has ");
+        out.push_str(&format!("{} × 100 %)\n\n", self.machine.cpus));
+        out.push_str(&self.cpu_table());
+        out
+    }
+}
+
+pub const README_BEGIN: &str =
+    "<!-- synod bench cluster: begin (generated; edits inside are overwritten) -->";
+pub const README_END: &str = "<!-- synod bench cluster: end -->";
+
+/// `existing` with the generated section replaced (or appended, or a new document).
+pub fn splice_readme(existing: Option<&str>, section: &str) -> String {
+    let block = format!("{README_BEGIN}\n{section}{README_END}\n");
+    match existing {
+        None => format!("# Benchmarks\n\n{block}"),
+        Some(text) => match (text.find(README_BEGIN), text.find(README_END)) {
+            (Some(begin), Some(end)) if end > begin => {
+                let after = &text[end + README_END.len()..];
+                let after = after.strip_prefix('\n').unwrap_or(after);
+                format!("{}{block}{after}", &text[..begin])
+            }
+            _ => format!(
+                "{}\n{block}",
+                text.trim_end_matches('\n').to_string() + "\n"
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_section_is_replaced_and_the_text_around_it_kept() {
+        let first = splice_readme(None, "one\n");
+        assert!(first.starts_with("# Benchmarks"));
+        let edited = format!("{first}\n## Bottlenecks\nwritten by hand\n");
+        let second = splice_readme(Some(&edited), "two\n");
+        assert!(second.contains("two\n"));
+        assert!(!second.contains("one\n"));
+        assert!(second.contains("## Bottlenecks\nwritten by hand"));
+        assert_eq!(second.matches(README_BEGIN).count(), 1);
+        let appended = splice_readme(Some("# Notes\n"), "three\n");
+        assert!(appended.starts_with("# Notes\n"));
+        assert!(appended.contains("three\n"));
+    }
+
+    #[test]
+    fn milliseconds_keep_three_significant_digits() {
+        assert_eq!(format_ms(431), "0.43");
+        assert_eq!(format_ms(12_345), "12.3");
+        assert_eq!(format_ms(1_234_567), "1235");
+    }
+}

@@ -1,0 +1,230 @@
+//! The table, JSON, chart and README writers on a synthetic report, and the targets
+//! judged against known figures.
+
+use synod_bench::load::Workload;
+use synod_bench::machine::{Machine, Sampled};
+use synod_bench::process::System;
+use synod_bench::report::{Ceilings, Cell, ClusterReport, Failover, Settings, Verdict};
+
+fn cell(system: System, workload: Workload, clients: usize, ops_per_sec: f64, p50_us: u64) -> Cell {
+    Cell {
+        system,
+        workload,
+        clients,
+        ops: (ops_per_sec * 3.0) as u64,
+        errors: 0,
+        seconds: 3.0,
+        ops_per_sec,
+        p50_us,
+        p99_us: p50_us * 3,
+        max_us: p50_us * 10,
+        mean_us: p50_us as f64 * 1.2,
+        server_cpu_percent: 150.0,
+        client_cpu_percent: 40.0,
+        first_error: None,
+    }
+}
+
+fn synthetic() -> ClusterReport {
+    let workloads = Workload::ALL.to_vec();
+    let clients = vec![1, 64];
+    let mut cells = Vec::new();
+    for workload in &workloads {
+        for &count in &clients {
+            let scale = count as f64;
+            cells.push(cell(
+                System::Synod,
+                *workload,
+                count,
+                900.0 * scale.sqrt(),
+                800,
+            ));
+            cells.push(cell(
+                System::Etcd,
+                *workload,
+                count,
+                300.0 * scale.sqrt(),
+                2500,
+            ));
+            cells.push(cell(
+                System::Ceiling,
+                *workload,
+                count,
+                1500.0 * scale.sqrt(),
+                300,
+            ));
+        }
+    }
+    // Linearizable gets at 64 clients: 2× etcd only, so that target is missed.
+    for cell in &mut cells {
+        if cell.workload == Workload::GetLinearizable
+            && cell.clients == 64
+            && cell.system == System::Synod
+        {
+            cell.ops_per_sec = 2.0 * 300.0 * 8.0;
+        }
+    }
+    let failover = |system: System, stall_ms: u64, errors: u64| Failover {
+        system,
+        clients: 16,
+        killed: "n1".to_string(),
+        killed_after_ms: 2000,
+        window_ms: 7000,
+        stall_ms,
+        errors,
+        ops: 5000,
+        first_error: (errors > 0).then(|| "Unavailable: leader changed | retry".to_string()),
+        new_leader: Some("n2".to_string()),
+    };
+    let mut report = ClusterReport {
+        date: "2025-01-02 03:04 UTC".to_string(),
+        machine: Machine {
+            cpus: 2,
+            cpu_model: "Test CPU <x>".to_string(),
+            kernel: "Linux 6".to_string(),
+            memory_mib: 1024,
+        },
+        etcd_version: Some("3.4.23".to_string()),
+        notes: vec!["a note".to_string()],
+        settings: Settings {
+            clients,
+            workloads,
+            warmup_ms: 500,
+            cell_ms: 3000,
+            keyspace: 1000,
+            value_bytes: 256,
+            connections_per_endpoint: 4,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+        },
+        ceilings: Ceilings {
+            fdatasync_block_bytes: 4096,
+            fdatasync: Sampled {
+                count: 1000,
+                p50_us: 1500.0,
+                p99_us: 4000.0,
+                max_us: 9000.0,
+                per_sec: 600.0,
+            },
+            loopback_message_bytes: 64,
+            loopback_rtt: Sampled {
+                count: 10_000,
+                p50_us: 30.0,
+                p99_us: 90.0,
+                max_us: 500.0,
+                per_sec: 30_000.0,
+            },
+        },
+        cells,
+        failovers: vec![
+            failover(System::Synod, 1200, 0),
+            failover(System::Etcd, 1800, 12),
+        ],
+        targets: Vec::new(),
+    };
+    report.evaluate_targets();
+    report
+}
+
+#[test]
+fn targets_are_judged_against_the_figures_of_the_run() {
+    let report = synthetic();
+    let verdicts: Vec<(String, Verdict)> = report
+        .targets
+        .iter()
+        .map(|target| (target.goal.clone(), target.verdict))
+        .collect();
+    let verdict_of = |prefix: &str| {
+        verdicts
+            .iter()
+            .find(|(goal, _)| goal.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no target {prefix}"))
+            .1
+    };
+    assert_eq!(verdict_of("put throughput at 64"), Verdict::Met); // 3.0×
+    assert_eq!(verdict_of("single-client put p50"), Verdict::Met); // 0.32×
+    assert_eq!(verdict_of("linearizable get"), Verdict::Missed); // 2.0×
+    assert_eq!(verdict_of("CAS"), Verdict::Missed); // 3.0× < 5×
+    assert_eq!(verdict_of("failover"), Verdict::Met);
+    assert_eq!(verdict_of("put throughput ≥ 50%"), Verdict::Met); // 60 %
+    let linearizable = report
+        .targets
+        .iter()
+        .find(|target| target.goal.starts_with("linearizable"))
+        .unwrap();
+    assert!(
+        linearizable.figure.starts_with("2.00×"),
+        "{}",
+        linearizable.figure
+    );
+}
+
+#[test]
+fn without_etcd_the_targets_against_it_are_not_measured() {
+    let mut report = synthetic();
+    report.cells.retain(|cell| cell.system != System::Etcd);
+    report
+        .failovers
+        .retain(|failover| failover.system != System::Etcd);
+    report.etcd_version = None;
+    report.evaluate_targets();
+    let not_measured = report
+        .targets
+        .iter()
+        .filter(|target| target.verdict == Verdict::NotMeasured)
+        .count();
+    assert_eq!(not_measured, 5, "{:#?}", report.targets);
+    assert!(!report.table().contains("etcd ops/s"));
+}
+
+#[test]
+fn table_json_chart_and_readme_carry_every_cell() {
+    let report = synthetic();
+    let table = report.table();
+    // Header, alignment, and one row per workload × client count.
+    assert_eq!(table.lines().count(), 2 + 4 * 2);
+    assert!(
+        table.contains("| put | 64 | 7200 | 2400 | 12000 | 3.00× |"),
+        "{table}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let written = synod_bench::write_outputs(&report, dir.path()).unwrap();
+    assert_eq!(written.len(), 3);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["cells"].as_array().unwrap().len(), 24);
+    assert_eq!(json["cells"][0]["system"], "synod");
+    assert_eq!(json["cells"][0]["workload"], "put");
+    assert_eq!(json["targets"].as_array().unwrap().len(), 6);
+
+    let svg = std::fs::read_to_string(dir.path().join("cluster.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        4 * 3,
+        "a line per workload and system"
+    );
+    assert!(svg.contains("Test CPU &lt;x&gt;"), "text is escaped");
+
+    let readme_path = dir.path().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    assert!(readme.contains("2025-01-02 03:04 UTC"));
+    assert!(readme.contains("etcd 3.4.23"));
+    assert!(readme.contains("| linearizable get at 64 clients ≥ 4× etcd | 2.00×"));
+    assert!(readme.contains("MISSED"));
+    assert!(
+        readme.contains("Unavailable: leader changed / retry"),
+        "pipes escaped"
+    );
+
+    // Hand-written analysis after the generated section survives the next run.
+    std::fs::write(&readme_path, format!("{readme}\n## Bottlenecks\nby hand\n")).unwrap();
+    synod_bench::write_outputs(&report, dir.path()).unwrap();
+    let again = std::fs::read_to_string(&readme_path).unwrap();
+    assert!(again.contains("## Bottlenecks\nby hand"));
+    assert_eq!(again.matches("## Cluster benchmark").count(), 1);
+}
