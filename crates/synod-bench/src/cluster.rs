@@ -186,6 +186,7 @@ async fn run_async(
     progress: &dyn Progress,
 ) -> Result<ClusterReport, BenchError> {
     let mut notes = Vec::new();
+    let host = Machine::describe();
     let etcd_executable = if options.skip_etcd {
         notes.push(
             "etcd was left out of this run (--skip-etcd): Synod is measured alone.".to_string(),
@@ -357,7 +358,7 @@ async fn run_async(
 
     let mut report = ClusterReport {
         date: machine::utc_now(),
-        machine: Machine::describe(),
+        machine: host,
         etcd_version,
         notes,
         settings: Settings {

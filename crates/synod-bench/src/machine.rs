@@ -16,6 +16,9 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub memory_mib: u64,
+    /// The 1-minute load average when the run started: other work on a shared machine
+    /// shows here.
+    pub load_average_1m: f64,
 }
 
 impl Machine {
@@ -39,11 +42,16 @@ impl Machine {
                 Some(kib / 1024)
             })
             .unwrap_or(0);
+        let load_average_1m = fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|loadavg| loadavg.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
         Machine {
             cpus: std::thread::available_parallelism().map_or(1, |count| count.get()),
             cpu_model,
             kernel,
             memory_mib,
+            load_average_1m,
         }
     }
 

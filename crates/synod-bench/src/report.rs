@@ -486,14 +486,15 @@ impl ClusterReport {
              alone allow). Both clusters use heartbeat {} ms and election timeout {} ms; the same \
              closed-loop etcd v3 gRPC client drives every system, its clients spread over all \
              endpoints (followers forward), at most {} connections per endpoint. Clients and all \
-             nodes share the machine's CPUs. Each cell: {} ms warm-up, {} ms measured; keys from \
-             {} keys, {}-byte values.\n\n",
+             nodes share the machine's CPUs (1-minute load average {:.1} when the run started). Each \
+             cell: {} ms warm-up, {} ms measured; keys drawn from {} keys, {}-byte values.\n\n",
             self.date,
             self.machine.summary(),
             etcd,
             settings.heartbeat_interval_ms,
             settings.election_timeout_ms,
             settings.connections_per_endpoint,
+            self.machine.load_average_1m,
             settings.warmup_ms,
             settings.cell_ms,
             settings.keyspace,

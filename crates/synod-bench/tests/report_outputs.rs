@@ -83,6 +83,7 @@ fn synthetic() -> ClusterReport {
             cpu_model: "Test CPU <x>".to_string(),
             kernel: "Linux 6".to_string(),
             memory_mib: 1024,
+            load_average_1m: 0.5,
         },
         etcd_version: Some("3.4.23".to_string()),
         notes: vec!["a note".to_string()],

@@ -28,10 +28,142 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Synod ×3 vs etcd ×3 (where `etcd` is installed) vs one unreplicated Synod node
+    /// without fsync, driven by the same etcd v3 load generator in one run; plus the
+    /// disk's fdatasync latency, the loopback round trip, and a leader kill -9 under load.
+    /// Prints a table; writes cluster.json, cluster.svg and a README section.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Where the members keep their data: on the disk to measure (removed afterwards).
+    #[arg(long, default_value = "synod-data/bench-cluster")]
+    dir: PathBuf,
+    /// Where cluster.json, cluster.svg and README.md (generated section) are written.
+    #[arg(long, default_value = "docs/bench")]
+    out_dir: PathBuf,
+    /// The etcd executable [default: `etcd` on PATH].
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// Measure Synod alone even where etcd is installed.
+    #[arg(long)]
+    skip_etcd: bool,
+    /// Leave out the unreplicated ceiling node.
+    #[arg(long)]
+    skip_ceiling: bool,
+    /// Leave out the leader kill.
+    #[arg(long)]
+    skip_failover: bool,
+    /// Concurrent clients, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Workloads, comma-separated: put, get-linearizable, get-serializable, cas.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "put,get-linearizable,get-serializable,cas"
+    )]
+    workloads: Vec<String>,
+    /// Measured seconds per cell (after a 0.5 s warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Leader heartbeat interval of both clusters, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Election timeout of both clusters, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_workload(name: &str) -> Option<synod_bench::load::Workload> {
+    synod_bench::load::Workload::ALL
+        .into_iter()
+        .find(|workload| workload.name() == name.trim())
+}
+
+fn run_cluster(args: ClusterArgs) -> ExitCode {
+    let synod_executable = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("cannot locate the synod executable: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut workloads = Vec::new();
+    for name in &args.workloads {
+        match parse_workload(name) {
+            Some(workload) => workloads.push(workload),
+            None => {
+                eprintln!(
+                    "unknown workload {name:?} (choose from put, get-linearizable, get-serializable, cas)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        eprintln!("--seconds must be a positive number");
+        return ExitCode::FAILURE;
+    }
+    let mut options = synod_bench::ClusterOptions::new(synod_executable);
+    options.data_dir = args.dir;
+    options.etcd_executable = args.etcd;
+    options.skip_etcd = args.skip_etcd;
+    options.skip_ceiling = args.skip_ceiling;
+    options.skip_failover = args.skip_failover;
+    options.clients = args.clients;
+    options.workloads = workloads;
+    options.cell_duration = std::time::Duration::from_secs_f64(args.seconds);
+    options.timing.heartbeat_interval_ms = args.heartbeat_interval;
+    options.timing.election_timeout_ms = args.election_timeout;
+    let outcome = if args.quiet {
+        synod_bench::run(&options, &synod_bench::Quiet)
+    } else {
+        synod_bench::run(&options, &synod_bench::Bar::new())
+    };
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("cluster bench failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    println!(
+        "{}
+",
+        report.ceilings_line()
+    );
+    print!("{}", report.table());
+    if !report.failovers.is_empty() {
+        println!();
+        print!("{}", report.failover_table());
+    }
+    println!();
+    print!("{}", report.targets_table());
+    match synod_bench::write_outputs(&report, &args.out_dir) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
     match args.command {
+        BenchCommand::Cluster(args) => run_cluster(args),
         BenchCommand::Storage {
             dir,
             writers,
