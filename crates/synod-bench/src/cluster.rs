@@ -120,6 +120,19 @@ impl Progress for Quiet {
     fn finish(&self) {}
 }
 
+/// One line on stderr per finished measurement: for logs, where a bar is noise.
+pub struct Plain;
+
+impl Progress for Plain {
+    fn begin(&self, _steps: u64) {}
+    fn step(&self, _what: &str) {}
+    fn done(&self) {}
+    fn note(&self, line: &str) {
+        eprintln!("{line}");
+    }
+    fn finish(&self) {}
+}
+
 /// An indicatif progress bar on stderr.
 pub struct Bar(indicatif::ProgressBar);
 

@@ -17,7 +17,7 @@ pub mod machine;
 pub mod process;
 pub mod report;
 
-pub use cluster::{run, Bar, ClusterOptions, Progress, Quiet};
+pub use cluster::{run, Bar, ClusterOptions, Plain, Progress, Quiet};
 pub use error::BenchError;
 pub use report::ClusterReport;
 

@@ -74,7 +74,7 @@ struct ClusterArgs {
     /// Election timeout of both clusters, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
-    /// No progress bar (for logs).
+    /// A line per measurement instead of a progress bar (for logs).
     #[arg(long)]
     quiet: bool,
 }
@@ -121,7 +121,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     options.timing.heartbeat_interval_ms = args.heartbeat_interval;
     options.timing.election_timeout_ms = args.election_timeout;
     let outcome = if args.quiet {
-        synod_bench::run(&options, &synod_bench::Quiet)
+        synod_bench::run(&options, &synod_bench::Plain)
     } else {
         synod_bench::run(&options, &synod_bench::Bar::new())
     };
