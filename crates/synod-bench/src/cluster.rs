@@ -8,7 +8,7 @@ use crate::error::BenchError;
 use crate::load::{preload, run_load, LoadSpec, Workload};
 use crate::machine::{self, Machine};
 use crate::process::{etcd_version, find_on_path, ClusterProcesses, Launch, Ports, System, Timing};
-use crate::report::{Ceilings, Cell, ClusterReport, Failover, Settings};
+use crate::report::{Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Settings};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub failover_before: Duration,
     /// Load after the leader is killed.
     pub failover_after: Duration,
+    /// Leader kills per replicated system (the killed member restarts in between).
+    pub failover_trials: usize,
     pub fdatasync_iterations: usize,
     pub loopback_round_trips: usize,
     /// First loopback port tried for the members.
@@ -68,6 +70,7 @@ impl ClusterOptions {
             failover_clients: 16,
             failover_before: Duration::from_secs(2),
             failover_after: Duration::from_secs(5),
+            failover_trials: 3,
             fdatasync_iterations: 1000,
             loopback_round_trips: 10_000,
             base_port: 23_100,
@@ -352,15 +355,21 @@ async fn run_async(
             if *system == System::Ceiling {
                 continue;
             }
-            progress.step(&format!("{}: kill -9 the leader under load", system.name()));
-            let failover = failover(&mut run.processes, options).await?;
-            progress.note(&format!(
-                "{} failover: killed {}, longest stall {} ms, {} errors",
+            progress.step(&format!(
+                "{}: kill -9 the leader under load ×{}",
                 system.name(),
-                failover.killed,
-                failover.stall_ms,
-                failover.errors
+                options.failover_trials
             ));
+            let failover = failover(&mut run.processes, options).await?;
+            for trial in &failover.trials {
+                progress.note(&format!(
+                    "{} failover: killed {}, longest stall {} ms, {} errors",
+                    system.name(),
+                    trial.killed,
+                    trial.stall_ms,
+                    trial.errors
+                ));
+            }
             failovers.push(failover);
             progress.done();
         }
@@ -394,18 +403,48 @@ async fn run_async(
     Ok(report)
 }
 
-/// Puts from clients on the followers' endpoints only; the leader is killed with SIGKILL
-/// `failover_before` into the load. Reports the longest time without a successful put and
-/// the errors clients saw.
+/// `failover_trials` times: puts from clients on the followers' endpoints only, the
+/// leader killed with SIGKILL `failover_before` into the load; then the killed member is
+/// restarted and the cluster allowed to settle before the next trial.
 async fn failover(
     processes: &mut ClusterProcesses,
     options: &ClusterOptions,
 ) -> Result<Failover, BenchError> {
-    let system = processes.system;
-    let leader = match processes.leader_index().await {
-        Some(leader) => leader,
-        None => processes.wait_ready(Duration::from_secs(30)).await?,
-    };
+    let window = options.failover_before + options.failover_after;
+    let clients = options.failover_clients.max(1);
+    let mut trials = Vec::new();
+    let mut first_error = None;
+    for trial in 0..options.failover_trials.max(1) {
+        let (outcome, killed) = failover_trial(processes, options, trial as u64).await?;
+        if first_error.is_none() {
+            first_error = outcome.1;
+        }
+        trials.push(outcome.0);
+        processes.restart(killed)?;
+        processes
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .map_err(|error| error.context("after restarting the killed leader"))?;
+        // Let the restarted member catch up before the next leader is killed.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(Failover::of(
+        processes.system,
+        clients,
+        window.as_millis() as u64,
+        trials,
+        first_error,
+    ))
+}
+
+type TrialOutcome = (FailoverTrial, Option<String>);
+
+async fn failover_trial(
+    processes: &mut ClusterProcesses,
+    options: &ClusterOptions,
+    trial: u64,
+) -> Result<(TrialOutcome, usize), BenchError> {
+    let leader = processes.wait_ready(Duration::from_secs(30)).await?;
     let killed = processes.members[leader].name.clone();
     let followers: Vec<String> = processes
         .members
@@ -421,9 +460,8 @@ async fn failover(
     spec.value_bytes = options.value_bytes;
     spec.connections_per_endpoint = options.connections_per_endpoint;
     spec.record_completions = true;
-    spec.seed = 7;
+    spec.seed = 1000 + trial;
     let load = tokio::spawn({
-        let followers = followers.clone();
         let spec = spec.clone();
         async move { run_load(&followers, &spec).await }
     });
@@ -433,23 +471,20 @@ async fn failover(
     let result = load
         .await
         .map_err(|error| BenchError::new(format!("the failover load failed: {error}")))??;
-    let window_end = result.started + window;
-    let stall = result.longest_gap(result.started, window_end);
+    let stall = result.longest_gap(result.started, result.started + window);
     let new_leader = processes
         .leader_index()
         .await
         .map(|index| processes.members[index].name.clone());
-    let killed_after = killed_at.saturating_duration_since(result.started);
-    Ok(Failover {
-        system,
-        clients: spec.clients,
+    let outcome = FailoverTrial {
         killed,
-        killed_after_ms: killed_after.as_millis() as u64,
-        window_ms: window.as_millis() as u64,
+        killed_after_ms: killed_at
+            .saturating_duration_since(result.started)
+            .as_millis() as u64,
         stall_ms: stall.as_millis() as u64,
         errors: result.errors,
         ops: result.ops,
-        first_error: result.first_error,
         new_leader,
-    })
+    };
+    Ok(((outcome, result.first_error), leader))
 }

@@ -4,7 +4,7 @@
 
 use crate::error::BenchError;
 use serde::Serialize;
-use std::fs::{self, File};
+use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,6 +80,9 @@ pub struct Timing {
 pub struct Member {
     pub name: String,
     pub client_url: String,
+    executable: PathBuf,
+    args: Vec<String>,
+    log_path: PathBuf,
     child: Child,
     alive: bool,
 }
@@ -106,9 +109,32 @@ pub struct Launch<'a> {
     pub timing: Timing,
 }
 
-fn open_log(path: &Path) -> Result<File, BenchError> {
-    File::create(path)
-        .map_err(|error| BenchError::new(format!("creating {}: {error}", path.display())))
+/// Starts one member with its stderr appended to `log_path`.
+fn spawn_member(
+    executable: &Path,
+    args: &[String],
+    log_path: &Path,
+    system: System,
+    name: &str,
+) -> Result<Child, BenchError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|error| BenchError::new(format!("opening {}: {error}", log_path.display())))?;
+    Command::new(executable)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|error| {
+            BenchError::new(format!(
+                "starting {} member {name} ({}): {error}",
+                system.name(),
+                executable.display()
+            ))
+        })
 }
 
 impl ClusterProcesses {
@@ -153,10 +179,10 @@ impl ClusterProcesses {
             let peer_url = format!("http://127.0.0.1:{peer}");
             let metrics_url = format!("http://127.0.0.1:{metrics}");
             let member_dir = data_dir.join(name);
-            let mut command = Command::new(executable);
+            let mut args = Vec::new();
             match system {
                 System::Synod | System::Ceiling => {
-                    command.args([
+                    args.extend([
                         "node".to_string(),
                         format!("--name={name}"),
                         format!("--data-dir={}", member_dir.display()),
@@ -170,11 +196,13 @@ impl ClusterProcesses {
                         "--log-level=warn".to_string(),
                     ]);
                     if system == System::Ceiling {
-                        command.arg("--unsafe-no-fsync");
+                        args.push("--unsafe-no-fsync".to_string());
                     }
                 }
                 System::Etcd => {
-                    command.args([
+                    // On a restart etcd finds its data directory and ignores the
+                    // --initial-* flags, as for a member of a running cluster.
+                    args.extend([
                         format!("--name={name}"),
                         format!("--data-dir={}", member_dir.display()),
                         format!("--listen-client-urls={client_url}"),
@@ -192,22 +220,14 @@ impl ClusterProcesses {
                     ]);
                 }
             }
-            let log = open_log(&data_dir.join(format!("{name}.log")))?;
-            let child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|error| {
-                    BenchError::new(format!(
-                        "starting {} member {name} ({}): {error}",
-                        system.name(),
-                        executable.display()
-                    ))
-                })?;
+            let log_path = data_dir.join(format!("{name}.log"));
+            let child = spawn_member(executable, &args, &log_path, system, name)?;
             cluster.members.push(Member {
                 name: name.clone(),
                 client_url,
+                executable: executable.to_path_buf(),
+                args,
+                log_path,
                 child,
                 alive: true,
             });
@@ -331,6 +351,30 @@ impl ClusterProcesses {
         Ok(())
     }
 
+    /// Starts a killed member again from its data directory, with the same flags.
+    pub fn restart(&mut self, index: usize) -> Result<(), BenchError> {
+        let system = self.system;
+        let member = self
+            .members
+            .get_mut(index)
+            .ok_or_else(|| BenchError::new(format!("no member {index} to restart")))?;
+        if member.alive {
+            return Err(BenchError::new(format!(
+                "member {} is running",
+                member.name
+            )));
+        }
+        member.child = spawn_member(
+            &member.executable,
+            &member.args,
+            &member.log_path,
+            system,
+            &member.name,
+        )?;
+        member.alive = true;
+        Ok(())
+    }
+
     /// Kills every member and removes the data directory.
     pub fn stop(mut self) {
         self.kill_all();
@@ -413,6 +457,74 @@ mod tests {
         let _held = std::net::TcpListener::bind(("127.0.0.1", free)).unwrap();
         let next = Ports::from(free).take().unwrap();
         assert!(next > free, "{next} is after the held port {free}");
+    }
+
+    /// A stand-in member: a script that ignores its flags.
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("member.sh");
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn launch(executable: &Path, data_dir: PathBuf) -> Launch<'_> {
+        Launch {
+            system: System::Etcd,
+            executable,
+            members: 3,
+            data_dir,
+            timing: Timing {
+                heartbeat_interval_ms: 100,
+                election_timeout_ms: 1000,
+            },
+        }
+    }
+
+    #[test]
+    fn a_killed_member_leaves_the_endpoints_and_comes_back_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let executable = script(dir.path(), "exec sleep 30");
+        let data_dir = dir.path().join("cluster");
+        let mut cluster = ClusterProcesses::start(
+            launch(&executable, data_dir.clone()),
+            &mut Ports::from(24_100),
+        )
+        .unwrap();
+        assert_eq!(cluster.endpoints().len(), 3);
+        let killed_pid = cluster.members[1].pid();
+        cluster.kill(1).unwrap();
+        assert_eq!(cluster.endpoints().len(), 2);
+        assert!(!cluster.pids().contains(&killed_pid));
+        assert!(
+            cluster.restart(0).is_err(),
+            "a running member is not restarted"
+        );
+        cluster.restart(1).unwrap();
+        assert_eq!(cluster.pids().len(), 3);
+        assert_ne!(cluster.members[1].pid(), killed_pid);
+        cluster.stop();
+        assert!(!data_dir.exists());
+    }
+
+    #[test]
+    fn a_member_that_exits_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let executable = script(dir.path(), "echo 'bad flag' >&2; exit 3");
+        let mut cluster = ClusterProcesses::start(
+            launch(&executable, dir.path().join("c")),
+            &mut Ports::from(24_200),
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = runtime
+            .block_on(cluster.wait_ready(Duration::from_secs(10)))
+            .unwrap_err();
+        assert!(error.0.contains("exited"), "{error}");
+        assert!(error.0.contains("bad flag"), "{error}");
     }
 
     #[test]
