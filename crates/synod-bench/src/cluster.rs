@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct ClusterOptions {
     /// Where the members keep their data (on the disk being measured; removed after).
     pub data_dir: PathBuf,
+    /// Leave the data directories and member logs in place after the run.
+    pub keep_data: bool,
     /// The `synod` executable whose `node` subcommand runs a replica.
     pub synod_executable: PathBuf,
     /// The `etcd` executable; `None` looks for `etcd` on `PATH`.
@@ -51,6 +53,7 @@ impl ClusterOptions {
     pub fn new(synod_executable: PathBuf) -> ClusterOptions {
         ClusterOptions {
             data_dir: PathBuf::from("synod-data/bench-cluster"),
+            keep_data: false,
             synod_executable,
             etcd_executable: None,
             skip_etcd: false,
@@ -193,7 +196,9 @@ pub fn run(options: &ClusterOptions, progress: &dyn Progress) -> Result<ClusterR
         .map_err(|error| BenchError::new(format!("starting the async runtime: {error}")))?;
     let result = runtime.block_on(run_async(options, progress));
     progress.finish();
-    let _ = std::fs::remove_dir_all(&options.data_dir);
+    if !options.keep_data {
+        let _ = std::fs::remove_dir_all(&options.data_dir);
+    }
     result
 }
 
@@ -375,7 +380,11 @@ async fn run_async(
         }
     }
     for (_, run) in running {
-        run.processes.stop();
+        if options.keep_data {
+            drop(run.processes);
+        } else {
+            run.processes.stop();
+        }
     }
 
     let mut report = ClusterReport {

@@ -40,6 +40,9 @@ struct ClusterArgs {
     /// Where the members keep their data: on the disk to measure (removed afterwards).
     #[arg(long, default_value = "synod-data/bench-cluster")]
     dir: PathBuf,
+    /// Keep the data directories and the members' logs after the run.
+    #[arg(long)]
+    keep_data: bool,
     /// Where cluster.json, cluster.svg and README.md (generated section) are written.
     #[arg(long, default_value = "docs/bench")]
     out_dir: PathBuf,
@@ -111,6 +114,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     }
     let mut options = synod_bench::ClusterOptions::new(synod_executable);
     options.data_dir = args.dir;
+    options.keep_data = args.keep_data;
     options.etcd_executable = args.etcd;
     options.skip_etcd = args.skip_etcd;
     options.skip_ceiling = args.skip_ceiling;
