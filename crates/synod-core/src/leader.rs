@@ -44,6 +44,10 @@ pub(crate) struct Leader {
     /// The last slot re-proposed at election: reads wait until it is chosen.
     pub established_slot: Slot,
     pub reads: Vec<crate::read::PendingRead>,
+    /// Followers that forwarded commands, and the last slot holding one: once the
+    /// commit point passes it they hear so at once, not at the next Accept or
+    /// heartbeat (their clients are waiting on them).
+    pub commit_notices: BTreeMap<NodeId, Slot>,
 }
 
 impl Leader {
@@ -73,6 +77,7 @@ impl Leader {
             elected_at: now,
             established_slot: next_slot - 1,
             reads: Vec::new(),
+            commit_notices: BTreeMap::new(),
         }
     }
 
@@ -83,23 +88,28 @@ impl Leader {
 
 impl Node {
     pub(crate) fn propose_multi(&mut self, id: Option<u64>, command: Bytes) {
+        self.queue_command(id, command, None);
+    }
+
+    fn queue_command(&mut self, id: Option<u64>, command: Bytes, forwarded_by: Option<NodeId>) {
         let leader_was_established = matches!(self.role, RoleState::Leader(_));
         self.pending.push_back(Pending {
             id,
             command,
             leader_was_established,
             target_slot: None,
+            forwarded_by,
         });
     }
 
     /// Commands forwarded by a follower: queue them like local ones (dropping what does
     /// not fit — their clients will retry).
-    pub(crate) fn on_forward(&mut self, commands: Vec<Bytes>) {
+    pub(crate) fn on_forward(&mut self, from: NodeId, commands: Vec<Bytes>) {
         for command in commands {
             if self.pending.len() >= self.config.max_pending_commands {
                 break;
             }
-            self.propose_multi(None, command);
+            self.queue_command(None, command, Some(from));
         }
     }
 
@@ -167,6 +177,10 @@ impl Node {
                 .count();
             let mut commands = Vec::with_capacity(take);
             for pending in self.pending.drain(..take) {
+                if let Some(follower) = pending.forwarded_by {
+                    let until = leader.commit_notices.entry(follower).or_default();
+                    *until = (*until).max(slot);
+                }
                 if let Some(id) = pending.id {
                     events.push(Event::ProposalAssigned {
                         id,
@@ -272,7 +286,41 @@ impl Node {
             self.persist_change(change);
         }
         self.log.advance_commit();
+        self.send_commit_notices();
         self.serve_reads();
+    }
+
+    /// Tells followers whose forwarded commands are now committed (see
+    /// `Leader::commit_notices`); a heartbeat carries the commit point.
+    fn send_commit_notices(&mut self) {
+        let commit_index = self.log.commit_index();
+        let now = self.now;
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let ballot = leader.ballot;
+        let due: Vec<NodeId> = leader
+            .commit_notices
+            .iter()
+            .filter(|(_, until)| **until <= commit_index)
+            .map(|(follower, _)| *follower)
+            .collect();
+        for follower in &due {
+            leader.commit_notices.remove(follower);
+            if let Some(progress) = leader.peers.get_mut(follower) {
+                progress.last_sent = now;
+            }
+        }
+        for follower in due {
+            self.send(
+                follower,
+                Message::Heartbeat {
+                    ballot,
+                    commit_index,
+                    sent_at: now,
+                },
+            );
+        }
     }
 
     pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, echo: Tick) {

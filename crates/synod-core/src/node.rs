@@ -106,6 +106,8 @@ pub(crate) struct Pending {
     pub leader_was_established: bool,
     /// `propose_at`: the slot the command asked for.
     pub target_slot: Option<Slot>,
+    /// The follower that forwarded the command, told of its commit at once.
+    pub forwarded_by: Option<NodeId>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -278,7 +280,7 @@ impl Node {
                 echo,
                 commit_index: _,
             } => self.on_heartbeat_ack(from, ballot, echo),
-            Message::Forward { commands } => self.on_forward(commands),
+            Message::Forward { commands } => self.on_forward(from, commands),
             Message::ReadIndex { request } => self.on_read_index(from, request),
             Message::ReadIndexReply {
                 request,
@@ -356,6 +358,7 @@ impl Node {
                 command,
                 leader_was_established: false,
                 target_slot: None,
+                forwarded_by: None,
             }),
         }
         self.check_invariants();
@@ -395,6 +398,7 @@ impl Node {
             command,
             leader_was_established: matches!(self.role, RoleState::Leader(_)),
             target_slot: Some(slot),
+            forwarded_by: None,
         });
         self.check_invariants();
         Ok(id)

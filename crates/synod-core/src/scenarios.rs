@@ -763,3 +763,29 @@ fn restarted_acceptor_waits_out_any_lease_it_granted() {
         Ballot::new(promised.round + 1, rival)
     );
 }
+
+/// A follower's client waits on the follower. The leader tells a follower whose
+/// forwarded command it just committed at once, instead of leaving it to learn the
+/// commit point from the next Accept or heartbeat (a heartbeat interval away when the
+/// cluster is otherwise idle).
+#[test]
+fn follower_learns_the_commit_of_its_forwarded_command_without_waiting() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    cluster
+        .node(follower)
+        .propose(cmd("from-follower"))
+        .unwrap();
+    cluster.settle(); // no tick: only messages move
+    assert_eq!(
+        cluster.delivered_commands(follower),
+        vec![cmd("from-follower")],
+        "the forwarding follower applied its command with no heartbeat in between"
+    );
+    assert!(
+        cluster.delivered_commands(other).is_empty(),
+        "a follower that forwarded nothing learns at the next Accept or heartbeat"
+    );
+}

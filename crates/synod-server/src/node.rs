@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 
 /// How long a graceful stop lets in-flight client requests finish.
 const GRACEFUL_STOP: Duration = Duration::from_secs(2);
@@ -59,7 +60,15 @@ impl EtcdNode {
             let mut stop = shutdown.subscribe();
             let node = server.node_id();
             grpc.push(tokio::spawn(async move {
-                let incoming = TcpListenerStream::new(listener);
+                // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself;
+                // these come from our listener, so set it here. Without it Nagle's
+                // algorithm meets the client's delayed ACK and small replies wait ~40 ms.
+                let incoming = TcpListenerStream::new(listener).map(|stream| {
+                    if let Ok(stream) = &stream {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    stream
+                });
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_routes(routes)
