@@ -28,7 +28,7 @@ enum Command {
     /// Lin-kv workload against local `synod-maelstrom` processes, with partitions and
     /// delays, checked for linearizability (build `-p synod-maelstrom` first).
     MaelstromTest(synod_maelstrom::cli::HarnessArgs),
-    /// Benchmarks: `synod bench storage`.
+    /// Benchmarks: `synod bench storage`, `synod bench cluster`.
     Bench(bench::BenchArgs),
 }
 
