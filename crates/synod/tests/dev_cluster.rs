@@ -2,22 +2,13 @@
 //! the real `etcdctl`; the leader process is killed with SIGKILL and the cluster goes on;
 //! Ctrl-C (SIGINT) stops everything.
 
+mod common;
+
+use common::{etcdctl, etcdctl_present};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-fn etcdctl_present() -> bool {
-    let found = Command::new("etcdctl").arg("version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "etcdctl is missing in CI: .ci/run installs the Debian package etcd-client"
-        );
-        eprintln!("SKIPPED: etcdctl not found (install the Debian package etcd-client)");
-    }
-    found
-}
 
 /// A base client port whose whole dev layout (client, peer, metrics ports of three
 /// members) is free right now.
@@ -45,16 +36,6 @@ fn free_base_port() -> u16 {
         }
     }
     panic!("no free port layout found");
-}
-
-fn etcdctl(endpoints: &[String], args: &[&str]) -> Output {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoints.join(",")))
-        .arg("--command-timeout=20s")
-        .args(args)
-        .output()
-        .expect("etcdctl runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -127,17 +108,17 @@ fn dev_cluster_serves_etcdctl_survives_a_killed_leader_and_stops_on_ctrl_c() {
         .collect();
 
     wait_until("a healthy cluster", Duration::from_secs(60), || {
-        etcdctl(&endpoints, &["endpoint", "health"])
+        etcdctl(&endpoints.join(","), &["endpoint", "health"])
             .status
             .success()
     });
-    let put = etcdctl(&endpoints, &["put", "greeting", "hello"]);
+    let put = etcdctl(&endpoints.join(","), &["put", "greeting", "hello"]);
     assert!(put.status.success(), "put: {put:?}");
     assert_eq!(stdout(&put).trim(), "OK");
 
     // Every member answers, each through its own endpoint (followers go to the leader).
     for endpoint in &endpoints {
-        let get = etcdctl(std::slice::from_ref(endpoint), &["get", "greeting"]);
+        let get = etcdctl(endpoint, &["get", "greeting"]);
         assert_eq!(
             stdout(&get),
             "greeting\nhello\n",
@@ -146,7 +127,7 @@ fn dev_cluster_serves_etcdctl_survives_a_killed_leader_and_stops_on_ctrl_c() {
     }
 
     // Find the leader and SIGKILL its process.
-    let status = etcdctl(&endpoints, &["endpoint", "status", "-w", "json"]);
+    let status = etcdctl(&endpoints.join(","), &["endpoint", "status", "-w", "json"]);
     assert!(status.status.success(), "status: {status:?}");
     let statuses: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     let statuses = statuses.as_array().expect("an array of endpoints");
@@ -170,12 +151,12 @@ fn dev_cluster_serves_etcdctl_survives_a_killed_leader_and_stops_on_ctrl_c() {
         .filter(|(i, _)| *i != leader_index)
         .map(|(_, e)| e.clone())
         .collect();
-    let put = etcdctl(&survivors, &["put", "after", "failover"]);
+    let put = etcdctl(&survivors.join(","), &["put", "after", "failover"]);
     assert!(
         put.status.success(),
         "put after killing {leader_name}: {put:?}"
     );
-    let get = etcdctl(&survivors, &["get", "--prefix", ""]);
+    let get = etcdctl(&survivors.join(","), &["get", "--prefix", ""]);
     assert_eq!(
         stdout(&get),
         "after\nfailover\ngreeting\nhello\n",

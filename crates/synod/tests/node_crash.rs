@@ -2,23 +2,14 @@
 //! SIGKILL mid-stream, restarted from their data directories, and must still hold every
 //! write that was acknowledged.
 
+mod common;
+
+use common::{etcdctl, etcdctl_present};
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn etcdctl_present() -> bool {
-    let found = Command::new("etcdctl").arg("version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "etcdctl is missing in CI: .ci/run installs the Debian package etcd-client"
-        );
-        eprintln!("SKIPPED: etcdctl not found (install the Debian package etcd-client)");
-    }
-    found
-}
 
 /// `n` distinct free ports (all held open until every one is picked).
 fn free_ports(n: usize) -> Vec<u16> {
@@ -29,16 +20,6 @@ fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("bound").port())
         .collect()
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .output()
-        .expect("etcdctl runs")
 }
 
 struct Cluster {
