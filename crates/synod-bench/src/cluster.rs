@@ -325,12 +325,15 @@ async fn run_async(
                 let servers_before = run.processes.cpu_time();
                 let client_before = machine::own_cpu_time().unwrap_or_default();
                 let started = Instant::now();
-                let result =
-                    run_load(&run.processes.endpoints(), &spec)
-                        .await
-                        .map_err(|error| {
-                            error.context(format!("{} {}", system.name(), workload.name()))
-                        })?;
+                // Client `i` talks to member `(leader + i) mod n`: a single client is at the
+                // leader, as in etcd's performance guide; more spread over every member.
+                let endpoints = leader_first(
+                    run.processes.endpoints(),
+                    run.processes.leader_index().await,
+                );
+                let result = run_load(&endpoints, &spec).await.map_err(|error| {
+                    error.context(format!("{} {}", system.name(), workload.name()))
+                })?;
                 let wall = started.elapsed().as_secs_f64().max(1e-9);
                 let servers = run.processes.cpu_time().saturating_sub(servers_before);
                 let client = machine::own_cpu_time()
@@ -496,4 +499,26 @@ async fn failover_trial(
         new_leader,
     };
     Ok(((outcome, result.first_error), leader))
+}
+
+/// `endpoints` rotated so the leader's comes first (unchanged when no leader is known).
+fn leader_first(mut endpoints: Vec<String>, leader: Option<usize>) -> Vec<String> {
+    if let Some(leader) = leader.filter(|&leader| leader < endpoints.len()) {
+        endpoints.rotate_left(leader);
+    }
+    endpoints
+}
+
+#[cfg(test)]
+mod leader_first_tests {
+    use super::leader_first;
+
+    #[test]
+    fn the_leaders_endpoint_comes_first_and_the_order_is_kept() {
+        let endpoints = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(leader_first(endpoints.clone(), Some(1)), ["b", "c", "a"]);
+        assert_eq!(leader_first(endpoints.clone(), Some(0)), ["a", "b", "c"]);
+        assert_eq!(leader_first(endpoints.clone(), None), ["a", "b", "c"]);
+        assert_eq!(leader_first(endpoints, Some(7)), ["a", "b", "c"]);
+    }
 }

@@ -4,7 +4,8 @@
 //! length, and latencies go into an HDR histogram (microseconds, 3 significant digits).
 //!
 //! Clients are spread over the endpoints round-robin (client `i` talks to endpoint
-//! `i mod n`), so followers forward to the leader in both systems. Clients of one
+//! `i mod n`; `synod bench cluster` puts the leader's endpoint first, so a single client
+//! talks to the leader), so followers forward to the leader in both systems. Clients of one
 //! endpoint share at most `connections_per_endpoint` HTTP/2 connections.
 
 use crate::error::BenchError;

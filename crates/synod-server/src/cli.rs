@@ -75,6 +75,12 @@ pub struct NodeArgs {
     /// Skip fdatasync: a machine crash loses acknowledged writes. For tests only.
     #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
+    /// Threads running the replica's async work (gRPC, peers, protocol). 1 (the
+    /// default) keeps every hand-off on one thread, which measured fastest with three
+    /// replicas and their clients sharing two CPUs (docs/server.md); raise it when one
+    /// replica has many cores to itself. The write-ahead log syncs on its own thread.
+    #[arg(long, env = "SYNOD_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
     /// error, warn, info or debug (RUST_LOG, when set, wins).
     #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -169,7 +175,14 @@ async fn bind(url: &str, what: &str) -> anyhow::Result<TcpListener> {
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level);
     let config = args.server_config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(usize::from(args.worker_threads));
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("synod-node")
         .build()

@@ -33,6 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Read buffer of an inbound peer connection.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// What the peer connections hand to the node's driver.
 #[derive(Debug)]
@@ -160,7 +162,9 @@ async fn serve_inbound(
     inputs: mpsc::Sender<PeerInput>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: a batch of frames arriving together costs one read, not two per frame.
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let me = context.me.node_id;
     let first = timeout(
         HANDSHAKE_TIMEOUT,

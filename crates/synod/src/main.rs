@@ -6,6 +6,11 @@ mod sim;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: every request allocates at several layers
+/// (gRPC decode, log entry, peer frame, WAL record); see docs/server.md for the figures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "synod",
