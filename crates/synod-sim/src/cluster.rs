@@ -15,6 +15,8 @@
 //! * nodes crash and restart with only what their disk had synced: a crash cuts the
 //!   queue of unsynced persist requests at a random point (the writes before the cut made
 //!   it to disk although the node never learned so; the rest — a torn tail — are lost).
+//!   Requests of commit marks only are reported durable once written, unsynced, as the
+//!   write-ahead log does; the cut may still take them.
 //!
 //! Then the faults stop, every node restarts, the network heals, and the run must make
 //! progress within a bound. The checkers live in [`crate::checks`].
@@ -247,6 +249,10 @@ struct Replica {
     durable: DurableState,
     /// Persist requests handed to the disk, not yet synced.
     unsynced: VecDeque<PersistRequest>,
+    /// Requests of commit marks only, reported durable once written but not synced (as
+    /// the write-ahead log does, see `PersistRequest::needs_sync`): the next synced
+    /// request makes them durable; a crash before it may lose them.
+    written: VecDeque<PersistRequest>,
     /// When the last queued persist completes (they complete in order).
     disk_busy_until: u64,
     kv: KvStore,
@@ -324,6 +330,7 @@ impl Simulation {
                     epoch: 0,
                     durable: DurableState::default(),
                     unsynced: VecDeque::new(),
+                    written: VecDeque::new(),
                     disk_busy_until: 0,
                     kv: KvStore::new(),
                     broadcast: Broadcast::new(),
@@ -475,7 +482,14 @@ impl Simulation {
                     return;
                 }
                 let request = replica.unsynced.pop_front().expect("a queued persist");
-                replica.durable.apply_all(&request.ops);
+                if request.needs_sync() {
+                    for written in replica.written.drain(..) {
+                        replica.durable.apply_all(&written.ops);
+                    }
+                    replica.durable.apply_all(&request.ops);
+                } else {
+                    replica.written.push_back(request.clone());
+                }
                 replica
                     .node
                     .as_mut()
@@ -891,11 +905,15 @@ impl Simulation {
         replica.epoch += 1;
         // The disk wrote requests in order; the crash cut the queue somewhere. What lies
         // before the cut is durable although the node never heard so; the rest is lost.
-        let synced = self.rng.gen_range(0..=replica.unsynced.len());
-        for request in replica.unsynced.drain(..).take(synced) {
+        let queued: Vec<PersistRequest> = replica
+            .written
+            .drain(..)
+            .chain(replica.unsynced.drain(..))
+            .collect();
+        let synced = self.rng.gen_range(0..=queued.len());
+        for request in queued.into_iter().take(synced) {
             replica.durable.apply_all(&request.ops);
         }
-        replica.unsynced.clear();
         if self.options.faults.amnesia {
             replica.durable = DurableState::default();
         }

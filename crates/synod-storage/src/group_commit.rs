@@ -21,7 +21,8 @@ pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 pub struct GroupCommitStats {
     /// Requests completed (successfully or not).
     pub requests: u64,
-    /// `Wal::append` calls, each ending in one fdatasync when syncing is on.
+    /// `Wal::append` calls, each ending in one fdatasync when syncing is on (unless every
+    /// request in it is commit marks only, see `PersistRequest::needs_sync`).
     pub syncs: u64,
     /// The most requests one sync covered.
     pub largest_batch: u64,

@@ -460,7 +460,10 @@ impl Wal {
                 &mut buffer,
             );
         }
-        let result = self.write_and_sync(&buffer);
+        // Commit marks alone are not synced (see `PersistRequest::needs_sync`); the next
+        // synced append makes them durable with everything before it.
+        let sync = requests.iter().any(PersistRequest::needs_sync);
+        let result = self.write_and_sync(&buffer, sync);
         let written = buffer.len() as u64;
         self.encode_buffer = buffer;
         result?;
@@ -504,7 +507,7 @@ impl Wal {
         }
         let mut buffer = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
         encode_record(self.next_seq, RecordKind::Checkpoint, &payload, &mut buffer);
-        self.write_and_sync(&buffer)?;
+        self.write_and_sync(&buffer, true)?;
         let active = self.segments.last_mut().expect("an active segment");
         active.used_bytes += buffer.len() as u64;
         active.records += 1;
@@ -550,7 +553,7 @@ impl Wal {
 
     /// Writes `bytes` at the end of the active segment's records, extending its zeroed
     /// preallocation first if needed, then makes both durable with one fdatasync.
-    fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+    fn write_and_sync(&mut self, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
         let step = PREALLOCATE_STEP_BYTES
             .min(self.options.segment_bytes)
             .max(4096);
@@ -567,7 +570,7 @@ impl Wal {
         if result.is_ok() {
             result = self.active.write_all_at(bytes, segment.used_bytes);
         }
-        if result.is_ok() && self.options.sync == SyncMode::Fsync {
+        if result.is_ok() && sync && self.options.sync == SyncMode::Fsync {
             result = self.active.sync_data();
         }
         result.map_err(|error| {

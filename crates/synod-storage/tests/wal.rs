@@ -30,6 +30,30 @@ fn reopened_log_equals_applying_every_appended_request_in_order() {
 }
 
 #[test]
+fn commit_marks_appended_alone_are_written_and_recovered() {
+    // Requests of commit marks only skip the fdatasync (`PersistRequest::needs_sync`),
+    // but they are still written: a clean reopen finds them, in order.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let accept = accept_request(1, 1, Ballot::new(1, 1), 0);
+    let commit_only = synod_core::PersistRequest {
+        id: 2,
+        ops: vec![PersistOp::Commit(1)],
+    };
+    assert!(accept.needs_sync());
+    assert!(!commit_only.needs_sync());
+    {
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        wal.append(std::slice::from_ref(&accept)).expect("accept");
+        wal.append(std::slice::from_ref(&commit_only))
+            .expect("commit mark");
+    }
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.commit_index, 1);
+    assert!(recovered.entries.contains_key(&1));
+    assert_eq!(wal.last_persist_id(), 2);
+}
+
+#[test]
 fn empty_append_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
