@@ -13,7 +13,7 @@
 
 use crate::config::{Cluster, Member};
 use crate::metrics::Metrics;
-use crate::wire::{encode_frame, read_frame, write_frame, Frame, FrameError, Hello};
+use crate::wire::{encode_frame_into, read_frame, write_frame, Frame, FrameError, Hello};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -410,11 +410,11 @@ async fn serve_outbound(
                 frame = outgoing.recv() => {
                     let Some(frame) = frame else { return true };
                     buffer.clear();
-                    buffer.extend(encode_frame(&frame));
+                    encode_frame_into(&frame, &mut buffer);
                     // Coalesce what else is queued into one write.
                     while buffer.len() < (256 << 10) {
                         match outgoing.try_recv() {
-                            Ok(frame) => buffer.extend(encode_frame(&frame)),
+                            Ok(frame) => encode_frame_into(&frame, &mut buffer),
                             Err(_) => break,
                         }
                     }

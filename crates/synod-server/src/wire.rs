@@ -142,11 +142,22 @@ pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
 
 /// The whole frame: length prefix and payload.
 pub fn encode_frame(frame: &Frame) -> Vec<u8> {
-    let payload = encode_payload(frame);
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = Vec::new();
+    encode_frame_into(frame, &mut out);
     out
+}
+
+/// Appends the whole frame to `out`, serializing straight into it (no intermediate
+/// buffer: the peer writer batches many frames into one buffer and one `write`).
+pub fn encode_frame_into(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(WIRE_VERSION);
+    codec()
+        .serialize_into(&mut *out, frame)
+        .unwrap_or_else(|error| panic!("encoding a peer frame failed: {error}"));
+    let length = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&length.to_be_bytes());
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> io::Result<()> {
