@@ -98,7 +98,7 @@ impl Node {
         if from != self.config.id {
             self.set_leader(Some(from));
             self.lease = Some((from, self.now + self.config.lease_ticks));
-            self.reset_election_timer();
+            self.reset_election_timer_after_leader();
         }
         true
     }

@@ -608,6 +608,30 @@ impl Node {
         }
     }
 
+    /// After hearing the leader: the election timer runs out just after this node's lease
+    /// on the leader does, plus a random jitter of up to a quarter of the timeout (fixed
+    /// when backoff is disabled). Nobody can win before the leases run out, so waiting
+    /// longer only stretches a failover; the jitter is there so the survivors do not all
+    /// prepare in the same instant, and even when they do the highest ballot wins
+    /// without a duel (every acceptor it reaches promises it). Contention — a candidate
+    /// preempted, or another's Prepare heard — still backs off a whole random timeout
+    /// ([`Node::reset_election_timer`]).
+    pub(crate) fn reset_election_timer_after_leader(&mut self) {
+        let wait = self
+            .config
+            .lease_ticks
+            .max(self.config.election_timeout_ticks);
+        let jitter = match self.config.backoff {
+            Backoff::Randomized => {
+                let spread =
+                    (self.config.election_timeout_ticks / LEADER_LOSS_JITTER_DIVISOR).max(1);
+                self.rng.between(0, spread)
+            }
+            Backoff::Disabled => 0,
+        };
+        self.election_deadline = self.now + wait + jitter;
+    }
+
     /// A random election timeout from now (fixed when backoff is disabled).
     pub(crate) fn reset_election_timer(&mut self) {
         let timeout = self.config.election_timeout_ticks;
@@ -664,6 +688,10 @@ impl Node {
         self.invariant_commit_index = self.log.commit_index();
     }
 }
+
+/// After the leader falls silent, followers campaign within `election_timeout / 4` of
+/// their leases running out (see `Node::reset_election_timer_after_leader`).
+const LEADER_LOSS_JITTER_DIVISOR: u64 = 4;
 
 fn initial_election_deadline(config: &Config, rng: &mut Rng) -> Tick {
     let timeout = config.election_timeout_ticks;

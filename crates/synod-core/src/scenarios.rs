@@ -789,3 +789,42 @@ fn follower_learns_the_commit_of_its_forwarded_command_without_waiting() {
         "a follower that forwarded nothing learns at the next Accept or heartbeat"
     );
 }
+
+#[test]
+fn survivors_campaign_within_a_quarter_timeout_of_their_leases_running_out() {
+    // Failover time is lease + jitter: a follower's timer runs out at most
+    // election_timeout / 4 after its lease on the silent leader does (it used to be a
+    // whole random timeout, [T, 2T)).
+    for seed in 0..40u64 {
+        let mut cluster = Cluster::with(3, |id| {
+            let mut config = config(id, 3, Mode::MultiPaxos);
+            config.election_timeout_ticks = 40;
+            config.lease_ticks = 40;
+            config.heartbeat_interval_ticks = 4;
+            config.seed = seed * 10 + id;
+            config
+        });
+        let old = cluster.elect();
+        cluster.tick(10);
+        cluster.isolate(old);
+        let mut waited = 0;
+        let new = loop {
+            cluster.tick(1);
+            waited += 1;
+            if let Some(node) = cluster
+                .nodes
+                .values()
+                .find(|node| node.id() != old && node.status().role == Role::Leader)
+            {
+                break node.id();
+            }
+            assert!(waited < 200, "seed {seed}: no new leader");
+        };
+        // Last heartbeat at most 4 ticks before the cut; lease 40; jitter < 10; one
+        // tick for Phase 1 to finish in this instant network.
+        assert!(
+            (36..=40 + 10 + 1).contains(&waited),
+            "seed {seed}: node {new} led {waited} ticks after the leader went silent"
+        );
+    }
+}
