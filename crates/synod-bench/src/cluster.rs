@@ -322,15 +322,15 @@ async fn run_async(
                 spec.keyspace = options.keyspace;
                 spec.value_bytes = options.value_bytes;
                 spec.connections_per_endpoint = options.connections_per_endpoint;
-                let servers_before = run.processes.cpu_time();
-                let client_before = machine::own_cpu_time().unwrap_or_default();
-                let started = Instant::now();
                 // Client `i` talks to member `(leader + i) mod n`: a single client is at the
                 // leader, as in etcd's performance guide; more spread over every member.
                 let endpoints = leader_first(
                     run.processes.endpoints(),
                     run.processes.leader_index().await,
                 );
+                let servers_before = run.processes.cpu_time();
+                let client_before = machine::own_cpu_time().unwrap_or_default();
+                let started = Instant::now();
                 let result = run_load(&endpoints, &spec).await.map_err(|error| {
                     error.context(format!("{} {}", system.name(), workload.name()))
                 })?;

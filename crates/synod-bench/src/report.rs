@@ -530,7 +530,7 @@ impl ClusterReport {
              a single unreplicated Synod node with fsync off (the ceiling: what the client and gRPC \
              alone allow). Both clusters use heartbeat {} ms and election timeout {} ms; the same \
              closed-loop etcd v3 gRPC client drives every system, client i at member (leader + i) \
-             mod 3 — a single client at the leader, as in etcd's performance guide; more \
+             mod n — a single client at the leader, as in etcd's performance guide; more \
              spread over all members, followers forwarding — at most {} connections per endpoint. Clients and all \
              nodes share the machine's CPUs (1-minute load average {:.1} when the run started). Each \
              cell: {} ms warm-up, {} ms measured; keys drawn from {} keys, {}-byte values.\n\n",

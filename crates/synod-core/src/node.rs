@@ -617,10 +617,8 @@ impl Node {
     /// preempted, or another's Prepare heard — still backs off a whole random timeout
     /// ([`Node::reset_election_timer`]).
     pub(crate) fn reset_election_timer_after_leader(&mut self) {
-        let wait = self
-            .config
-            .lease_ticks
-            .max(self.config.election_timeout_ticks);
+        // The lease is never longer than the election timeout (`Config::validate`).
+        let wait = self.config.election_timeout_ticks;
         let jitter = match self.config.backoff {
             Backoff::Randomized => {
                 let spread =

@@ -115,13 +115,18 @@ fn codec() -> impl Options {
 
 /// The payload of `frame` (version byte + bincode), without the length prefix.
 pub fn encode_payload(frame: &Frame) -> Vec<u8> {
-    let mut out = vec![WIRE_VERSION];
+    let mut out = Vec::new();
+    append_payload(frame, &mut out);
+    out
+}
+
+fn append_payload(frame: &Frame, out: &mut Vec<u8>) {
+    out.push(WIRE_VERSION);
     // Serializing plain data into a Vec cannot fail: no maps with complex keys, no
     // custom Serialize implementations that error.
     codec()
-        .serialize_into(&mut out, frame)
+        .serialize_into(&mut *out, frame)
         .unwrap_or_else(|error| panic!("encoding a peer frame failed: {error}"));
-    out
 }
 
 /// Decodes a payload from [`encode_payload`]; never reads past `payload`.
@@ -152,10 +157,7 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
 pub fn encode_frame_into(frame: &Frame, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.push(WIRE_VERSION);
-    codec()
-        .serialize_into(&mut *out, frame)
-        .unwrap_or_else(|error| panic!("encoding a peer frame failed: {error}"));
+    append_payload(frame, out);
     let length = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&length.to_be_bytes());
 }

@@ -482,19 +482,20 @@ impl Simulation {
                     return;
                 }
                 let request = replica.unsynced.pop_front().expect("a queued persist");
+                let persist_id = request.id;
                 if request.needs_sync() {
                     for written in replica.written.drain(..) {
                         replica.durable.apply_all(&written.ops);
                     }
                     replica.durable.apply_all(&request.ops);
                 } else {
-                    replica.written.push_back(request.clone());
+                    replica.written.push_back(request);
                 }
                 replica
                     .node
                     .as_mut()
                     .expect("node is up")
-                    .on_persisted(request.id);
+                    .on_persisted(persist_id);
                 self.dirty.insert(id);
             }
             Event::Request {

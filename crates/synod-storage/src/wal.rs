@@ -552,7 +552,8 @@ impl Wal {
     }
 
     /// Writes `bytes` at the end of the active segment's records, extending its zeroed
-    /// preallocation first if needed, then makes both durable with one fdatasync.
+    /// preallocation first if needed, then (when `sync`) makes both durable with one
+    /// fdatasync.
     fn write_and_sync(&mut self, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
         let step = PREALLOCATE_STEP_BYTES
             .min(self.options.segment_bytes)
@@ -584,18 +585,22 @@ impl Wal {
     /// number.
     fn rotate(&mut self) -> Result<(), StorageError> {
         let active = self.segments.last_mut().expect("an active segment");
-        if active.file_bytes > active.used_bytes {
-            let sealed = self.active.set_len(active.used_bytes).and_then(|()| {
-                if self.options.sync == SyncMode::Fsync {
-                    self.active.sync_all()
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(error) = sealed {
-                self.poisoned = true;
-                return Err(StorageError::io(&active.path, error));
-            }
+        let cut = active.file_bytes > active.used_bytes;
+        let mut sealed = if cut {
+            self.active.set_len(active.used_bytes)
+        } else {
+            Ok(())
+        };
+        // Always synced, cut or not: commit marks may have been written without a sync
+        // (`PersistRequest::needs_sync`), and the next sync goes to the new segment.
+        if sealed.is_ok() && self.options.sync == SyncMode::Fsync {
+            sealed = self.active.sync_all();
+        }
+        if let Err(error) = sealed {
+            self.poisoned = true;
+            return Err(StorageError::io(&active.path, error));
+        }
+        if cut {
             active.file_bytes = active.used_bytes;
         }
         match create_segment(&self.dir, self.next_seq, self.options.sync) {

@@ -54,6 +54,38 @@ fn commit_marks_appended_alone_are_written_and_recovered() {
 }
 
 #[test]
+fn commit_marks_ending_a_segment_are_sealed_with_it() {
+    // With tiny segments every append rotates, so an unsynced commit mark is always the
+    // last record of a segment that `rotate` seals (with a sync of its own).
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Smaller than a segment header and one record: every append rotates first.
+    let options = WalOptions {
+        segment_bytes: 33,
+        sync: SyncMode::Fsync,
+    };
+    let mut history = Vec::new();
+    for slot in 1..=4u64 {
+        history.push(accept_request(2 * slot - 1, slot, Ballot::new(1, 1), 0));
+        history.push(synod_core::PersistRequest {
+            id: 2 * slot,
+            ops: vec![PersistOp::Commit(slot)],
+        });
+    }
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options.clone()).expect("open");
+        for request in &history {
+            wal.append(std::slice::from_ref(request)).expect("append");
+        }
+    }
+    let segments = segment_files(dir.path()).len();
+    assert!(segments >= 8, "{segments} segments");
+    let (wal, recovered) = Wal::open(dir.path(), options).expect("reopen");
+    assert_eq!(recovered, replay(&history));
+    assert_eq!(recovered.commit_index, 4);
+    assert_eq!(wal.recovery_report().truncated, None);
+}
+
+#[test]
 fn empty_append_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
