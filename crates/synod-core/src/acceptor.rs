@@ -65,17 +65,24 @@ impl Node {
                 self.reset_election_timer();
             }
         }
-        let entries = self.log.entries_from(from_slot.max(1));
         let commit_index = self.log.commit_index();
-        self.send_after_persist(
-            from,
-            Message::Promise {
-                ballot,
-                from_slot,
-                entries,
-                commit_index,
-            },
-        );
+        // Too many entries for one message: the promise goes out in chunks.
+        let chunks = self
+            .log
+            .entry_chunks(from_slot.max(1), self.config.max_message_bytes);
+        for (first_slot, last_slot, entries) in chunks {
+            self.send_after_persist(
+                from,
+                Message::Promise {
+                    ballot,
+                    from_slot,
+                    first_slot,
+                    last_slot,
+                    entries,
+                    commit_index,
+                },
+            );
+        }
     }
 
     /// A message from the leader of `ballot`: renew its lease and our election timer.
@@ -118,12 +125,16 @@ impl Node {
         }
         let last_slot = first_slot + values.len() as u64 - 1;
         let mut stale = None;
+        // Slots compacted into our snapshot are chosen and their values gone: no vote
+        // for them (compaction is a prefix, so the vote covers the rest of the run).
+        let mut vote_from = first_slot;
         for (offset, value) in values.into_iter().enumerate() {
             let slot = first_slot + offset as u64;
             match self.log.accept(slot, ballot, value) {
                 Change::AlreadyChosen { chosen_ballot } => {
                     stale = stale.max(Some(chosen_ballot));
                 }
+                Change::Compacted => vote_from = slot + 1,
                 change => self.persist_change(change),
             }
         }
@@ -140,15 +151,28 @@ impl Node {
             );
             return;
         }
-        self.send_after_persist(
-            from,
-            Message::Accepted {
-                ballot,
-                first_slot,
-                last_slot,
-                echo: sent_at,
-            },
-        );
+        if vote_from > last_slot {
+            // Nothing to vote for: say where our log stands, so the leader fetches.
+            self.send_after_persist(
+                from,
+                Message::HeartbeatAck {
+                    ballot,
+                    echo: sent_at,
+                    round: 0,
+                    commit_index: self.log.commit_index(),
+                },
+            );
+        } else {
+            self.send_after_persist(
+                from,
+                Message::Accepted {
+                    ballot,
+                    first_slot: vote_from,
+                    last_slot,
+                    echo: sent_at,
+                },
+            );
+        }
         self.learn_commit_from(from, ballot, commit_index);
     }
 
@@ -158,6 +182,7 @@ impl Node {
         ballot: Ballot,
         commit_index: Slot,
         sent_at: Tick,
+        round: u64,
     ) {
         if !self.hear_leader(from, ballot) {
             return;
@@ -167,6 +192,7 @@ impl Node {
             Message::HeartbeatAck {
                 ballot,
                 echo: sent_at,
+                round,
                 commit_index: self.log.commit_index(),
             },
         );
@@ -179,20 +205,29 @@ impl Node {
         if leader == self.config.id {
             return;
         }
+        self.note_peer_commit(leader, commit_index);
         self.log.learn_commit(ballot, commit_index);
         self.maybe_catch_up(leader);
     }
 
-    /// Asks `peer` for chosen entries when we know of chosen slots past our commit point
-    /// that we cannot fill ourselves. At most one request per retransmit interval.
-    pub(crate) fn maybe_catch_up(&mut self, peer: NodeId) {
-        if self.log.highest_known_chosen() <= self.log.commit_index() || peer == self.config.id {
+    /// Asks `preferred` for chosen entries when we know of chosen slots past our commit
+    /// point that we cannot fill ourselves. At most one request per retransmit interval;
+    /// a request that brought nothing is retried at the next peer that knows more (the
+    /// first one may be down, or lack the same slots), so a lost request or reply never
+    /// leaves the node behind for good.
+    pub(crate) fn maybe_catch_up(&mut self, preferred: NodeId) {
+        if self.log.highest_known_chosen() <= self.log.commit_index() {
             return;
         }
-        if let Some((_, sent_at)) = self.catch_up_sent {
-            if self.now < sent_at + self.config.retransmit_ticks {
-                return;
+        let peer = match self.catch_up_sent {
+            Some((_, sent_at)) if self.now < sent_at + self.config.retransmit_ticks => return,
+            Some((last, _)) if last == preferred || preferred == self.config.id => {
+                self.next_catch_up_peer(last)
             }
+            _ => preferred,
+        };
+        if peer == self.config.id {
+            return;
         }
         self.catch_up_sent = Some((peer, self.now));
         self.send(
@@ -203,15 +238,56 @@ impl Node {
         );
     }
 
+    /// After `last`, in id order and round, the next peer that reported a commit point
+    /// above ours (any peer, if none did).
+    fn next_catch_up_peer(&self, last: NodeId) -> NodeId {
+        let commit = self.log.commit_index();
+        let mut ahead: Vec<NodeId> = self
+            .peers()
+            .filter(|peer| self.peer_commits.get(peer).is_some_and(|c| *c > commit))
+            .collect();
+        if ahead.is_empty() {
+            ahead = self.peers().collect();
+        }
+        ahead
+            .iter()
+            .copied()
+            .find(|peer| *peer > last)
+            .or_else(|| ahead.first().copied())
+            .unwrap_or(self.config.id)
+    }
+
+    /// The peer that reported the highest commit point above ours, if any.
+    pub(crate) fn best_catch_up_peer(&self) -> Option<NodeId> {
+        let commit = self.log.commit_index();
+        self.peer_commits
+            .iter()
+            .filter(|(peer, c)| **c > commit && **peer != self.config.id)
+            .max_by_key(|(peer, c)| (**c, std::cmp::Reverse(**peer)))
+            .map(|(peer, _)| *peer)
+    }
+
+    /// Remembers how far a peer's log is chosen (it may be asked for entries later).
+    pub(crate) fn note_peer_commit(&mut self, peer: NodeId, commit_index: Slot) {
+        if peer == self.config.id {
+            return;
+        }
+        let known = self.peer_commits.entry(peer).or_default();
+        *known = (*known).max(commit_index);
+        self.log.note_chosen_elsewhere(commit_index);
+    }
+
     pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
         if from_slot <= self.log.compacted_through() {
             let slot = self.log.compacted_through();
             self.event(crate::ready::Event::SnapshotNeeded { peer: from, slot });
             return;
         }
-        let entries = self
-            .log
-            .chosen_from(from_slot.max(1), self.config.max_catchup_entries);
+        let entries = self.log.chosen_from(
+            from_slot.max(1),
+            self.config.max_catchup_entries,
+            self.config.max_message_bytes,
+        );
         if entries.is_empty() && self.log.commit_index() < from_slot {
             return;
         }
@@ -226,7 +302,7 @@ impl Node {
 
     /// Chosen entries from a peer: record them (durably) and move the commit point.
     pub(crate) fn on_chosen(&mut self, from: NodeId, entries: Vec<Entry>, commit_index: Slot) {
-        self.log.note_chosen_elsewhere(commit_index);
+        self.note_peer_commit(from, commit_index);
         let before = self.log.commit_index();
         for entry in entries {
             let change = self.log.choose(entry.slot, entry.ballot, entry.value);

@@ -12,6 +12,17 @@ pub enum Mode {
     PerSlot,
 }
 
+/// How the leader confirms a linearizable read (see `read.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// Under its read lease the leader answers alone; without one it runs a quorum round.
+    /// Safe only while the nodes' clock rates differ by at most `max_clock_drift_percent`.
+    Lease,
+    /// Every read costs one quorum round (a heartbeat every acceptor answers): no clock
+    /// assumption at all. What etcd's servers do.
+    ReadIndex,
+}
+
 /// What a node does after it is preempted (or its election times out).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum Backoff {
@@ -50,6 +61,22 @@ pub struct Config {
     pub max_pending_commands: usize,
     /// Most entries in one Chosen (catch-up) reply.
     pub max_catchup_entries: usize,
+    /// Most bytes of values (see [`crate::Value::size_bytes`]) in one message. A message
+    /// always carries at least one slot, so one command larger than this still travels,
+    /// alone; the runtime bounds single commands (`--max-request-bytes`).
+    pub max_message_bytes: usize,
+    /// Most bytes of commands cut into one slot (a single larger command gets a slot of
+    /// its own).
+    pub max_batch_bytes: usize,
+    /// Most bytes of values proposed and not yet chosen at once.
+    pub max_inflight_bytes: usize,
+    /// Most bytes of commands queued at this node before `propose` answers `Busy`.
+    pub max_pending_bytes: usize,
+    /// How linearizable reads are confirmed.
+    pub read_mode: ReadMode,
+    /// Differs in every life of the node (the runtime draws it at start-up): replies to
+    /// requests of an earlier life (read-index) are told apart from this life's.
+    pub incarnation: u64,
     /// Seeds the node's own random number generator (timeouts, backoff).
     pub seed: u64,
 }
@@ -71,6 +98,12 @@ impl Config {
             max_inflight_slots: 64,
             max_pending_commands: 4096,
             max_catchup_entries: 256,
+            max_message_bytes: 1 << 20,
+            max_batch_bytes: 1 << 20,
+            max_inflight_bytes: 64 << 20,
+            max_pending_bytes: 64 << 20,
+            read_mode: ReadMode::Lease,
+            incarnation: id,
             seed: id,
         }
     }
@@ -124,6 +157,16 @@ impl Config {
             return Err(
                 "batch, window, queue, catch-up and retransmit limits must be positive".into(),
             );
+        }
+        if self.max_message_bytes == 0
+            || self.max_batch_bytes == 0
+            || self.max_inflight_bytes == 0
+            || self.max_pending_bytes == 0
+        {
+            return Err("message, batch, window and queue byte limits must be positive".into());
+        }
+        if self.max_batch_bytes > self.max_message_bytes {
+            return Err("max_batch_bytes must not exceed max_message_bytes".into());
         }
         Ok(())
     }

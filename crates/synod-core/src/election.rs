@@ -20,9 +20,48 @@ use std::collections::BTreeMap;
 pub(crate) struct Candidate {
     pub ballot: Ballot,
     pub from_slot: Slot,
-    /// Promises received: node → (entries at or above `from_slot`, its commit point).
-    pub promises: BTreeMap<NodeId, (Vec<Entry>, Slot)>,
+    /// Promise chunks received, per promiser.
+    pub promises: BTreeMap<NodeId, Vec<PromiseChunk>>,
     pub last_sent: u64,
+}
+
+/// One chunk of a promise: the entries the acceptor held in `first_slot..=last_slot`
+/// and its commit point when it sent them.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct PromiseChunk {
+    pub first_slot: Slot,
+    pub last_slot: Slot,
+    pub entries: Vec<Entry>,
+    pub commit_index: Slot,
+}
+
+impl Candidate {
+    /// True once `promiser`'s chunks cover every slot from `from_slot` on.
+    fn has_whole_promise(&self, promiser: NodeId) -> bool {
+        let Some(chunks) = self.promises.get(&promiser) else {
+            return false;
+        };
+        let mut cursor = self.from_slot.max(1);
+        loop {
+            let reach = chunks
+                .iter()
+                .filter(|chunk| chunk.first_slot <= cursor && chunk.last_slot >= cursor)
+                .map(|chunk| chunk.last_slot)
+                .max();
+            match reach {
+                None => return false,
+                Some(Slot::MAX) => return true,
+                Some(last) => cursor = last + 1,
+            }
+        }
+    }
+
+    fn whole_promises(&self) -> usize {
+        self.promises
+            .keys()
+            .filter(|promiser| self.has_whole_promise(**promiser))
+            .count()
+    }
 }
 
 impl Node {
@@ -51,7 +90,7 @@ impl Node {
                 if self.now >= candidate.last_sent + self.config.retransmit_ticks =>
             {
                 self.peers()
-                    .filter(|peer| !candidate.promises.contains_key(peer))
+                    .filter(|peer| !candidate.has_whole_promise(*peer))
                     .collect()
             }
             _ => Vec::new(),
@@ -61,7 +100,7 @@ impl Node {
                 candidate.last_sent = self.now;
                 let (ballot, from_slot) = (candidate.ballot, candidate.from_slot);
                 for peer in resend_to {
-                    self.send(peer, Message::Prepare { ballot, from_slot });
+                    self.send_after_persist(peer, Message::Prepare { ballot, from_slot });
                 }
             }
         }
@@ -95,35 +134,41 @@ impl Node {
         self.set_leader(None);
         self.reset_election_timer();
         self.event(Event::Phase1Started { ballot });
+        // The Prepare leaves only once the ballot is durable here: a candidate that
+        // crashed with its promise unsynced could otherwise win, get a value chosen, come
+        // back without the ballot and run it again, choosing another value in it.
         for node in self.config.nodes.clone() {
-            self.send(node, Message::Prepare { ballot, from_slot });
+            self.send_after_persist(node, Message::Prepare { ballot, from_slot });
         }
     }
 
-    /// Phase 1b arrives at the candidate.
-    pub(crate) fn on_promise(
-        &mut self,
-        from: NodeId,
-        ballot: Ballot,
-        entries: Vec<Entry>,
-        commit_index: Slot,
-    ) {
+    /// Phase 1b (one chunk of it) arrives at the candidate.
+    pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, chunk: PromiseChunk) {
         let quorum = self.config.quorum();
+        self.note_peer_commit(from, chunk.commit_index);
         let RoleState::Candidate(candidate) = &mut self.role else {
             return;
         };
-        if candidate.ballot != ballot {
+        if candidate.ballot != ballot || chunk.first_slot > chunk.last_slot {
             return;
         }
-        candidate.promises.insert(from, (entries, commit_index));
-        if candidate.promises.len() >= quorum {
+        let chunks = candidate.promises.entry(from).or_default();
+        // A resent Prepare brings the promise again, maybe cut differently: keep the
+        // newest chunk of each start.
+        chunks.retain(|old| old.first_slot != chunk.first_slot);
+        chunks.push(chunk);
+        if candidate.whole_promises() >= quorum {
             self.become_leader();
         }
     }
 
-    /// A quorum promised: adopt, for every open slot, the value chosen or accepted at the
-    /// highest ballot (a no-op where there is none), re-propose them all at our ballot,
-    /// and only then serve new commands.
+    /// A quorum promised: adopt, for every open slot, the value accepted at the highest
+    /// ballot (a no-op where there is none), propose them all at our ballot, and only
+    /// then serve new commands. A slot some promiser reports chosen is recorded as
+    /// chosen; one at or below a promiser's commit point whose chosen value no promise
+    /// carries (it was compacted into a snapshot) is fetched, never re-proposed: the
+    /// highest-ballot value among the promises need not be the chosen one when the
+    /// acceptor that voted for the chosen value no longer holds it.
     fn become_leader(&mut self) {
         let RoleState::Candidate(candidate) =
             std::mem::replace(&mut self.role, RoleState::Follower)
@@ -135,22 +180,24 @@ impl Node {
         let mut max_slot = self.log.commit_index();
         // The highest commit point any promiser reported, and who reported it.
         let mut max_commit = (self.log.commit_index(), self.config.id);
-        for (promiser, (entries, commit_index)) in candidate.promises {
-            max_slot = max_slot.max(commit_index);
-            if commit_index > max_commit.0 {
-                max_commit = (commit_index, promiser);
-            }
-            for entry in entries {
-                max_slot = max_slot.max(entry.slot);
-                let chosen = entry.slot <= commit_index;
-                let better = match adopted.get(&entry.slot) {
-                    None => true,
-                    Some((was_chosen, was_ballot, _)) => {
-                        !was_chosen && (chosen || entry.ballot > *was_ballot)
+        for (promiser, chunks) in candidate.promises {
+            for chunk in chunks {
+                max_slot = max_slot.max(chunk.commit_index);
+                if chunk.commit_index > max_commit.0 {
+                    max_commit = (chunk.commit_index, promiser);
+                }
+                for entry in chunk.entries {
+                    max_slot = max_slot.max(entry.slot);
+                    let chosen = entry.slot <= chunk.commit_index;
+                    let better = match adopted.get(&entry.slot) {
+                        None => true,
+                        Some((was_chosen, was_ballot, _)) => {
+                            !was_chosen && (chosen || entry.ballot > *was_ballot)
+                        }
+                    };
+                    if better {
+                        adopted.insert(entry.slot, (chosen, entry.ballot, entry.value));
                     }
-                };
-                if better {
-                    adopted.insert(entry.slot, (chosen, entry.ballot, entry.value));
                 }
             }
         }
@@ -161,33 +208,25 @@ impl Node {
                 self.persist_change(change);
             }
         }
+        self.log.note_chosen_elsewhere(max_commit.0);
         self.log.advance_commit();
         let first_open = candidate.from_slot.min(self.log.commit_index() + 1);
-        // Runs of consecutive slots to re-propose. A slot some promiser reports chosen
-        // but no longer holds (compacted into its snapshot) is never filled with a
-        // no-op: it is fetched from that promiser instead.
-        let mut runs: Vec<Vec<(Slot, Value)>> = vec![Vec::new()];
+        let mut slots: Vec<(Slot, Value)> = Vec::new();
         let mut missing_chosen = false;
         for slot in first_open..=max_slot {
-            let value = match self.log.get(slot) {
-                Some(entry) if entry.chosen => Some(entry.value.clone()),
-                _ => adopted.remove(&slot).map(|(_, _, value)| value),
-            };
-            match value {
-                Some(value) => runs.last_mut().expect("non-empty").push((slot, value)),
-                None if slot <= max_commit.0 => {
-                    missing_chosen = true;
-                    if !runs.last().expect("non-empty").is_empty() {
-                        runs.push(Vec::new());
-                    }
-                }
-                None => runs
-                    .last_mut()
-                    .expect("non-empty")
-                    .push((slot, Value::Noop)),
+            if self.log.is_chosen(slot) {
+                continue;
             }
+            if slot <= max_commit.0 {
+                missing_chosen = true;
+                continue;
+            }
+            let value = adopted
+                .remove(&slot)
+                .map_or(Value::Noop, |(_, _, value)| value);
+            slots.push((slot, value));
         }
-        let reproposed_slots = runs.iter().map(|run| run.len() as u64).sum();
+        let reproposed_slots = slots.len() as u64;
         self.role = RoleState::Leader(Leader::new(ballot, max_slot + 1, self.now, self.peers()));
         self.lease = None;
         self.set_leader(Some(self.config.id));
@@ -195,11 +234,8 @@ impl Node {
             ballot,
             reproposed_slots,
         });
-        for run in runs {
-            self.propose_slots(run);
-        }
+        self.propose_slots(slots);
         if missing_chosen {
-            self.log.note_chosen_elsewhere(max_commit.0);
             self.maybe_catch_up(max_commit.1);
         }
         // Announce the leadership at once: it starts the followers' leases and stops

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct Inflight {
     pub value: Value,
+    /// `value.size_bytes()`, for the in-flight byte window.
+    pub size_bytes: usize,
     pub votes: Vec<NodeId>,
     pub sent_at: Tick,
 }
@@ -28,6 +30,8 @@ pub(crate) struct PeerProgress {
     pub last_heard: Tick,
     /// The highest `sent_at` this peer echoed back (for lease reads).
     pub acked_sent_at: Tick,
+    /// The highest read-index round this peer acknowledged.
+    pub acked_round: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -35,6 +39,8 @@ pub(crate) struct Leader {
     pub ballot: Ballot,
     pub next_slot: Slot,
     pub inflight: BTreeMap<Slot, Inflight>,
+    /// Bytes of the values in `inflight`.
+    pub inflight_bytes: usize,
     pub peers: BTreeMap<NodeId, PeerProgress>,
     /// The seeds' rule: the first batch of a leadership is the one Phase 1 ran for;
     /// every later one skips it.
@@ -44,6 +50,10 @@ pub(crate) struct Leader {
     /// The last slot re-proposed at election: reads wait until it is chosen.
     pub established_slot: Slot,
     pub reads: Vec<crate::read::PendingRead>,
+    /// The last read-index round sent (heartbeats carry it).
+    pub read_round: u64,
+    /// Reads wait for a new round: send one at the next `take_ready`.
+    pub read_round_wanted: bool,
     /// Followers that forwarded commands, and the last slot holding one: once the
     /// commit point passes it they hear so at once, not at the next Accept or
     /// heartbeat (their clients are waiting on them).
@@ -61,6 +71,7 @@ impl Leader {
             ballot,
             next_slot,
             inflight: BTreeMap::new(),
+            inflight_bytes: 0,
             peers: peers
                 .map(|peer| {
                     (
@@ -69,6 +80,7 @@ impl Leader {
                             last_sent: now,
                             last_heard: now,
                             acked_sent_at: 0,
+                            acked_round: 0,
                         },
                     )
                 })
@@ -77,6 +89,8 @@ impl Leader {
             elected_at: now,
             established_slot: next_slot - 1,
             reads: Vec::new(),
+            read_round: 0,
+            read_round_wanted: false,
             commit_notices: BTreeMap::new(),
         }
     }
@@ -84,6 +98,41 @@ impl Leader {
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
+
+    fn remove_inflight(&mut self, slot: Slot) -> Option<Inflight> {
+        let inflight = self.inflight.remove(&slot)?;
+        self.inflight_bytes -= inflight.size_bytes;
+        Some(inflight)
+    }
+
+    /// Room in the pipeline window for a slot of `bytes` more (an empty window always
+    /// takes one).
+    fn has_room(&self, slots: usize, bytes: usize, max_slots: usize, max_bytes: usize) -> bool {
+        let slots_in_use = self.inflight.len() + slots;
+        let bytes_in_use = self.inflight_bytes + bytes;
+        slots_in_use < max_slots && (slots_in_use == 0 || bytes_in_use < max_bytes)
+    }
+}
+
+/// Cuts `(slot, value)` pairs of consecutive slots into runs of at most `max_bytes` of
+/// values (at least one value each): `(first_slot, values)`.
+pub(crate) fn cut_runs(slots: Vec<(Slot, Value)>, max_bytes: usize) -> Vec<(Slot, Vec<Value>)> {
+    let mut runs: Vec<(Slot, Vec<Value>)> = Vec::new();
+    let mut bytes = 0;
+    for (slot, value) in slots {
+        let size = value.size_bytes();
+        let extends = runs.last().is_some_and(|(first, values)| {
+            *first + values.len() as u64 == slot && bytes + size <= max_bytes
+        });
+        if extends {
+            bytes += size;
+            runs.last_mut().expect("a run").1.push(value);
+        } else {
+            bytes = size;
+            runs.push((slot, vec![value]));
+        }
+    }
+    runs
 }
 
 impl Node {
@@ -93,7 +142,7 @@ impl Node {
 
     fn queue_command(&mut self, id: Option<u64>, command: Bytes, forwarded_by: Option<NodeId>) {
         let leader_was_established = matches!(self.role, RoleState::Leader(_));
-        self.pending.push_back(Pending {
+        self.push_pending(Pending {
             id,
             command,
             leader_was_established,
@@ -106,7 +155,9 @@ impl Node {
     /// not fit — their clients will retry).
     pub(crate) fn on_forward(&mut self, from: NodeId, commands: Vec<Bytes>) {
         for command in commands {
-            if self.pending.len() >= self.config.max_pending_commands {
+            let full_bytes = !self.pending.is_empty()
+                && self.pending_bytes + command.len() > self.config.max_pending_bytes;
+            if self.pending.len() >= self.config.max_pending_commands || full_bytes {
                 break;
             }
             self.queue_command(None, command, Some(from));
@@ -122,78 +173,82 @@ impl Node {
             return self.per_slot.inflight() < self.config.max_inflight_slots;
         }
         match &self.role {
-            RoleState::Leader(leader) => leader.inflight.len() < self.config.max_inflight_slots,
+            RoleState::Leader(leader) => leader.has_room(
+                0,
+                0,
+                self.config.max_inflight_slots,
+                self.config.max_inflight_bytes,
+            ),
             _ => self.leader.is_some_and(|leader| leader != self.config.id),
         }
     }
 
+    /// Hands every queued command to the leader, in messages of at most
+    /// `max_message_bytes` of commands (at least one each).
+    fn forward_pending(&mut self, leader: NodeId) {
+        let max_bytes = self.config.max_message_bytes;
+        let mut batches: Vec<Vec<Bytes>> = Vec::new();
+        let mut bytes = 0;
+        while let Some(pending) = self.pop_pending() {
+            let size = pending.command.len() + crate::message::COMMAND_OVERHEAD_BYTES;
+            match batches.last_mut() {
+                Some(batch) if bytes + size <= max_bytes => {
+                    bytes += size;
+                    batch.push(pending.command);
+                }
+                _ => {
+                    bytes = size;
+                    batches.push(vec![pending.command]);
+                }
+            }
+        }
+        for commands in batches {
+            self.send(leader, Message::Forward { commands });
+        }
+    }
+
     /// Cuts queued commands into slots (leader) or hands them to the leader (follower).
+    /// A slot holds at most `max_batch_commands` commands and `max_batch_bytes` of them
+    /// (a single larger command gets a slot of its own); the pipeline window bounds the
+    /// slots and bytes in flight.
     pub(crate) fn flush_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let max_batch = self.config.max_batch_commands;
-        let max_inflight = self.config.max_inflight_slots;
-        let RoleState::Leader(leader) = &mut self.role else {
+        let RoleState::Leader(_) = &self.role else {
             if let Some(leader) = self.leader.filter(|leader| *leader != self.config.id) {
-                let commands = self
-                    .pending
-                    .drain(..)
-                    .map(|pending| pending.command)
-                    .collect();
-                self.send(leader, Message::Forward { commands });
+                self.forward_pending(leader);
             }
             return;
         };
         let mut slots = Vec::new();
         let mut events = Vec::new();
-        while !self.pending.is_empty() && leader.inflight.len() + slots.len() < max_inflight {
-            // A command for a given slot (propose_at): no-ops up to it, then it alone.
-            if let Some(target) = self.pending.front().and_then(|pending| pending.target_slot) {
-                while leader.next_slot < target {
-                    slots.push((leader.next_slot, Value::Noop));
-                    leader.next_slot += 1;
-                }
-                let pending = self.pending.pop_front().expect("front exists");
-                let slot = leader.next_slot;
-                leader.next_slot += 1;
-                if let Some(id) = pending.id {
-                    events.push(Event::ProposalAssigned {
-                        id,
-                        slot,
-                        phase1_skipped: leader.first_batch_done && pending.leader_was_established,
-                    });
-                }
-                slots.push((slot, Value::Commands(vec![pending.command])));
-                continue;
+        let mut slots_bytes = 0;
+        loop {
+            let RoleState::Leader(leader) = &self.role else {
+                unreachable!("checked above");
+            };
+            let Some(front) = self.pending.front() else {
+                break;
+            };
+            let front_bytes = front.command.len();
+            if !leader.has_room(
+                slots.len(),
+                slots_bytes + front_bytes,
+                self.config.max_inflight_slots,
+                self.config.max_inflight_bytes,
+            ) {
+                break;
             }
-            let slot = leader.next_slot;
-            leader.next_slot += 1;
-            let take = self
-                .pending
-                .iter()
-                .take(max_batch)
-                .take_while(|pending| pending.target_slot.is_none())
-                .count();
-            let mut commands = Vec::with_capacity(take);
-            for pending in self.pending.drain(..take) {
-                if let Some(follower) = pending.forwarded_by {
-                    let until = leader.commit_notices.entry(follower).or_default();
-                    *until = (*until).max(slot);
-                }
-                if let Some(id) = pending.id {
-                    events.push(Event::ProposalAssigned {
-                        id,
-                        slot,
-                        phase1_skipped: leader.first_batch_done && pending.leader_was_established,
-                    });
-                }
-                commands.push(pending.command);
-            }
-            slots.push((slot, Value::Commands(commands)));
+            let (new_slots, new_events) = self.cut_next_batch();
+            slots_bytes += new_slots.iter().map(|(_, v)| v.size_bytes()).sum::<usize>();
+            slots.extend(new_slots);
+            events.extend(new_events);
         }
-        if !slots.is_empty() {
-            leader.first_batch_done = true;
+        if let RoleState::Leader(leader) = &mut self.role {
+            if !slots.is_empty() {
+                leader.first_batch_done = true;
+            }
         }
         for event in events {
             self.event(event);
@@ -201,49 +256,106 @@ impl Node {
         self.propose_slots(slots);
     }
 
-    /// Phase 2a for a run of consecutive slots, to every acceptor including our own.
-    pub(crate) fn propose_slots(&mut self, slots: Vec<(Slot, Value)>) {
-        let Some((first_slot, _)) = slots.first() else {
-            return;
+    /// Takes the next batch off the queue: a `propose_at` command (no-ops up to its slot,
+    /// then it alone) or a run of commands sharing one slot.
+    fn cut_next_batch(&mut self) -> (Vec<(Slot, Value)>, Vec<Event>) {
+        let max_batch = self.config.max_batch_commands;
+        let max_batch_bytes = self.config.max_batch_bytes;
+        let mut slots = Vec::new();
+        let mut events = Vec::new();
+        let target = self.pending.front().and_then(|pending| pending.target_slot);
+        let take = if target.is_some() {
+            1
+        } else {
+            let mut bytes = 0;
+            self.pending
+                .iter()
+                .take(max_batch)
+                .take_while(|pending| {
+                    let fits = bytes == 0 || bytes + pending.command.len() <= max_batch_bytes;
+                    bytes += pending.command.len();
+                    pending.target_slot.is_none() && fits
+                })
+                .count()
+                .max(1)
         };
-        let first_slot = *first_slot;
+        let batch: Vec<Pending> = (0..take).filter_map(|_| self.pop_pending()).collect();
+        let RoleState::Leader(leader) = &mut self.role else {
+            unreachable!("only a leader cuts batches");
+        };
+        if let Some(target) = target {
+            while leader.next_slot < target {
+                slots.push((leader.next_slot, Value::Noop));
+                leader.next_slot += 1;
+            }
+        }
+        let slot = leader.next_slot;
+        leader.next_slot += 1;
+        let mut commands = Vec::with_capacity(batch.len());
+        for pending in batch {
+            if let Some(follower) = pending.forwarded_by {
+                let until = leader.commit_notices.entry(follower).or_default();
+                *until = (*until).max(slot);
+            }
+            if let Some(id) = pending.id {
+                events.push(Event::ProposalAssigned {
+                    id,
+                    slot,
+                    phase1_skipped: leader.first_batch_done && pending.leader_was_established,
+                });
+            }
+            commands.push(pending.command);
+        }
+        slots.push((slot, Value::Commands(commands)));
+        (slots, events)
+    }
+
+    /// Phase 2a for a run of consecutive slots, to every acceptor including our own, in
+    /// Accept messages of at most `max_message_bytes` of values.
+    pub(crate) fn propose_slots(&mut self, slots: Vec<(Slot, Value)>) {
+        if slots.is_empty() {
+            return;
+        }
         let commit_index = self.log.commit_index();
         let now = self.now;
+        let max_bytes = self.config.max_message_bytes;
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
         let ballot = leader.ballot;
-        let mut values = Vec::with_capacity(slots.len());
-        for (offset, (slot, value)) in slots.into_iter().enumerate() {
-            assert_eq!(
-                slot,
-                first_slot + offset as u64,
-                "proposed slots must be contiguous"
-            );
-            leader.inflight.insert(
-                slot,
+        for (slot, value) in &slots {
+            let size_bytes = value.size_bytes();
+            leader.inflight_bytes += size_bytes;
+            let replaced = leader.inflight.insert(
+                *slot,
                 Inflight {
                     value: value.clone(),
+                    size_bytes,
                     votes: Vec::new(),
                     sent_at: now,
                 },
             );
-            values.push(value);
+            assert!(
+                replaced.is_none(),
+                "slot {slot} proposed twice in one ballot"
+            );
         }
         for progress in leader.peers.values_mut() {
             progress.last_sent = now;
         }
-        for node in self.config.nodes.clone() {
-            self.send(
-                node,
-                Message::Accept {
-                    ballot,
-                    first_slot,
-                    values: values.clone(),
-                    commit_index,
-                    sent_at: now,
-                },
-            );
+        for (first_slot, values) in cut_runs(slots, max_bytes) {
+            for node in self.config.nodes.clone() {
+                self.send(
+                    node,
+                    Message::Accept {
+                        ballot,
+                        first_slot,
+                        values: values.clone(),
+                        commit_index,
+                        sent_at: now,
+                    },
+                );
+            }
         }
     }
 
@@ -277,7 +389,7 @@ impl Node {
                 inflight.votes.push(from);
             }
             if inflight.votes.len() >= quorum {
-                let inflight = leader.inflight.remove(&slot).expect("present");
+                let inflight = leader.remove_inflight(slot).expect("present");
                 chosen.push((slot, inflight.value));
             }
         }
@@ -299,6 +411,7 @@ impl Node {
             return;
         };
         let ballot = leader.ballot;
+        let round = leader.read_round;
         let due: Vec<NodeId> = leader
             .commit_notices
             .iter()
@@ -318,44 +431,109 @@ impl Node {
                     ballot,
                     commit_index,
                     sent_at: now,
+                    round,
                 },
             );
         }
     }
 
-    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, echo: Tick) {
+    /// True when reads wait for a heartbeat round that `take_ready` will send.
+    pub(crate) fn wants_read_round(&self) -> bool {
+        matches!(&self.role, RoleState::Leader(leader) if leader.read_round_wanted)
+    }
+
+    pub(crate) fn on_heartbeat_ack(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        echo: Tick,
+        round: u64,
+        commit_index: Slot,
+    ) {
         let now = self.now;
-        if let RoleState::Leader(leader) = &mut self.role {
-            if leader.ballot == ballot {
-                if let Some(progress) = leader.peers.get_mut(&from) {
-                    progress.last_heard = now;
-                    progress.acked_sent_at = progress.acked_sent_at.max(echo);
-                }
-            }
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.ballot != ballot {
+            return;
+        }
+        if let Some(progress) = leader.peers.get_mut(&from) {
+            progress.last_heard = now;
+            progress.acked_sent_at = progress.acked_sent_at.max(echo);
+            progress.acked_round = progress.acked_round.max(round);
+        }
+        // A follower whose log is chosen further than ours (it compacted slots we
+        // proposed, or learned them elsewhere): fetch them.
+        self.note_peer_commit(from, commit_index);
+        if self.leader_is_deposed() {
+            self.step_down(ballot);
+            return;
+        }
+        self.maybe_catch_up(from);
+        self.serve_reads();
+    }
+
+    /// True when the log shows that another leader with a higher ballot chose slots:
+    /// a slot this leader proposed was chosen with another value, or with a value it
+    /// cannot see (installed from a snapshot), or a slot it never proposed, at or past
+    /// its next slot, is chosen. Such a leader must not advertise its commit point at its
+    /// ballot: a follower would mark its own entry of that ballot chosen for a slot where
+    /// another value won (followers trust that the leader of a ballot proposed the chosen
+    /// value of every slot it vouches for). It steps down instead; safety does not rest
+    /// on leases.
+    fn leader_is_deposed(&self) -> bool {
+        let RoleState::Leader(leader) = &self.role else {
+            return false;
+        };
+        if self.log.highest_known_chosen() >= leader.next_slot {
+            return true;
+        }
+        leader.inflight.iter().any(|(slot, inflight)| {
+            self.log.is_chosen(*slot)
+                && self
+                    .log
+                    .get(*slot)
+                    .is_none_or(|entry| entry.value != inflight.value)
+        })
+    }
+
+    /// The leader learned chosen slots some other way (catch-up, a snapshot): stop
+    /// proposing them — or step down if another leader chose them (see
+    /// [`Node::leader_is_deposed`]).
+    pub(crate) fn leader_after_choose(&mut self) {
+        let RoleState::Leader(leader) = &self.role else {
+            return;
+        };
+        if self.leader_is_deposed() {
+            let ballot = leader.ballot;
+            self.step_down(ballot);
+            return;
+        }
+        let chosen: Vec<Slot> = leader
+            .inflight
+            .keys()
+            .copied()
+            .filter(|slot| self.log.is_chosen(*slot))
+            .collect();
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        for slot in chosen {
+            leader.remove_inflight(slot);
         }
         self.serve_reads();
     }
 
-    /// The leader learned chosen slots some other way (catch-up): stop proposing them.
-    pub(crate) fn leader_after_choose(&mut self) {
-        let RoleState::Leader(leader) = &mut self.role else {
-            return;
-        };
-        let log = &self.log;
-        leader.inflight.retain(|slot, _| !log.is_chosen(*slot));
-    }
-
-    /// Heartbeats into silences, retransmission of unanswered Accepts, and the quorum
-    /// check: a leader that has not heard from a quorum for an election timeout steps
-    /// down rather than pretend to lead.
+    /// Heartbeats into silences, retransmission of unanswered Accepts, catch-up of
+    /// chosen slots it lacks, and the quorum check: a leader that has not heard from a
+    /// quorum for an election timeout steps down rather than pretend to lead.
     pub(crate) fn tick_leader(&mut self) {
         let now = self.now;
-        let heartbeat = self.config.heartbeat_interval_ticks;
         let retransmit = self.config.retransmit_ticks;
         let election_timeout = self.config.election_timeout_ticks;
         let quorum = self.config.quorum();
         let commit_index = self.log.commit_index();
-        let me = self.config.id;
+        let max_bytes = self.config.max_message_bytes;
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
@@ -388,19 +566,8 @@ impl Node {
         let mut messages = Vec::new();
         for (peer, slots) in resend {
             leader.peers.get_mut(&peer).expect("peer").last_sent = now;
-            let mut run: Vec<Value> = Vec::new();
-            let mut run_start = 0;
-            for (slot, value) in slots {
-                if !run.is_empty() && slot != run_start + run.len() as u64 {
-                    messages.push((peer, run_start, std::mem::take(&mut run)));
-                }
-                if run.is_empty() {
-                    run_start = slot;
-                }
-                run.push(value);
-            }
-            if !run.is_empty() {
-                messages.push((peer, run_start, run));
+            for (first_slot, values) in cut_runs(slots, max_bytes) {
+                messages.push((peer, first_slot, values));
             }
         }
         for (peer, first_slot, values) in messages {
@@ -415,7 +582,13 @@ impl Node {
                 },
             );
         }
-        let _ = (me, heartbeat);
+        // Chosen slots we lack (fetched at election, or reported by a follower): ask
+        // again until they are here; the first request or its reply may have been lost.
+        if let Some(peer) = self.best_catch_up_peer() {
+            self.maybe_catch_up(peer);
+        } else if let Some((peer, _)) = self.catch_up_sent {
+            self.maybe_catch_up(peer);
+        }
         self.heartbeat_silent_peers(false);
         self.serve_reads();
     }
@@ -429,6 +602,7 @@ impl Node {
             return;
         };
         let ballot = leader.ballot;
+        let round = leader.read_round;
         let mut heartbeats = Vec::new();
         for (peer, progress) in leader.peers.iter_mut() {
             if all || now >= progress.last_sent + heartbeat {
@@ -443,6 +617,7 @@ impl Node {
                     ballot,
                     commit_index,
                     sent_at: now,
+                    round,
                 },
             );
         }

@@ -29,12 +29,15 @@ pub mod ready;
 mod rng;
 
 pub use ballot::{Ballot, NodeId, Slot, Tick};
-pub use config::{Backoff, Config, Mode};
-pub use message::{Decided, Entry, Envelope, Message, Value};
+pub use config::{Backoff, Config, Mode, ReadMode};
+pub use message::{
+    Decided, Entry, Envelope, Message, Value, COMMAND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES,
+    MESSAGE_OVERHEAD_BYTES,
+};
 pub use node::{Node, ProposeError, Role, Status, StepError};
 pub use persist::{DurableState, PersistId, PersistOp, PersistRequest};
 pub use read::ReadId;
-pub use ready::{Committed, Event, ProposalId, Ready};
+pub use ready::{Committed, Event, ProposalId, ReadPath, Ready};
 
 #[cfg(test)]
 mod scenarios;

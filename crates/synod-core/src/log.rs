@@ -40,6 +40,9 @@ pub(crate) enum Change {
     AlreadyChosen {
         chosen_ballot: Ballot,
     },
+    /// The slot is chosen and compacted into the snapshot: its value is gone, so there is
+    /// nothing to compare the proposal with. The acceptor must not vote for it.
+    Compacted,
 }
 
 impl Log {
@@ -110,6 +113,9 @@ impl Log {
     /// Phase 2b at the acceptor: record `value` accepted at `ballot`. The caller has
     /// checked the ballot against the promise.
     pub(crate) fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) -> Change {
+        if slot <= self.compacted_through {
+            return Change::Compacted;
+        }
         match self.entries.get_mut(&slot) {
             Some(entry) if entry.chosen && entry.value == value => Change::Unchanged,
             Some(entry) if entry.chosen => {
@@ -232,30 +238,54 @@ impl Log {
         }
     }
 
-    /// Entries at or above `from` (Phase 1b), in slot order.
-    pub(crate) fn entries_from(&self, from: Slot) -> Vec<Entry> {
-        self.entries
-            .range(from..)
-            .map(|(slot, entry)| Entry {
+    /// Entries at or above `from` (Phase 1b), in slot order, cut into chunks of at most
+    /// `max_bytes` of values (at least one entry each): `(first, last, entries)` where the
+    /// chunks cover `from..` without gaps and the last one ends at `Slot::MAX`.
+    pub(crate) fn entry_chunks(
+        &self,
+        from: Slot,
+        max_bytes: usize,
+    ) -> Vec<(Slot, Slot, Vec<Entry>)> {
+        let mut chunks = Vec::new();
+        let mut first = from;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (slot, entry) in self.entries.range(from..) {
+            let size = entry.value.size_bytes();
+            if !entries.is_empty() && bytes + size > max_bytes {
+                chunks.push((first, *slot - 1, std::mem::take(&mut entries)));
+                first = *slot;
+                bytes = 0;
+            }
+            bytes += size;
+            entries.push(Entry {
                 slot: *slot,
                 ballot: entry.ballot,
                 value: entry.value.clone(),
-            })
-            .collect()
+            });
+        }
+        chunks.push((first, Slot::MAX, entries));
+        chunks
     }
 
-    /// Up to `max` chosen entries at or above `from`, in slot order (catch-up).
-    pub(crate) fn chosen_from(&self, from: Slot, max: usize) -> Vec<Entry> {
-        self.entries
-            .range(from..)
-            .filter(|(_, entry)| entry.chosen)
-            .take(max)
-            .map(|(slot, entry)| Entry {
+    /// Chosen entries at or above `from`, in slot order (catch-up): at most `max` of
+    /// them and at most `max_bytes` of values (at least one).
+    pub(crate) fn chosen_from(&self, from: Slot, max: usize, max_bytes: usize) -> Vec<Entry> {
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for (slot, entry) in self.entries.range(from..).filter(|(_, e)| e.chosen) {
+            let size = entry.value.size_bytes();
+            if out.len() >= max || (!out.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            out.push(Entry {
                 slot: *slot,
                 ballot: entry.ballot,
                 value: entry.value.clone(),
-            })
-            .collect()
+            });
+        }
+        out
     }
 
     /// Rebuilds the log from durable state after a restart. Delivery restarts after the

@@ -16,12 +16,35 @@ pub enum Value {
     Commands(Vec<Bytes>),
 }
 
+/// What each command costs on the wire beside its bytes (a length prefix), and what a
+/// value, an entry or a message costs beside its commands: rounded up, so that sizes
+/// computed here bound the encoded sizes from above.
+pub const COMMAND_OVERHEAD_BYTES: usize = 10;
+pub const ENTRY_OVERHEAD_BYTES: usize = 40;
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64;
+
 impl Value {
     pub fn commands(&self) -> &[Bytes] {
         match self {
             Value::Noop => &[],
             Value::Commands(commands) => commands,
         }
+    }
+
+    /// An upper bound of the value's encoded size, for the byte limits.
+    pub fn size_bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES
+            + self
+                .commands()
+                .iter()
+                .map(|command| command.len() + COMMAND_OVERHEAD_BYTES)
+                .sum::<usize>()
+    }
+}
+
+impl Entry {
+    pub fn size_bytes(&self) -> usize {
+        self.value.size_bytes()
     }
 }
 
@@ -46,11 +69,17 @@ pub enum Message {
     // ---- Multi-Paxos, Phase 1 (once per leadership) ----
     /// 1a: "promise me `ballot` for every slot from `from_slot` on".
     Prepare { ballot: Ballot, from_slot: Slot },
-    /// 1b: every entry the acceptor holds at or above `from_slot`. Entries at or below
-    /// `commit_index` are chosen. Leaves only after `ballot` is durable.
+    /// 1b: the entries the acceptor holds in `first_slot..=last_slot`. A promise too big
+    /// for one message comes in chunks that cover `from_slot..` without gaps, the last
+    /// with `last_slot == Slot::MAX`; the candidate counts the promise once it has them
+    /// all. Entries at or below `commit_index` are chosen, and slots at or below it that
+    /// come without an entry are chosen too (compacted into a snapshot): their values
+    /// must be fetched, never re-proposed. Leaves only after `ballot` is durable.
     Promise {
         ballot: Ballot,
         from_slot: Slot,
+        first_slot: Slot,
+        last_slot: Slot,
         entries: Vec<Entry>,
         commit_index: Slot,
     },
@@ -81,23 +110,29 @@ pub enum Message {
     },
     /// The leader's keep-alive when it has no Accept to send: renews the lease and
     /// carries the commit point.
+    /// `round` numbers the leader's read-index rounds: an acknowledgement of round r
+    /// confirms the reads that arrived before round r was sent.
     Heartbeat {
         ballot: Ballot,
         commit_index: Slot,
         sent_at: Tick,
+        round: u64,
     },
     HeartbeatAck {
         ballot: Ballot,
         echo: Tick,
+        round: u64,
         commit_index: Slot,
     },
     /// A follower hands client commands to the leader.
     Forward { commands: Vec<Bytes> },
     /// A follower asks the leader for a read index (linearizable read, no log write).
-    ReadIndex { request: u64 },
+    /// `incarnation` names the follower's life: request numbers restart with the process.
+    ReadIndex { request: u64, incarnation: u64 },
     /// The leader's commit index at a moment it was sure it led (None: it could not).
     ReadIndexReply {
         request: u64,
+        incarnation: u64,
         read_index: Option<Slot>,
     },
 
@@ -144,6 +179,44 @@ pub enum Message {
 }
 
 impl Message {
+    /// An upper bound of the encoded size, for the byte limits: what the values carried
+    /// cost, plus a fixed overhead.
+    pub fn size_bytes(&self) -> usize {
+        let entries = |entries: &[Entry]| entries.iter().map(Entry::size_bytes).sum::<usize>();
+        let decided = |decided: &[Decided]| decided.len() * ENTRY_OVERHEAD_BYTES;
+        MESSAGE_OVERHEAD_BYTES
+            + match self {
+                Message::Promise { entries: e, .. } | Message::Chosen { entries: e, .. } => {
+                    entries(e)
+                }
+                Message::Accept { values, .. } => values.iter().map(Value::size_bytes).sum(),
+                Message::Forward { commands } => commands
+                    .iter()
+                    .map(|command| command.len() + COMMAND_OVERHEAD_BYTES)
+                    .sum(),
+                Message::SlotPrepare { decided: d, .. }
+                | Message::SlotAccepted { decided: d, .. }
+                | Message::SlotRejected { decided: d, .. }
+                | Message::SlotDecided { decided: d } => decided(d),
+                Message::SlotPromise {
+                    accepted,
+                    decided: d,
+                    ..
+                } => decided(d) + accepted.as_ref().map_or(0, |(_, value)| value.size_bytes()),
+                Message::SlotAccept {
+                    value, decided: d, ..
+                } => decided(d) + value.size_bytes(),
+                Message::Prepare { .. }
+                | Message::Preempted { .. }
+                | Message::Accepted { .. }
+                | Message::Heartbeat { .. }
+                | Message::HeartbeatAck { .. }
+                | Message::ReadIndex { .. }
+                | Message::ReadIndexReply { .. }
+                | Message::CatchUp { .. } => 0,
+            }
+    }
+
     /// A short name for metrics and traces.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -147,6 +147,10 @@ pub struct Node {
     pub(crate) next_proposal_id: ProposalId,
     /// When the last CatchUp left, and to whom.
     pub(crate) catch_up_sent: Option<(NodeId, Tick)>,
+    /// The highest commit point each peer reported (where to catch up from).
+    pub(crate) peer_commits: std::collections::BTreeMap<NodeId, Slot>,
+    /// Bytes of the commands in `pending`.
+    pub(crate) pending_bytes: usize,
     pub(crate) per_slot: PerSlot,
     pub(crate) outbox: Outbox,
     pub(crate) next_persist_id: PersistId,
@@ -191,6 +195,8 @@ impl Node {
             pending: VecDeque::new(),
             next_proposal_id: 1,
             catch_up_sent: None,
+            peer_commits: Default::default(),
+            pending_bytes: 0,
             per_slot: PerSlot::recover(state.slot_promised),
             outbox: Outbox::default(),
             next_persist_id: 1,
@@ -221,12 +227,28 @@ impl Node {
 
     /// One tick of the logical clock: timeouts, heartbeats, retransmissions.
     pub fn tick(&mut self) {
-        self.now += 1;
+        self.advance_to(self.now + 1);
+    }
+
+    /// The logical clock reads `now` (ticks since this node started): run what fell due
+    /// in between once. A runtime calls this with its clock before it hands the node any
+    /// other input, so no decision — a lease above all — is taken on a clock read before
+    /// a stall. Earlier times change nothing.
+    pub fn advance_to(&mut self, now: Tick) {
+        if now <= self.now {
+            return;
+        }
+        self.now = now;
         match self.config.mode {
             Mode::MultiPaxos => self.tick_multi(),
             Mode::PerSlot => self.tick_per_slot(),
         }
         self.check_invariants();
+    }
+
+    /// The logical clock: ticks since this node started.
+    pub fn now(&self) -> Tick {
+        self.now
     }
 
     /// A message arrived. Messages from unknown nodes, to other nodes, or with a ballot
@@ -249,9 +271,20 @@ impl Node {
             Message::Promise {
                 ballot,
                 from_slot: _,
+                first_slot,
+                last_slot,
                 entries,
                 commit_index,
-            } => self.on_promise(from, ballot, entries, commit_index),
+            } => self.on_promise(
+                from,
+                ballot,
+                crate::election::PromiseChunk {
+                    first_slot,
+                    last_slot,
+                    entries,
+                    commit_index,
+                },
+            ),
             Message::Preempted {
                 ballot,
                 promised,
@@ -274,18 +307,24 @@ impl Node {
                 ballot,
                 commit_index,
                 sent_at,
-            } => self.on_heartbeat(from, ballot, commit_index, sent_at),
+                round,
+            } => self.on_heartbeat(from, ballot, commit_index, sent_at, round),
             Message::HeartbeatAck {
                 ballot,
                 echo,
-                commit_index: _,
-            } => self.on_heartbeat_ack(from, ballot, echo),
+                round,
+                commit_index,
+            } => self.on_heartbeat_ack(from, ballot, echo, round, commit_index),
             Message::Forward { commands } => self.on_forward(from, commands),
-            Message::ReadIndex { request } => self.on_read_index(from, request),
+            Message::ReadIndex {
+                request,
+                incarnation,
+            } => self.on_read_index(from, request, incarnation),
             Message::ReadIndexReply {
                 request,
+                incarnation,
                 read_index,
-            } => self.on_read_index_reply(request, read_index),
+            } => self.on_read_index_reply(request, incarnation, read_index),
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
             Message::Chosen {
                 entries,
@@ -344,16 +383,12 @@ impl Node {
     /// Submits a command. The leader proposes it; a follower forwards it to the leader;
     /// with no leader known it waits here (and an election starts if none is under way).
     pub fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposeError> {
-        if self.pending.len() >= self.config.max_pending_commands {
-            return Err(ProposeError::Busy {
-                pending: self.pending.len(),
-            });
-        }
+        self.check_room(command.len())?;
         let id = self.next_proposal_id;
         self.next_proposal_id += 1;
         match self.config.mode {
             Mode::MultiPaxos => self.propose_multi(Some(id), command),
-            Mode::PerSlot => self.pending.push_back(Pending {
+            Mode::PerSlot => self.push_pending(Pending {
                 id: Some(id),
                 command,
                 leader_was_established: false,
@@ -374,11 +409,7 @@ impl Node {
         if self.config.mode != Mode::MultiPaxos {
             return Err(ProposeError::WrongMode);
         }
-        if self.pending.len() >= self.config.max_pending_commands {
-            return Err(ProposeError::Busy {
-                pending: self.pending.len(),
-            });
-        }
+        self.check_room(command.len())?;
         let next_slot = match &self.role {
             RoleState::Leader(leader) => leader.next_slot,
             _ => match self.leader {
@@ -393,7 +424,7 @@ impl Node {
         }
         let id = self.next_proposal_id;
         self.next_proposal_id += 1;
-        self.pending.push_back(Pending {
+        self.push_pending(Pending {
             id: Some(id),
             command,
             leader_was_established: matches!(self.role, RoleState::Leader(_)),
@@ -429,13 +460,17 @@ impl Node {
             || !self.outbox.events.is_empty()
             || self.log.delivered_index() < self.log.commit_index()
             || self.wants_flush()
+            || self.wants_read_round()
     }
 
     /// Drains the outputs of every input since the last call. This is also where queued
     /// commands are cut into batches: commands that arrive together share a slot.
     pub fn take_ready(&mut self) -> Ready {
         match self.config.mode {
-            Mode::MultiPaxos => self.flush_pending(),
+            Mode::MultiPaxos => {
+                self.flush_pending();
+                self.flush_read_round();
+            }
             Mode::PerSlot => self.flush_per_slot(),
         }
         self.log.take_committed(&mut self.outbox.committed);
@@ -479,8 +514,9 @@ impl Node {
         }
         self.persist(PersistOp::Snapshot { slot });
         self.after_log_change();
-        if matches!(self.role, RoleState::Leader(_)) {
-            self.leader_after_choose();
+        match self.config.mode {
+            Mode::MultiPaxos => self.leader_after_choose(),
+            Mode::PerSlot => self.resolve_decided_proposals(),
         }
         self.check_invariants();
         true
@@ -503,7 +539,7 @@ impl Node {
 
     /// The chosen entries this node holds, in slot order, from `from` on.
     pub fn chosen_entries(&self, from: Slot, max: usize) -> Vec<crate::message::Entry> {
-        self.log.chosen_from(from.max(1), max)
+        self.log.chosen_from(from.max(1), max, usize::MAX)
     }
 
     pub fn status(&self) -> Status {
@@ -527,6 +563,36 @@ impl Node {
     }
 
     // ---- shared plumbing for the role modules ----
+
+    /// `Busy` when the queue has no room for one more command of `bytes` (an empty
+    /// queue always takes one).
+    fn check_room(&self, bytes: usize) -> Result<(), ProposeError> {
+        let full_count = self.pending.len() >= self.config.max_pending_commands;
+        let full_bytes =
+            !self.pending.is_empty() && self.pending_bytes + bytes > self.config.max_pending_bytes;
+        if full_count || full_bytes {
+            return Err(ProposeError::Busy {
+                pending: self.pending.len(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn push_pending(&mut self, pending: Pending) {
+        self.pending_bytes += pending.command.len();
+        self.pending.push_back(pending);
+    }
+
+    pub(crate) fn push_pending_front(&mut self, pending: Pending) {
+        self.pending_bytes += pending.command.len();
+        self.pending.push_front(pending);
+    }
+
+    pub(crate) fn pop_pending(&mut self) -> Option<Pending> {
+        let pending = self.pending.pop_front()?;
+        self.pending_bytes -= pending.command.len();
+        Some(pending)
+    }
 
     pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.config.id;
@@ -682,6 +748,10 @@ impl Node {
             RoleState::Follower => {}
         }
         assert!(self.pending.len() <= self.config.max_pending_commands);
+        debug_assert_eq!(
+            self.pending_bytes,
+            self.pending.iter().map(|p| p.command.len()).sum::<usize>()
+        );
         self.invariant_promised = self.promised;
         self.invariant_commit_index = self.log.commit_index();
     }

@@ -137,11 +137,65 @@ impl Node {
         while !self.pending.is_empty()
             && self.per_slot.proposals.len() < self.config.max_inflight_slots
         {
-            let take = self.pending.len().min(self.config.max_batch_commands);
-            let own: Vec<Pending> = self.pending.drain(..take).collect();
+            let mut own: Vec<Pending> = Vec::new();
+            let mut bytes = 0;
+            while let Some(front) = self.pending.front() {
+                let fits = own.is_empty()
+                    || (own.len() < self.config.max_batch_commands
+                        && bytes + front.command.len() <= self.config.max_batch_bytes);
+                if !fits {
+                    break;
+                }
+                bytes += front.command.len();
+                own.extend(self.pop_pending());
+            }
             let slot = self.next_free_slot();
             self.start_slot_proposal(slot, own);
         }
+    }
+
+    /// Makes `ballot` this node's own promise for `slot`, durably, before any Prepare
+    /// for it leaves (see `send_prepares`): a proposer that crashed with the ballot
+    /// unsynced would pick it again after restarting and could get two values chosen in
+    /// one ballot.
+    fn promise_own_ballot(&mut self, slot: Slot, ballot: Ballot) {
+        if ballot > self.slot_promised(slot) {
+            self.per_slot.promised.insert(slot, ballot);
+            self.highest_seen = self.highest_seen.max(ballot);
+            self.persist(PersistOp::SlotPromise { slot, ballot });
+        }
+    }
+
+    /// Phase 1a for `slot` to every acceptor, once our own promise of `ballot` is durable.
+    fn send_prepares(&mut self, slot: Slot, ballot: Ballot) {
+        self.promise_own_ballot(slot, ballot);
+        for node in self.config.nodes.clone() {
+            self.send_slot(
+                node,
+                |decided| Message::SlotPrepare {
+                    slot,
+                    ballot,
+                    decided,
+                },
+                true,
+            );
+        }
+    }
+
+    /// A slot compacted into our snapshot is chosen and its value gone: neither a
+    /// promise nor a vote for it, only word that it is decided (the proposer fetches it).
+    fn answer_compacted_slot(&mut self, from: NodeId, slot: Slot) {
+        self.send_slot(
+            from,
+            |mut decided| {
+                decided.push(Decided {
+                    slot,
+                    ballot: Ballot::ZERO,
+                });
+                Message::SlotDecided { decided }
+            },
+            false,
+        );
     }
 
     fn start_slot_proposal(&mut self, slot: Slot, own: Vec<Pending>) {
@@ -161,17 +215,7 @@ impl Node {
             },
         );
         self.phase1_runs += 1;
-        for node in self.config.nodes.clone() {
-            self.send_slot(
-                node,
-                |decided| Message::SlotPrepare {
-                    slot,
-                    ballot,
-                    decided,
-                },
-                false,
-            );
-        }
+        self.send_prepares(slot, ballot);
     }
 
     /// Per-slot ballots start at round 1 (the seeds start every slot at round 0).
@@ -180,6 +224,10 @@ impl Node {
     }
 
     pub(crate) fn on_slot_prepare(&mut self, from: NodeId, slot: Slot, ballot: Ballot) {
+        if slot <= self.log.compacted_through() {
+            self.answer_compacted_slot(from, slot);
+            return;
+        }
         let promised = self.slot_promised(slot);
         if ballot <= promised && !(ballot == promised && from == ballot.node) {
             self.send_slot(
@@ -257,7 +305,7 @@ impl Node {
                 // Our commands lost this slot: back to the front of the queue.
                 let own = std::mem::take(&mut proposal.own);
                 for pending in own.into_iter().rev() {
-                    self.pending.push_front(pending);
+                    self.push_pending_front(pending);
                 }
                 value
             }
@@ -303,6 +351,10 @@ impl Node {
         ballot: Ballot,
         value: Value,
     ) {
+        if slot <= self.log.compacted_through() {
+            self.answer_compacted_slot(from, slot);
+            return;
+        }
         let promised = self.slot_promised(slot);
         if ballot < promised {
             self.send_slot(
@@ -414,17 +466,7 @@ impl Node {
         };
         proposal.sent_at = self.now;
         self.phase1_runs += 1;
-        for node in self.config.nodes.clone() {
-            self.send_slot(
-                node,
-                |decided| Message::SlotPrepare {
-                    slot,
-                    ballot,
-                    decided,
-                },
-                false,
-            );
-        }
+        self.send_prepares(slot, ballot);
     }
 
     fn queue_decided_for(&mut self, peer: NodeId, mark: Decided) {
@@ -463,7 +505,7 @@ impl Node {
 
     /// Proposals whose slot is now known chosen end: our commands are done if the chosen
     /// value is ours, and go back to the queue otherwise.
-    fn resolve_decided_proposals(&mut self) {
+    pub(crate) fn resolve_decided_proposals(&mut self) {
         let decided: Vec<Slot> = self
             .per_slot
             .proposals
@@ -480,7 +522,7 @@ impl Node {
             if chosen.as_ref() != Some(&proposal.own_value()) {
                 for pending in proposal.own.into_iter().rev() {
                     if self.pending.len() < self.config.max_pending_commands {
-                        self.pending.push_front(pending);
+                        self.push_pending_front(pending);
                     }
                 }
             }
@@ -569,6 +611,7 @@ impl Node {
         for (slot, ballot, value, missing) in resends {
             for node in missing {
                 match &value {
+                    // After persist: the first send may still wait for our own promise.
                     None => self.send_slot(
                         node,
                         |decided| Message::SlotPrepare {
@@ -576,7 +619,7 @@ impl Node {
                             ballot,
                             decided,
                         },
-                        false,
+                        true,
                     ),
                     Some(value) => {
                         let value = value.clone();

@@ -4,15 +4,19 @@
 //! still leads. The runtime answers the read from its state machine once it has applied
 //! that index. The leader is sure when it holds a lease (a quorum acknowledged a message
 //! it sent less than `read_lease_ticks` ago, and each of those acceptors refuses to
-//! promise anyone else for `lease_ticks` after receiving it) or, without a lease, after
-//! one heartbeat round that a quorum answers (read-index). A new leader serves reads only
-//! once every slot it re-proposed at election is chosen. A follower forwards the request
-//! to the leader and waits for its own log to reach the index.
+//! promise anyone else for `lease_ticks` after receiving it) or, without a lease (or in
+//! [`ReadMode::ReadIndex`], always), after a heartbeat round that a quorum answers: the
+//! round is numbered, and only acknowledgements of a round sent after the read arrived
+//! count. A new leader serves reads only once every slot it re-proposed at election is
+//! chosen. A follower forwards the request to the leader and waits for its own log to
+//! reach the index; the request carries the follower's incarnation, so a reply meant for
+//! an earlier life of the follower (whose request numbers started at 1 too) is ignored.
 
 use crate::ballot::{NodeId, Slot, Tick};
+use crate::config::ReadMode;
 use crate::message::Message;
 use crate::node::{Node, RoleState};
-use crate::ready::Event;
+use crate::ready::{Event, ReadPath};
 
 /// The caller's handle for one read.
 pub type ReadId = u64;
@@ -20,8 +24,11 @@ pub type ReadId = u64;
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct PendingRead {
     pub origin: NodeId,
+    /// The origin's incarnation (its own, for local reads).
+    pub incarnation: u64,
     pub request: ReadId,
-    pub registered_at: Tick,
+    /// Acknowledgements of this heartbeat round, or a later one, confirm the read.
+    pub round: u64,
 }
 
 impl Node {
@@ -30,33 +37,68 @@ impl Node {
     /// leader could confirm it; retry later).
     pub fn read_index(&mut self, request: ReadId) {
         let me = self.config.id;
-        match (&mut self.role, self.leader) {
-            (RoleState::Leader(leader), _) => {
-                leader.reads.push(PendingRead {
-                    origin: me,
-                    request,
-                    registered_at: self.now,
-                });
-                if !self.leader_lease_valid() {
-                    self.heartbeat_silent_peers(true);
-                }
+        match (&self.role, self.leader) {
+            (RoleState::Leader(_), _) => {
+                self.register_read(me, self.config.incarnation, request);
                 self.serve_reads();
             }
             (_, Some(leader)) if leader != me => {
                 self.forwarded_reads.insert(request, self.now);
-                self.send(leader, Message::ReadIndex { request });
+                self.send(
+                    leader,
+                    Message::ReadIndex {
+                        request,
+                        incarnation: self.config.incarnation,
+                    },
+                );
             }
             _ => self.event(Event::ReadFailed { request }),
         }
         self.check_invariants_pub();
     }
 
+    /// Queues a read at the leader; without a lease it waits for the next heartbeat
+    /// round (sent when `take_ready` drains, so reads arriving together share one).
+    fn register_read(&mut self, origin: NodeId, incarnation: u64, request: ReadId) {
+        let lease_valid = self.leader_lease_valid();
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if !lease_valid {
+            leader.read_round_wanted = true;
+        }
+        let round = leader.read_round + 1;
+        leader.reads.push(PendingRead {
+            origin,
+            incarnation,
+            request,
+            round,
+        });
+    }
+
+    /// Sends the heartbeat round that reads registered since the last one wait for.
+    pub(crate) fn flush_read_round(&mut self) {
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if !leader.read_round_wanted {
+            return;
+        }
+        leader.read_round_wanted = false;
+        leader.read_round += 1;
+        self.heartbeat_silent_peers(true);
+    }
+
     /// The read lease: the time a quorum (this leader included) last acknowledged,
-    /// plus `read_lease_ticks`, shortened for clock drift. See docs/protocol.md.
+    /// plus `read_lease_ticks`, shortened for clock drift. See docs/protocol.md. Never
+    /// valid in [`ReadMode::ReadIndex`].
     pub(crate) fn leader_lease_valid(&self) -> bool {
         let RoleState::Leader(leader) = &self.role else {
             return false;
         };
+        if self.config.read_mode == ReadMode::ReadIndex {
+            return false;
+        }
         let mut acked: Vec<Tick> = leader.peers.values().map(|p| p.acked_sent_at).collect();
         acked.push(self.now);
         acked.sort_unstable_by(|a, b| b.cmp(a));
@@ -65,38 +107,37 @@ impl Node {
         lease_start >= leader.elected_at && self.now < lease_start + self.config.read_lease_ticks()
     }
 
-    pub(crate) fn on_read_index(&mut self, from: NodeId, request: ReadId) {
-        let now = self.now;
-        let lease_valid = self.leader_lease_valid();
-        let RoleState::Leader(leader) = &mut self.role else {
+    pub(crate) fn on_read_index(&mut self, from: NodeId, request: ReadId, incarnation: u64) {
+        if !matches!(self.role, RoleState::Leader(_)) {
             self.send(
                 from,
                 Message::ReadIndexReply {
                     request,
+                    incarnation,
                     read_index: None,
                 },
             );
             return;
-        };
-        leader.reads.push(PendingRead {
-            origin: from,
-            request,
-            registered_at: now,
-        });
-        if !lease_valid {
-            self.heartbeat_silent_peers(true);
         }
+        self.register_read(from, incarnation, request);
         self.serve_reads();
     }
 
-    pub(crate) fn on_read_index_reply(&mut self, request: ReadId, read_index: Option<Slot>) {
-        if self.forwarded_reads.remove(&request).is_none() {
+    pub(crate) fn on_read_index_reply(
+        &mut self,
+        request: ReadId,
+        incarnation: u64,
+        read_index: Option<Slot>,
+    ) {
+        if incarnation != self.config.incarnation || self.forwarded_reads.remove(&request).is_none()
+        {
             return;
         }
         match read_index {
             Some(read_index) => self.event(Event::ReadReady {
                 request,
                 read_index,
+                path: ReadPath::Forwarded,
             }),
             None => self.event(Event::ReadFailed { request }),
         }
@@ -107,33 +148,42 @@ impl Node {
         let quorum = self.config.quorum();
         let commit_index = self.log.commit_index();
         let lease_valid = self.leader_lease_valid();
+        let me = self.config.id;
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
         if leader.reads.is_empty() || commit_index < leader.established_slot {
             return;
         }
-        let acked: Vec<Tick> = leader.peers.values().map(|p| p.acked_sent_at).collect();
+        let acked_rounds: Vec<u64> = leader.peers.values().map(|p| p.acked_round).collect();
         let mut ready = Vec::new();
         leader.reads.retain(|read| {
-            let confirmed = lease_valid
-                || 1 + acked.iter().filter(|at| **at >= read.registered_at).count() >= quorum;
-            if confirmed {
-                ready.push(read.clone());
+            let round_confirmed =
+                1 + acked_rounds.iter().filter(|r| **r >= read.round).count() >= quorum;
+            let path = if lease_valid {
+                ReadPath::Lease
+            } else {
+                ReadPath::QuorumRound
+            };
+            if lease_valid || round_confirmed {
+                ready.push((read.clone(), path));
+                return false;
             }
-            !confirmed
+            true
         });
-        for read in ready {
-            if read.origin == self.config.id {
+        for (read, path) in ready {
+            if read.origin == me {
                 self.event(Event::ReadReady {
                     request: read.request,
                     read_index: commit_index,
+                    path,
                 });
             } else {
                 self.send(
                     read.origin,
                     Message::ReadIndexReply {
                         request: read.request,
+                        incarnation: read.incarnation,
                         read_index: Some(commit_index),
                     },
                 );
@@ -153,6 +203,7 @@ impl Node {
                     read.origin,
                     Message::ReadIndexReply {
                         request: read.request,
+                        incarnation: read.incarnation,
                         read_index: None,
                     },
                 );

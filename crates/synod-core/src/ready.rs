@@ -14,6 +14,17 @@ pub struct Committed {
     pub value: Value,
 }
 
+/// How a read index was confirmed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ReadPath {
+    /// This node leads and holds its read lease: no message at all.
+    Lease,
+    /// This node leads and a quorum answered a heartbeat round sent after the read came.
+    QuorumRound,
+    /// This node follows: the leader confirmed the read (either way) and sent its index.
+    Forwarded,
+}
+
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// A command proposed at this node got a slot. `phase1_skipped` is true when the
@@ -40,8 +51,12 @@ pub enum Event {
     /// snapshot (covering up to at least `slot`); it calls `install_snapshot` when done.
     SnapshotNeeded { peer: NodeId, slot: Slot },
     /// The read `request` is linearizable once the state machine has applied
-    /// `read_index`.
-    ReadReady { request: u64, read_index: Slot },
+    /// `read_index`; `path` says how the leader confirmed it.
+    ReadReady {
+        request: u64,
+        read_index: Slot,
+        path: ReadPath,
+    },
     /// No leader could confirm the read; try again.
     ReadFailed { request: u64 },
 }

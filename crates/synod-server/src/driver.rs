@@ -772,6 +772,7 @@ impl<S: StateMachine> Driver<S> {
             Event::ReadReady {
                 request,
                 read_index,
+                ..
             } => {
                 if let Some(waiter) = self.reads_awaiting_index.remove(&request) {
                     self.reads_awaiting_apply.push((read_index, waiter));
