@@ -201,7 +201,7 @@ impl Node {
 
     /// The leader's commit point: mark what we accepted at its ballot as chosen, and ask
     /// for what we are missing.
-    fn learn_commit_from(&mut self, leader: NodeId, ballot: Ballot, commit_index: Slot) {
+    pub(crate) fn learn_commit_from(&mut self, leader: NodeId, ballot: Ballot, commit_index: Slot) {
         if leader == self.config.id {
             return;
         }

@@ -324,7 +324,8 @@ impl Node {
                 request,
                 incarnation,
                 read_index,
-            } => self.on_read_index_reply(request, incarnation, read_index),
+                ballot,
+            } => self.on_read_index_reply(from, request, incarnation, read_index, ballot),
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
             Message::Chosen {
                 entries,

@@ -12,7 +12,7 @@
 //! reach the index; the request carries the follower's incarnation, so a reply meant for
 //! an earlier life of the follower (whose request numbers started at 1 too) is ignored.
 
-use crate::ballot::{NodeId, Slot, Tick};
+use crate::ballot::{Ballot, NodeId, Slot, Tick};
 use crate::config::ReadMode;
 use crate::message::Message;
 use crate::node::{Node, RoleState};
@@ -115,6 +115,7 @@ impl Node {
                     request,
                     incarnation,
                     read_index: None,
+                    ballot: Ballot::ZERO,
                 },
             );
             return;
@@ -125,20 +126,25 @@ impl Node {
 
     pub(crate) fn on_read_index_reply(
         &mut self,
+        from: NodeId,
         request: ReadId,
         incarnation: u64,
         read_index: Option<Slot>,
+        ballot: Ballot,
     ) {
         if incarnation != self.config.incarnation || self.forwarded_reads.remove(&request).is_none()
         {
             return;
         }
         match read_index {
-            Some(read_index) => self.event(Event::ReadReady {
-                request,
-                read_index,
-                path: ReadPath::Forwarded,
-            }),
+            Some(read_index) => {
+                self.learn_commit_from(from, ballot, read_index);
+                self.event(Event::ReadReady {
+                    request,
+                    read_index,
+                    path: ReadPath::Forwarded,
+                })
+            }
             None => self.event(Event::ReadFailed { request }),
         }
     }
@@ -152,6 +158,7 @@ impl Node {
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
+        let ballot = leader.ballot;
         if leader.reads.is_empty() || commit_index < leader.established_slot {
             return;
         }
@@ -185,6 +192,7 @@ impl Node {
                         request: read.request,
                         incarnation: read.incarnation,
                         read_index: Some(commit_index),
+                        ballot,
                     },
                 );
             }
@@ -193,6 +201,7 @@ impl Node {
 
     /// Reads a leader can no longer vouch for (it stepped down) fail.
     pub(crate) fn fail_reads(&mut self, reads: Vec<PendingRead>) {
+        let ballot = self.promised;
         for read in reads {
             if read.origin == self.config.id {
                 self.event(Event::ReadFailed {
@@ -205,6 +214,7 @@ impl Node {
                         request: read.request,
                         incarnation: read.incarnation,
                         read_index: None,
+                        ballot,
                     },
                 );
             }

@@ -42,6 +42,10 @@ impl StateMachine for Broadcast {
         Bytes::from(codec::encode(self))
     }
 
+    fn empty_like(&self) -> Self {
+        Broadcast::new()
+    }
+
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let restored: Broadcast = codec::decode(snapshot)?;
         // `apply` keeps `applied` at the highest slot seen, so no message can lie beyond it.

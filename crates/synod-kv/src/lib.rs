@@ -107,6 +107,10 @@ pub use types::{
 /// The most operations one transaction branch may hold (etcd's `--max-txn-ops` default is 128).
 pub const MAX_TXN_OPS: usize = 1024;
 
+/// Serializes a snapshot taken earlier: run off the replica's thread (see
+/// [`StateMachine::snapshot_job`]).
+pub type SnapshotJob = Box<dyn FnOnce() -> bytes::Bytes + Send>;
+
 /// A deterministic replicated state machine fed with the log's commands in slot order.
 pub trait StateMachine: Send + 'static {
     /// Applies one command (several commands may share a slot; called in log order). Returns
@@ -117,8 +121,21 @@ pub trait StateMachine: Send + 'static {
     fn applied(&self) -> Slot;
     /// Full serialized state (including `applied` and dedup sessions).
     fn snapshot(&self) -> bytes::Bytes;
+    /// The state as of now, serialized later by the returned job on another thread, so a
+    /// large state does not stall the replica (and with it leases and heartbeats) while
+    /// it is written out. The default serializes at once; a machine whose state can be
+    /// frozen cheaply (a persistent map, copy-on-write) should override it.
+    fn snapshot_job(&self) -> SnapshotJob {
+        let image = self.snapshot();
+        Box::new(move || image)
+    }
     /// Replaces the whole state with a snapshot; on error the state is left untouched.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+    /// An empty machine with this one's settings: a received snapshot is restored into
+    /// it off the replica's thread, then swapped in.
+    fn empty_like(&self) -> Self
+    where
+        Self: Sized;
 }
 
 /// Why a snapshot could not be restored.

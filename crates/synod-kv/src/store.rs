@@ -5,8 +5,10 @@
 //! the undo log restores the keys it touched, so a failed command changes nothing; if it
 //! succeeds and wrote anything, the store's revision moves up by exactly one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
+
+use imbl::OrdMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -47,9 +49,13 @@ impl Entry {
 }
 
 /// The replicated KV store (see the crate docs for its semantics).
+///
+/// Keys live in a persistent (structurally shared) ordered map: cloning the store is
+/// O(1), so a snapshot is taken on the replica's thread at once and serialized on
+/// another ([`StateMachine::snapshot_job`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    keys: BTreeMap<Bytes, Entry>,
+    keys: OrdMap<Bytes, Entry>,
     revision: i64,
     applied: Slot,
     sessions: Sessions,
@@ -79,7 +85,7 @@ impl KvStore {
     /// An empty store keeping up to `max_sessions` client sessions (0 disables deduplication).
     pub fn with_max_sessions(max_sessions: usize) -> Self {
         KvStore {
-            keys: BTreeMap::new(),
+            keys: OrdMap::new(),
             revision: INITIAL_REVISION,
             applied: 0,
             sessions: Sessions::new(max_sessions),
@@ -376,7 +382,7 @@ impl KvStore {
         };
         bounds
             .into_iter()
-            .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds))
+            .flat_map(move |bounds| self.keys.range::<_, [u8]>(bounds))
     }
 }
 
@@ -608,6 +614,27 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self) -> Bytes {
+        self.encode_snapshot()
+    }
+
+    fn snapshot_job(&self) -> crate::SnapshotJob {
+        let frozen = self.clone();
+        Box::new(move || frozen.encode_snapshot())
+    }
+
+    fn empty_like(&self) -> Self {
+        KvStore::with_max_sessions(self.sessions.max_sessions())
+    }
+
+    /// Replaces the state with the snapshot's; this store's session bound is kept (a snapshot
+    /// with more sessions loses its oldest ones).
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        self.restore_snapshot(snapshot)
+    }
+}
+
+impl KvStore {
+    fn encode_snapshot(&self) -> Bytes {
         let image = StoreImage {
             applied: self.applied,
             revision: self.revision,
@@ -621,9 +648,7 @@ impl StateMachine for KvStore {
         Bytes::from(codec::encode(&image))
     }
 
-    /// Replaces the state with the snapshot's; this store's session bound is kept (a snapshot
-    /// with more sessions loses its oldest ones).
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+    fn restore_snapshot(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let image: StoreImage = codec::decode(snapshot)?;
         image.check().map_err(SnapshotError::Inconsistent)?;
         let keys = image

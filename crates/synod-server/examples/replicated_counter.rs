@@ -36,6 +36,9 @@ impl StateMachine for Counter {
         (self.total, self.applied) = (i64::from_le_bytes(total), u64::from_le_bytes(applied));
         Ok(())
     }
+    fn empty_like(&self) -> Self {
+        Counter::default()
+    }
 }
 
 #[tokio::main]

@@ -72,6 +72,15 @@ pub struct NodeArgs {
     /// How much node clocks may differ in rate, in percent; shortens the read lease.
     #[arg(long, env = "SYNOD_MAX_CLOCK_DRIFT_PERCENT", default_value_t = 10)]
     pub max_clock_drift_percent: u64,
+    /// Largest client request in bytes (etcd's flag and default, 1.5 MiB); larger ones
+    /// are refused with "etcdserver: request is too large".
+    #[arg(long, env = "SYNOD_MAX_REQUEST_BYTES", default_value_t = crate::config::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// How linearizable reads are confirmed: `lease` (the leader answers alone while
+    /// a quorum's leases hold; assumes clock rates within --max-clock-drift-percent) or
+    /// `read-index` (a heartbeat round every time; no clock assumption). docs/server.md.
+    #[arg(long, env = "SYNOD_READ_MODE", default_value = "lease", value_parser = parse_read_mode)]
+    pub read_mode: synod_core::ReadMode,
     /// Skip fdatasync: a machine crash loses acknowledged writes. For tests only.
     #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
@@ -156,11 +165,23 @@ impl NodeArgs {
         config.snapshot_interval_slots = self.snapshot_count;
         config.request_timeout = Duration::from_millis(self.request_timeout);
         config.max_clock_drift_percent = self.max_clock_drift_percent;
+        config.max_request_bytes = self.max_request_bytes;
+        config.read_mode = self.read_mode;
         if self.unsafe_no_fsync {
             config.wal_sync = SyncMode::None;
         }
-        config.core_config().context("timing flags")?;
+        config.replica_config().context("timing and size flags")?;
         Ok(config)
+    }
+}
+
+fn parse_read_mode(mode: &str) -> Result<synod_core::ReadMode, String> {
+    match mode {
+        "lease" => Ok(synod_core::ReadMode::Lease),
+        "read-index" => Ok(synod_core::ReadMode::ReadIndex),
+        other => Err(format!(
+            "unknown read mode {other:?}: use lease or read-index"
+        )),
     }
 }
 

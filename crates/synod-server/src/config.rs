@@ -7,6 +7,12 @@
 //! for different clusters refuse each other.
 
 use crate::wire::DEFAULT_MAX_FRAME_BYTES;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
+
+/// What a peer frame adds to the messages it carries (envelope, length, version).
+const FRAME_OVERHEAD_BYTES: usize = 64 << 10;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -180,6 +186,11 @@ pub struct ServerConfig {
     /// Size of the chunks a snapshot is streamed to a lagging peer in.
     pub snapshot_chunk_bytes: usize,
     pub max_frame_bytes: usize,
+    /// A client request larger than this is refused with etcd's "request is too large"
+    /// (etcd's `--max-request-bytes`, default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// How linearizable reads are confirmed (lease, or a quorum round every time).
+    pub read_mode: synod_core::ReadMode,
     pub wal_sync: SyncMode,
     pub wal_segment_bytes: u64,
 }
@@ -199,6 +210,8 @@ impl ServerConfig {
             snapshot_interval_slots: 10_000,
             snapshot_chunk_bytes: 1 << 20,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            read_mode: synod_core::ReadMode::Lease,
             wal_sync: SyncMode::Fsync,
             wal_segment_bytes: 64 << 20,
         }
@@ -218,6 +231,21 @@ impl ServerConfig {
         (duration.as_micros() / tick).max(1) as u64
     }
 
+    /// The replica's configuration: the core's, the request timeout, the snapshot
+    /// interval and the request size limit.
+    pub fn replica_config(&self) -> Result<synod_replica::ReplicaConfig, ConfigError> {
+        let core = self.core_config()?;
+        let tick_nanos = self.tick_interval.as_nanos() as u64;
+        let mut config = synod_replica::ReplicaConfig::new(core, rand::random());
+        config.tick_nanos = tick_nanos;
+        config.request_timeout_nanos = self.request_timeout.as_nanos() as u64;
+        config.retry_after_nanos = self.election_timeout.as_nanos() as u64;
+        config.snapshot_interval_slots = self.snapshot_interval_slots;
+        config.max_request_bytes = self.max_request_bytes;
+        config.validate().map_err(ConfigError)?;
+        Ok(config)
+    }
+
     /// The protocol core's configuration: durations converted to ticks.
     pub fn core_config(&self) -> Result<synod_core::Config, ConfigError> {
         if self.tick_interval.is_zero() {
@@ -231,7 +259,9 @@ impl ServerConfig {
             .max(1);
         config.lease_ticks = config.election_timeout_ticks;
         config.max_clock_drift_percent = self.max_clock_drift_percent;
+        config.read_mode = self.read_mode;
         config.seed = rand::random();
+        config.incarnation = rand::random();
         config.validate().map_err(|reason| {
             ConfigError(format!(
                 "invalid timing (heartbeat {:?}, election timeout {:?}, tick {:?}): {reason}",
@@ -242,6 +272,15 @@ impl ServerConfig {
             return Err(ConfigError(
                 "the snapshot interval must be at least one slot".into(),
             ));
+        }
+        let largest_message =
+            config.max_message_bytes + self.max_request_bytes + FRAME_OVERHEAD_BYTES;
+        if largest_message > self.max_frame_bytes {
+            return Err(ConfigError(format!(
+                "messages of up to {largest_message} bytes (--max-request-bytes {} plus a batch) \
+                 do not fit frames of at most {} bytes",
+                self.max_request_bytes, self.max_frame_bytes
+            )));
         }
         if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes + 1024 > self.max_frame_bytes
         {

@@ -1,24 +1,28 @@
-//! The task that owns one replica's protocol core and state machine.
+//! The task that runs one [`Replica`]: I/O glue only.
 //!
-//! Inputs arrive on channels (peer messages, client requests, storage completions) and
-//! the logical clock follows the monotonic clock. After each batch of inputs the driver
-//! drains the core's `Ready`: (1) the persist request goes to group commit — the core
-//! itself holds back the replies that vouch for it until `on_persisted`; (2) messages go
-//! to the peers' send queues, self-addressed ones straight back into `step`; (3) chosen
-//! slots are applied in order and their proposers answered; (4) events drive reads,
-//! snapshots and metrics.
+//! Everything a replica decides — proposals and their retries, sessions, reads, the
+//! snapshot policy, catch-up, the clock — lives in `synod-replica`, the code the
+//! simulator runs too. This task feeds it inputs stamped with the monotonic clock
+//! (client requests, peer messages, storage completions, timer ticks) and carries out
+//! its [`ReplicaReady`]: persist requests go to group commit, messages to the peers'
+//! send queues, replies and reads back to the clients, snapshot encoding and saving,
+//! snapshot streams and log compaction to blocking threads, so none of that work stalls
+//! the replica (and with it heartbeats and leases).
 
 use crate::metrics::Metrics;
-use crate::sessions::{Outcome, Proposal, RuntimeImage, Sessions};
 use crate::transport::PeerInput;
 use crate::wire::Frame;
 use crate::{Consistency, NodeStatus, ServerError};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use synod_core::{Committed, Event, Node, NodeId, PersistId, PersistRequest, ProposeError, Slot};
+use synod_core::{NodeId, PersistId, PersistRequest, Slot};
 use synod_kv::StateMachine;
+use synod_replica::{
+    Nanos, ReadHow, Replica, ReplicaEvent, ReplicaReady, ReplicaStats, RequestError, RequestId,
+    Restored,
+};
 use synod_storage::{GroupCommit, SnapshotStore, SnapshotWriter, StorageError};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -40,7 +44,7 @@ pub enum Request<S> {
 }
 
 /// Completions of work done off the driver task.
-pub enum Control {
+pub enum Control<S> {
     Persisted {
         id: PersistId,
         result: Result<(), StorageError>,
@@ -48,7 +52,7 @@ pub enum Control {
     },
     SnapshotSaved {
         slot: Slot,
-        result: Result<(), StorageError>,
+        result: Result<(), String>,
     },
     WalCompacted {
         slot: Slot,
@@ -58,130 +62,88 @@ pub enum Control {
         peer: NodeId,
         result: Result<Slot, String>,
     },
+    /// A peer's snapshot was written, verified and decoded off the driver task.
+    SnapshotReceived {
+        from: NodeId,
+        result: Result<Restored<S>, String>,
+    },
 }
 
-struct ProposalWaiter {
-    payload: Bytes,
-    reply: oneshot::Sender<Result<Bytes, ServerError>>,
-    deadline: Instant,
-    /// When it last went to the core; None: (re)propose at the next chance.
-    proposed_at: Option<Instant>,
-}
-
-struct ReadWaiter<S> {
-    read: ReadFn<S>,
-    deadline: Instant,
-}
-
-struct IncomingSnapshot {
-    from: NodeId,
-    slot: Slot,
-    next_offset: u64,
-    writer: SnapshotWriter,
-}
-
-/// Timing and sizing the driver needs (from `ServerConfig`).
+/// Timing the driver needs beside the replica's own (from `ServerConfig`).
 pub struct DriverSettings {
     pub tick_interval: Duration,
-    pub request_timeout: Duration,
-    /// A proposal not applied within this long is proposed again (deduplicated).
-    pub retry_after: Duration,
-    pub snapshot_interval_slots: u64,
     pub snapshot_chunk_bytes: usize,
 }
 
 pub struct Channels<S> {
     pub requests: mpsc::Receiver<Request<S>>,
     pub peer_inputs: mpsc::Receiver<PeerInput>,
-    pub control_tx: mpsc::UnboundedSender<Control>,
-    pub control_rx: mpsc::UnboundedReceiver<Control>,
+    pub control_tx: mpsc::UnboundedSender<Control<S>>,
+    pub control_rx: mpsc::UnboundedReceiver<Control<S>>,
     pub stop: watch::Receiver<bool>,
     pub peers: HashMap<NodeId, mpsc::Sender<Frame>>,
 }
 
-/// How often deadlines and retries are checked.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(20);
-/// Wait before asking again for a read index no leader could give.
-const READ_RETRY_DELAY: Duration = Duration::from_millis(20);
-/// Most inputs handled before the core's outputs are drained (commands arriving together
-/// share a slot).
+/// Most inputs handled before the replica's outputs are drained (commands arriving
+/// together share a slot).
 const INPUT_BATCH: usize = 256;
+
+/// A snapshot being received from a peer: chunks go to a writer thread in order.
+struct IncomingSnapshot {
+    from: NodeId,
+    slot: Slot,
+    next_offset: u64,
+    chunks: std::sync::mpsc::Sender<Bytes>,
+}
 
 pub struct Driver<S: StateMachine> {
     id: NodeId,
-    node: Node,
-    state_machine: S,
-    sessions: Sessions,
-    applied_slot: Slot,
+    replica: Replica<S>,
     settings: DriverSettings,
     metrics: Arc<Metrics>,
     group_commit: Arc<GroupCommit>,
     snapshots: Arc<SnapshotStore>,
     channels: Channels<S>,
-
-    client_id: u64,
-    next_seq: u64,
-    proposals: BTreeMap<u64, ProposalWaiter>,
-    next_read_id: u64,
-    reads_awaiting_index: HashMap<u64, ReadWaiter<S>>,
-    reads_awaiting_apply: Vec<(Slot, ReadWaiter<S>)>,
-    reads_to_retry: Vec<(Instant, ReadWaiter<S>)>,
-
-    clock_start: Instant,
-    ticks_done: u64,
-    last_maintenance: Instant,
-
-    last_snapshot_slot: Slot,
-    snapshot_in_progress: bool,
-    wal_compaction_due: Option<Slot>,
-    sending_snapshots: HashSet<NodeId>,
+    /// The origin of the replica's clock.
+    clock_origin: Instant,
+    next_request: RequestId,
+    proposals: HashMap<RequestId, oneshot::Sender<Result<Bytes, ServerError>>>,
+    reads: HashMap<RequestId, ReadFn<S>>,
     incoming_snapshot: Option<IncomingSnapshot>,
+    stats: ReplicaStats,
     fatal: Option<String>,
 }
 
 impl<S: StateMachine> Driver<S> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        node: Node,
-        state_machine: S,
-        sessions: Sessions,
-        applied_slot: Slot,
+        replica: Replica<S>,
+        clock_origin: Instant,
         settings: DriverSettings,
         metrics: Arc<Metrics>,
         group_commit: Arc<GroupCommit>,
         snapshots: Arc<SnapshotStore>,
         channels: Channels<S>,
     ) -> Driver<S> {
-        let now = Instant::now();
         Driver {
-            id: node.id(),
-            node,
-            state_machine,
-            sessions,
-            applied_slot,
+            id: replica.id(),
+            replica,
             settings,
             metrics,
             group_commit,
             snapshots,
             channels,
-            // A fresh random client id per process: sequence numbers restart at 1.
-            client_id: rand::random::<u64>() | 1,
-            next_seq: 1,
-            proposals: BTreeMap::new(),
-            next_read_id: 1,
-            reads_awaiting_index: HashMap::new(),
-            reads_awaiting_apply: Vec::new(),
-            reads_to_retry: Vec::new(),
-            clock_start: now,
-            ticks_done: 0,
-            last_maintenance: now,
-            last_snapshot_slot: applied_slot,
-            snapshot_in_progress: false,
-            wal_compaction_due: None,
-            sending_snapshots: HashSet::new(),
+            clock_origin,
+            next_request: 1,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
             incoming_snapshot: None,
+            stats: ReplicaStats::default(),
             fatal: None,
         }
+    }
+
+    fn now(&self) -> Nanos {
+        self.clock_origin.elapsed().as_nanos() as Nanos
     }
 
     pub async fn run(mut self) -> Result<(), ServerError> {
@@ -189,7 +151,7 @@ impl<S: StateMachine> Driver<S> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(
             node = self.id,
-            applied_slot = self.applied_slot,
+            applied_slot = self.replica.status().applied_slot,
             "replica started"
         );
         loop {
@@ -199,7 +161,10 @@ impl<S: StateMachine> Driver<S> {
                 Some(control) = self.channels.control_rx.recv() => self.on_control(control),
                 Some(input) = self.channels.peer_inputs.recv() => self.on_peer_input(input),
                 Some(request) = self.channels.requests.recv() => self.on_request(request),
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => {
+                    let now = self.now();
+                    self.replica.tick(now);
+                }
             }
             for _ in 0..INPUT_BATCH {
                 match self.channels.peer_inputs.try_recv() {
@@ -213,41 +178,29 @@ impl<S: StateMachine> Driver<S> {
                     Err(_) => break,
                 }
             }
-            self.catch_up_clock();
-            self.maintenance(false);
             self.process_ready();
-            if let Some(slot) = self.wal_compaction_due.take() {
-                self.compact_wal(slot);
-            }
             if let Some(reason) = self.fatal.take() {
                 tracing::error!(node = self.id, %reason, "stopping the replica");
-                self.shutdown(ServerError::Storage(reason.clone()));
+                self.shutdown();
                 self.close().await;
                 return Err(ServerError::Storage(reason));
             }
         }
-        self.shutdown(ServerError::Stopped);
+        self.shutdown();
         self.close().await;
         Ok(())
     }
 
-    fn shutdown(&mut self, error: ServerError) {
-        for (_, waiter) in std::mem::take(&mut self.proposals) {
-            let _ = waiter.reply.send(Err(error.clone()));
+    /// Every waiting request fails with `Stopped`.
+    fn shutdown(&mut self) {
+        self.replica.shut_down();
+        let ready = self.replica.take_ready();
+        self.answer(&ready);
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.send(Err(ServerError::Stopped));
         }
-        let reads = self
-            .reads_awaiting_index
-            .drain()
-            .map(|(_, waiter)| waiter)
-            .chain(
-                self.reads_awaiting_apply
-                    .drain(..)
-                    .map(|(_, waiter)| waiter),
-            )
-            .chain(self.reads_to_retry.drain(..).map(|(_, waiter)| waiter))
-            .collect::<Vec<_>>();
-        for waiter in reads {
-            (waiter.read)(Err(error.clone()));
+        for (_, read) in self.reads.drain() {
+            read(Err(ServerError::Stopped));
         }
         self.channels.peers.clear();
     }
@@ -261,52 +214,20 @@ impl<S: StateMachine> Driver<S> {
         tracing::info!(node = id, "replica stopped");
     }
 
-    /// Ticks the core until its logical clock matches the monotonic clock, so a stalled
-    /// task does not stretch its leases in real time.
-    fn catch_up_clock(&mut self) {
-        let tick_micros = self.settings.tick_interval.as_micros().max(1);
-        let target = (self.clock_start.elapsed().as_micros() / tick_micros) as u64;
-        let mut budget = 1000;
-        while self.ticks_done < target && budget > 0 {
-            self.node.tick();
-            self.ticks_done += 1;
-            budget -= 1;
-        }
-    }
-
     fn on_request(&mut self, request: Request<S>) {
+        let now = self.now();
+        let id = self.next_request;
+        self.next_request += 1;
         match request {
             Request::Propose { payload, reply } => {
-                self.metrics.proposals.inc();
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.proposals.insert(
-                    seq,
-                    ProposalWaiter {
-                        payload,
-                        reply,
-                        deadline: Instant::now() + self.settings.request_timeout,
-                        proposed_at: None,
-                    },
-                );
-                self.propose(seq);
+                self.proposals.insert(id, reply);
+                self.replica.propose(now, id, payload);
             }
-            Request::Read { consistency, read } => match consistency {
-                Consistency::Serializable => {
-                    self.metrics
-                        .reads
-                        .with_label_values(&["serializable"])
-                        .inc();
-                    read(Ok(&self.state_machine));
-                }
-                Consistency::Linearizable => {
-                    let waiter = ReadWaiter {
-                        read,
-                        deadline: Instant::now() + self.settings.request_timeout,
-                    };
-                    self.ask_read_index(waiter);
-                }
-            },
+            Request::Read { consistency, read } => {
+                self.reads.insert(id, read);
+                let linearizable = consistency == Consistency::Linearizable;
+                self.replica.read(now, id, linearizable);
+            }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -314,126 +235,24 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn status(&self) -> NodeStatus {
-        let status = self.node.status();
+        let status = self.replica.status();
         NodeStatus {
             node_id: self.id,
-            role: status.role,
-            leader: status.leader,
-            promised: status.promised,
-            commit_index: status.commit_index,
-            applied_slot: self.applied_slot,
-            last_slot: status.last_slot,
-            snapshot_slot: self.last_snapshot_slot,
-            phase1_runs: status.phase1_runs,
+            role: status.node.role,
+            leader: status.node.leader,
+            promised: status.node.promised,
+            commit_index: status.node.commit_index,
+            applied_slot: status.applied_slot,
+            last_slot: status.node.last_slot,
+            snapshot_slot: status.snapshot_slot,
+            phase1_runs: status.node.phase1_runs,
             wal_disk_bytes: self.group_commit.stats().disk_bytes,
-            pending_proposals: self.proposals.len(),
+            pending_proposals: status.pending_proposals,
         }
     }
 
-    /// Hands proposal `seq` to the core (again, after a retry).
-    fn propose(&mut self, seq: u64) {
-        let completed_below = self.proposals.keys().next().copied().unwrap_or(seq);
-        let Some(waiter) = self.proposals.get_mut(&seq) else {
-            return;
-        };
-        let proposal = Proposal {
-            client: self.client_id,
-            seq,
-            completed_below,
-            payload: waiter.payload.clone(),
-        };
-        match self.node.propose(proposal.encode()) {
-            Ok(_) => waiter.proposed_at = Some(Instant::now()),
-            // Queue full: try again at the next maintenance pass.
-            Err(ProposeError::Busy { .. }) => waiter.proposed_at = None,
-            Err(error) => {
-                tracing::debug!(node = self.id, %error, "proposal refused; will retry");
-                waiter.proposed_at = None;
-            }
-        }
-    }
-
-    fn ask_read_index(&mut self, waiter: ReadWaiter<S>) {
-        let request = self.next_read_id;
-        self.next_read_id += 1;
-        self.reads_awaiting_index.insert(request, waiter);
-        self.node.read_index(request);
-    }
-
-    /// Deadlines and retries: proposals whose outcome is unknown are proposed again;
-    /// failed read-index requests are asked again. `now` forces a pass.
-    fn maintenance(&mut self, force: bool) {
-        let now = Instant::now();
-        if !force && now.duration_since(self.last_maintenance) < MAINTENANCE_INTERVAL {
-            return;
-        }
-        self.last_maintenance = now;
-        let timeout = ServerError::Timeout {
-            after: self.settings.request_timeout,
-        };
-        let expired: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, waiter)| now >= waiter.deadline || waiter.reply.is_closed())
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in expired {
-            if let Some(waiter) = self.proposals.remove(&seq) {
-                self.metrics.proposals_failed.inc();
-                let _ = waiter.reply.send(Err(timeout.clone()));
-            }
-        }
-        let due: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, waiter)| match waiter.proposed_at {
-                None => true,
-                Some(at) => now.duration_since(at) >= self.settings.retry_after,
-            })
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in due {
-            if self
-                .proposals
-                .get(&seq)
-                .is_some_and(|waiter| waiter.proposed_at.is_some())
-            {
-                self.metrics.proposal_retries.inc();
-            }
-            self.propose(seq);
-        }
-
-        let expired: Vec<u64> = self
-            .reads_awaiting_index
-            .iter()
-            .filter(|(_, waiter)| now >= waiter.deadline)
-            .map(|(request, _)| *request)
-            .collect();
-        for request in expired {
-            if let Some(waiter) = self.reads_awaiting_index.remove(&request) {
-                (waiter.read)(Err(timeout.clone()));
-            }
-        }
-        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
-            .into_iter()
-            .partition(|(_, waiter)| now >= waiter.deadline);
-        self.reads_awaiting_apply = waiting;
-        for (_, waiter) in expired {
-            (waiter.read)(Err(timeout.clone()));
-        }
-        let retries = std::mem::take(&mut self.reads_to_retry);
-        for (retry_at, waiter) in retries {
-            if now >= waiter.deadline {
-                (waiter.read)(Err(timeout.clone()));
-            } else if now >= retry_at {
-                self.ask_read_index(waiter);
-            } else {
-                self.reads_to_retry.push((retry_at, waiter));
-            }
-        }
-    }
-
-    fn on_control(&mut self, control: Control) {
+    fn on_control(&mut self, control: Control<S>) {
+        let now = self.now();
         match control {
             Control::Persisted {
                 id,
@@ -444,7 +263,7 @@ impl<S: StateMachine> Driver<S> {
                     self.metrics
                         .fsync_seconds
                         .observe(submitted.elapsed().as_secs_f64());
-                    self.node.on_persisted(id);
+                    self.replica.on_persisted(now, id);
                 }
                 Err(error) => {
                     self.fatal = Some(format!(
@@ -453,21 +272,10 @@ impl<S: StateMachine> Driver<S> {
                 }
             },
             Control::SnapshotSaved { slot, result } => {
-                self.snapshot_in_progress = false;
-                match result {
-                    Ok(()) => {
-                        self.metrics.snapshots_taken.inc();
-                        self.last_snapshot_slot = self.last_snapshot_slot.max(slot);
-                        tracing::info!(node = self.id, slot, "snapshot saved; compacting the log");
-                        self.node.compact(slot);
-                        self.wal_compaction_due = Some(slot);
-                    }
-                    Err(error) => {
-                        // Not fatal: the log keeps growing until a later snapshot works.
-                        tracing::error!(node = self.id, slot, %error, "saving a snapshot failed");
-                        self.last_snapshot_slot = self.last_snapshot_slot.max(slot);
-                    }
+                if let Err(error) = &result {
+                    tracing::error!(node = self.id, slot, %error, "saving a snapshot failed");
                 }
+                self.replica.on_snapshot_saved(now, slot, result);
             }
             Control::WalCompacted { slot, result } => match result {
                 Ok(()) => tracing::debug!(node = self.id, slot, "write-ahead log compacted"),
@@ -476,17 +284,28 @@ impl<S: StateMachine> Driver<S> {
                 }
             },
             Control::SnapshotSent { peer, result } => {
-                self.sending_snapshots.remove(&peer);
                 match result {
-                    Ok(slot) => {
-                        self.metrics.snapshots_sent.inc();
-                        tracing::info!(node = self.id, peer, slot, "snapshot sent to peer");
-                    }
+                    Ok(slot) => tracing::info!(node = self.id, peer, slot, "snapshot sent to peer"),
                     Err(error) => {
                         tracing::warn!(node = self.id, peer, %error, "sending a snapshot failed")
                     }
                 }
+                self.replica.on_snapshot_sent(now, peer);
             }
+            Control::SnapshotReceived { from, result } => match result {
+                Ok(restored) => {
+                    tracing::info!(
+                        node = self.id,
+                        peer = from,
+                        slot = restored.slot,
+                        "installing a snapshot from a peer"
+                    );
+                    self.replica.on_snapshot_received(now, from, restored);
+                }
+                Err(error) => {
+                    tracing::error!(node = self.id, peer = from, %error, "a received snapshot could not be installed")
+                }
+            },
         }
     }
 
@@ -499,7 +318,8 @@ impl<S: StateMachine> Driver<S> {
                     kind = envelope.message.kind(),
                     "message"
                 );
-                if let Err(error) = self.node.step(envelope) {
+                let now = self.now();
+                if let Err(error) = self.replica.step(now, envelope) {
                     tracing::warn!(node = self.id, %error, "refused peer message");
                 }
             }
@@ -513,6 +333,7 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Sequences a peer's snapshot chunks; a thread writes, verifies and decodes them.
     fn on_snapshot_chunk(
         &mut self,
         from: NodeId,
@@ -523,7 +344,8 @@ impl<S: StateMachine> Driver<S> {
     ) {
         if offset == 0 {
             self.incoming_snapshot = None;
-            if slot <= self.applied_slot || slot <= self.node.status().commit_index {
+            let status = self.replica.status();
+            if slot <= status.applied_slot || slot <= status.node.commit_index {
                 return;
             }
             match self.snapshots.writer(slot) {
@@ -535,11 +357,12 @@ impl<S: StateMachine> Driver<S> {
                         total_bytes,
                         "receiving a snapshot"
                     );
+                    let chunks = self.spawn_snapshot_receiver(from, writer, total_bytes);
                     self.incoming_snapshot = Some(IncomingSnapshot {
                         from,
                         slot,
                         next_offset: 0,
-                        writer,
+                        chunks,
                     });
                 }
                 Err(error) => {
@@ -562,107 +385,218 @@ impl<S: StateMachine> Driver<S> {
             self.incoming_snapshot = None;
             return;
         }
-        if let Err(error) = incoming.writer.write_chunk(&data) {
-            tracing::error!(node = self.id, slot, %error, "writing a snapshot chunk failed");
-            self.incoming_snapshot = None;
-            return;
-        }
         incoming.next_offset += data.len() as u64;
-        if incoming.next_offset < total_bytes {
-            return;
-        }
-        let Some(incoming) = self.incoming_snapshot.take() else {
-            return;
-        };
-        if let Err(error) = incoming.writer.finish() {
-            tracing::error!(node = self.id, slot, %error, "a received snapshot failed verification");
-            return;
-        }
-        if let Err(error) = self.install_received_snapshot(slot) {
-            tracing::error!(node = self.id, slot, %error, "installing a received snapshot failed");
+        let done = incoming.next_offset >= total_bytes;
+        if incoming.chunks.send(data).is_err() || done {
+            self.incoming_snapshot = None;
         }
     }
 
-    fn install_received_snapshot(&mut self, slot: Slot) -> Result<(), String> {
-        if slot <= self.applied_slot || slot <= self.node.status().commit_index {
-            return Ok(());
-        }
-        let (stored_slot, data) = self
-            .snapshots
-            .latest()
-            .map_err(|error| error.to_string())?
-            .ok_or("the snapshot vanished after it was written")?;
-        if stored_slot != slot {
-            return Err(format!(
-                "expected the newest snapshot to be slot {slot}, found slot {stored_slot}"
-            ));
-        }
-        let image = RuntimeImage::decode(&data)?;
-        if image.applied_slot != slot {
-            return Err(format!(
-                "snapshot file for slot {slot} holds an image of slot {}",
-                image.applied_slot
-            ));
-        }
-        self.state_machine
-            .restore(&image.state_machine)
-            .map_err(|error| error.to_string())?;
-        self.sessions = image.sessions();
-        self.applied_slot = slot;
-        self.last_snapshot_slot = self.last_snapshot_slot.max(slot);
-        self.node.install_snapshot(slot);
-        self.wal_compaction_due = Some(slot);
-        self.metrics.snapshots_installed.inc();
-        tracing::info!(node = self.id, slot, "installed a snapshot from a peer");
-        self.serve_applied_reads();
-        Ok(())
+    /// A thread that writes a peer's snapshot chunks, verifies the file and decodes it,
+    /// then reports back; the driver task only hands it the chunks.
+    fn spawn_snapshot_receiver(
+        &self,
+        from: NodeId,
+        mut writer: SnapshotWriter,
+        total_bytes: u64,
+    ) -> std::sync::mpsc::Sender<Bytes> {
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::channel::<Bytes>();
+        let control = self.channels.control_tx.clone();
+        let store = Arc::clone(&self.snapshots);
+        let empty = self.replica.state_machine().empty_like();
+        std::thread::spawn(move || {
+            let mut written = 0u64;
+            while written < total_bytes {
+                let Ok(chunk) = chunks_rx.recv() else {
+                    return; // the transfer was dropped
+                };
+                if let Err(error) = writer.write_chunk(&chunk) {
+                    let _ = control.send(Control::SnapshotReceived {
+                        from,
+                        result: Err(format!("writing a snapshot chunk failed: {error}")),
+                    });
+                    return;
+                }
+                written += chunk.len() as u64;
+            }
+            let result = writer
+                .finish()
+                .map_err(|error| format!("the snapshot failed verification: {error}"))
+                .and_then(|()| decode_newest(&store, empty));
+            let _ = control.send(Control::SnapshotReceived { from, result });
+        });
+        chunks_tx
     }
 
+    /// Drains the replica and carries out what it asks for.
     fn process_ready(&mut self) {
         // Bounded: each round consumes what the previous one produced.
         for _ in 0..64 {
-            if !self.node.has_ready() {
+            if !self.replica.has_ready() {
                 break;
             }
-            let ready = self.node.take_ready();
-            if let Some(request) = ready.persist {
-                self.submit_persist(request);
+            let ready = self.replica.take_ready();
+            for request in &ready.persist {
+                self.submit_persist(request.clone());
             }
-            let mut loopback = Vec::new();
-            for envelope in ready.messages {
-                if envelope.to == self.id {
-                    loopback.push(envelope);
-                    continue;
-                }
+            for envelope in &ready.messages {
                 let Some(queue) = self.channels.peers.get(&envelope.to) else {
                     continue;
                 };
                 if let Err(mpsc::error::TrySendError::Full(_)) =
-                    queue.try_send(Frame::Message(envelope))
+                    queue.try_send(Frame::Message(envelope.clone()))
                 {
                     self.metrics.peer_messages_dropped.inc();
                 }
             }
-            self.apply(ready.committed);
-            for event in ready.events {
-                self.on_event(event);
-            }
-            for envelope in loopback {
-                if let Err(error) = self.node.step(envelope) {
-                    tracing::error!(node = self.id, %error, "own message refused");
-                }
+            self.answer(&ready);
+            self.carry_out_snapshots(ready);
+        }
+        self.update_metrics();
+    }
+
+    /// Replies to proposals; runs the reads the replica released against its state.
+    fn answer(&mut self, ready: &ReplicaReady) {
+        for (request, result) in &ready.replies {
+            if let Some(reply) = self.proposals.remove(request) {
+                let _ = reply.send(result.clone().map_err(server_error));
             }
         }
-        let status = self.node.status();
-        self.metrics
+        for (request, result) in &ready.reads {
+            let Some(read) = self.reads.remove(request) else {
+                continue;
+            };
+            match result {
+                Ok(how) => {
+                    let label = match how {
+                        ReadHow::Serializable => "serializable",
+                        ReadHow::Linearizable(_) => "linearizable",
+                    };
+                    self.metrics.reads.with_label_values(&[label]).inc();
+                    read(Ok(self.replica.state_machine()));
+                }
+                Err(error) => read(Err(server_error(error.clone()))),
+            }
+        }
+    }
+
+    fn carry_out_snapshots(&mut self, ready: ReplicaReady) {
+        for event in ready.events {
+            self.on_event(event);
+        }
+        if let Some(save) = ready.save_snapshot {
+            let store = Arc::clone(&self.snapshots);
+            let control = self.channels.control_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let slot = save.slot;
+                let image = (save.encode)();
+                let result = store.save(slot, &image).map_err(|e| e.to_string());
+                let _ = control.send(Control::SnapshotSaved { slot, result });
+            });
+        }
+        for (peer, slot) in ready.send_snapshots {
+            self.send_snapshot(peer, slot);
+        }
+        if let Some(slot) = ready.compact_log {
+            let group_commit = Arc::clone(&self.group_commit);
+            let control = self.channels.control_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = group_commit.compact(slot);
+                let _ = control.send(Control::WalCompacted { slot, result });
+            });
+        }
+    }
+
+    fn on_event(&mut self, event: ReplicaEvent) {
+        use synod_core::Event;
+        match event {
+            ReplicaEvent::Core(Event::Phase1Started { ballot }) => {
+                tracing::debug!(node = self.id, %ballot, "phase 1 started")
+            }
+            ReplicaEvent::Core(Event::BecameLeader {
+                ballot,
+                reproposed_slots,
+            }) => tracing::info!(node = self.id, %ballot, reproposed_slots, "became leader"),
+            ReplicaEvent::Core(Event::SteppedDown { ballot }) => {
+                tracing::info!(node = self.id, %ballot, "stepped down")
+            }
+            ReplicaEvent::Core(Event::LeaderChanged { leader }) => {
+                tracing::info!(node = self.id, leader = ?leader, "leader changed")
+            }
+            ReplicaEvent::Compacted { slot } => {
+                tracing::info!(node = self.id, slot, "snapshot saved; compacting the log")
+            }
+            ReplicaEvent::SnapshotInstalled { from, slot } => {
+                tracing::info!(
+                    node = self.id,
+                    peer = from,
+                    slot,
+                    "installed a snapshot from a peer"
+                )
+            }
+            ReplicaEvent::SnapshotUnavailable { peer, needed, have } => tracing::warn!(
+                node = self.id,
+                peer,
+                needed,
+                have,
+                "peer needs a snapshot newer than ours"
+            ),
+            ReplicaEvent::UndecodableCommand { slot, error } => tracing::error!(
+                node = self.id,
+                slot,
+                %error,
+                "skipping a log command that is not a runtime proposal"
+            ),
+            other => tracing::debug!(node = self.id, event = ?other, "replica event"),
+        }
+    }
+
+    /// Counters follow the replica's own, gauges its status.
+    fn update_metrics(&mut self) {
+        let stats = self.replica.stats();
+        let last = std::mem::replace(&mut self.stats, stats);
+        let metrics = &self.metrics;
+        metrics.proposals.inc_by(stats.proposals - last.proposals);
+        metrics
+            .proposal_retries
+            .inc_by(stats.proposal_retries - last.proposal_retries);
+        metrics
+            .proposals_failed
+            .inc_by(stats.proposals_failed - last.proposals_failed);
+        metrics
+            .commands_applied
+            .inc_by(stats.commands_applied - last.commands_applied);
+        metrics
+            .commits
+            .inc_by(stats.slots_applied - last.slots_applied);
+        metrics
+            .snapshots_taken
+            .inc_by(stats.snapshots_taken - last.snapshots_taken);
+        metrics
+            .snapshots_installed
+            .inc_by(stats.snapshots_installed - last.snapshots_installed);
+        metrics
+            .snapshots_sent
+            .inc_by(stats.snapshots_sent - last.snapshots_sent);
+        metrics
+            .leader_changes
+            .inc_by(stats.leader_changes - last.leader_changes);
+        metrics.phase1_runs.inc_by(
+            self.replica
+                .status()
+                .node
+                .phase1_runs
+                .saturating_sub(metrics.phase1_runs.get()),
+        );
+        let status = self.replica.status();
+        metrics
             .current_ballot
-            .set(status.promised.round as i64);
-        self.metrics.commit_index.set(status.commit_index as i64);
-        self.metrics.applied_slot.set(self.applied_slot as i64);
-        self.metrics
+            .set(status.node.promised.round as i64);
+        metrics.commit_index.set(status.node.commit_index as i64);
+        metrics.applied_slot.set(status.applied_slot as i64);
+        metrics
             .is_leader
-            .set(i64::from(status.role == synod_core::Role::Leader));
-        self.maybe_snapshot();
+            .set(i64::from(status.node.role == synod_core::Role::Leader));
     }
 
     fn submit_persist(&mut self, request: PersistRequest) {
@@ -681,158 +615,12 @@ impl<S: StateMachine> Driver<S> {
         );
     }
 
-    fn apply(&mut self, committed: Vec<Committed>) {
-        if committed.is_empty() {
-            return;
-        }
-        for Committed { slot, value } in committed {
-            if slot <= self.applied_slot {
-                continue;
-            }
-            for command in value.commands() {
-                let proposal = match Proposal::decode(command) {
-                    Ok(proposal) => proposal,
-                    Err(error) => {
-                        tracing::error!(node = self.id, slot, %error, "skipping a log command that is not a runtime proposal");
-                        continue;
-                    }
-                };
-                let response = match self.sessions.check(&proposal, slot) {
-                    Outcome::Apply => {
-                        let response = self.state_machine.apply(slot, &proposal.payload);
-                        self.sessions
-                            .record(proposal.client, proposal.seq, response.clone());
-                        self.metrics.commands_applied.inc();
-                        Some(response)
-                    }
-                    Outcome::Duplicate(response) => Some(response),
-                    Outcome::Stale => None,
-                };
-                if proposal.client == self.client_id {
-                    if let (Some(response), Some(waiter)) =
-                        (response, self.proposals.remove(&proposal.seq))
-                    {
-                        let _ = waiter.reply.send(Ok(response));
-                    }
-                }
-            }
-            self.applied_slot = slot;
-            self.metrics.commits.inc();
-        }
-        self.serve_applied_reads();
-    }
-
-    fn serve_applied_reads(&mut self) {
-        if self.reads_awaiting_apply.is_empty() {
-            return;
-        }
-        let applied = self.applied_slot;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
-            .into_iter()
-            .partition(|(read_index, _)| *read_index <= applied);
-        self.reads_awaiting_apply = waiting;
-        for (_, waiter) in ready {
-            self.metrics
-                .reads
-                .with_label_values(&["linearizable"])
-                .inc();
-            (waiter.read)(Ok(&self.state_machine));
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::ProposalAssigned { .. } => {}
-            Event::Phase1Started { ballot } => {
-                self.metrics.phase1_runs.inc();
-                tracing::debug!(node = self.id, %ballot, "phase 1 started");
-            }
-            Event::BecameLeader {
-                ballot,
-                reproposed_slots,
-            } => {
-                tracing::info!(node = self.id, %ballot, reproposed_slots, "became leader");
-            }
-            Event::SteppedDown { ballot } => {
-                tracing::info!(node = self.id, %ballot, "stepped down");
-            }
-            Event::LeaderChanged { leader } => {
-                self.metrics.leader_changes.inc();
-                tracing::info!(node = self.id, leader = ?leader, "leader changed");
-                if leader.is_some() {
-                    // Commands forwarded to a leader that is gone may be lost: propose
-                    // every unanswered one again (sessions make copies harmless).
-                    for waiter in self.proposals.values_mut() {
-                        waiter.proposed_at = None;
-                    }
-                    self.maintenance(true);
-                }
-            }
-            Event::SnapshotNeeded { peer, slot } => self.send_snapshot(peer, slot),
-            Event::ReadReady {
-                request,
-                read_index,
-                ..
-            } => {
-                if let Some(waiter) = self.reads_awaiting_index.remove(&request) {
-                    self.reads_awaiting_apply.push((read_index, waiter));
-                    self.serve_applied_reads();
-                }
-            }
-            Event::ReadFailed { request } => {
-                if let Some(waiter) = self.reads_awaiting_index.remove(&request) {
-                    self.reads_to_retry
-                        .push((Instant::now() + READ_RETRY_DELAY, waiter));
-                }
-            }
-        }
-    }
-
-    fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_progress
-            || self.applied_slot < self.last_snapshot_slot + self.settings.snapshot_interval_slots
-        {
-            return;
-        }
-        let slot = self.applied_slot;
-        let image = RuntimeImage::new(slot, &self.sessions, self.state_machine.snapshot()).encode();
-        self.snapshot_in_progress = true;
-        let store = Arc::clone(&self.snapshots);
-        let control = self.channels.control_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = store.save(slot, &image);
-            let _ = control.send(Control::SnapshotSaved { slot, result });
-        });
-    }
-
-    fn compact_wal(&mut self, slot: Slot) {
-        let group_commit = Arc::clone(&self.group_commit);
-        let control = self.channels.control_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = group_commit.compact(slot);
-            let _ = control.send(Control::WalCompacted { slot, result });
-        });
-    }
-
-    fn send_snapshot(&mut self, peer: NodeId, needed: Slot) {
-        if self.sending_snapshots.contains(&peer) {
-            return;
-        }
+    fn send_snapshot(&mut self, peer: NodeId, slot: Slot) {
         let Some(queue) = self.channels.peers.get(&peer).cloned() else {
+            let now = self.now();
+            self.replica.on_snapshot_sent(now, peer);
             return;
         };
-        let slot = self.last_snapshot_slot;
-        if slot < needed || slot == 0 {
-            tracing::warn!(
-                node = self.id,
-                peer,
-                needed,
-                have = slot,
-                "peer needs a snapshot newer than ours"
-            );
-            return;
-        }
-        self.sending_snapshots.insert(peer);
         tracing::info!(
             node = self.id,
             peer,
@@ -847,6 +635,33 @@ impl<S: StateMachine> Driver<S> {
             let _ = control.send(Control::SnapshotSent { peer, result });
         });
     }
+}
+
+/// Runtime failures as the server API reports them.
+fn server_error(error: RequestError) -> ServerError {
+    match error {
+        RequestError::TooLarge { bytes, limit } => ServerError::TooLarge { bytes, limit },
+        RequestError::Timeout { after_ms } => ServerError::Timeout {
+            after: Duration::from_millis(after_ms),
+        },
+        _ => ServerError::Stopped,
+    }
+}
+
+/// Decodes the newest snapshot in the store (the one just received) into `empty`.
+fn decode_newest<S: StateMachine>(store: &SnapshotStore, empty: S) -> Result<Restored<S>, String> {
+    let (slot, data) = store
+        .latest()
+        .map_err(|error| error.to_string())?
+        .ok_or("the snapshot vanished after it was written")?;
+    let restored = Restored::decode(&data, empty)?;
+    if restored.slot != slot {
+        return Err(format!(
+            "snapshot file for slot {slot} holds an image of slot {}",
+            restored.slot
+        ));
+    }
+    Ok(restored)
 }
 
 /// Reads the snapshot file chunk by chunk (off the async threads) into the peer's queue.

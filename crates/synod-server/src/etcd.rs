@@ -111,6 +111,9 @@ fn server_status(error: ServerError) -> Status {
             Status::unavailable(format!("etcdserver: request timed out ({error})"))
         }
         ServerError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        ServerError::TooLarge { .. } => {
+            Status::invalid_argument("etcdserver: request is too large")
+        }
         other => Status::internal(other.to_string()),
     }
 }

@@ -18,9 +18,11 @@ pub mod metrics;
 mod node;
 pub mod proto;
 mod server;
-pub mod sessions;
 pub mod transport;
 pub mod wire;
+
+/// Client sessions now live in the replica (`synod-replica`).
+pub use synod_replica::sessions;
 
 pub use cli::{run_dev, run_node, DevArgs, NodeArgs};
 pub use config::{Cluster, ConfigError, Member, ServerConfig};

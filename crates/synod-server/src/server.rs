@@ -4,7 +4,6 @@
 use crate::config::{ConfigError, ServerConfig};
 use crate::driver::{Channels, Driver, DriverSettings, ReadFn, Request};
 use crate::metrics::Metrics;
-use crate::sessions::{RuntimeImage, Sessions};
 use crate::transport::PEER_QUEUE_FRAMES;
 use crate::transport::{accept_peers, dial_peer, Directory, PeerInfo, TransportContext};
 use crate::wire::Hello;
@@ -14,8 +13,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use synod_core::{Ballot, Node, NodeId, Role, Slot};
+use synod_core::{Ballot, NodeId, Role, Slot};
 use synod_kv::StateMachine;
+use synod_replica::{Replica, Restored};
 use synod_storage::{GroupCommit, SnapshotStore, Wal, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +44,11 @@ pub enum ServerError {
     Timeout {
         after: Duration,
     },
+    /// The request is larger than `--max-request-bytes`; it was not proposed.
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     /// The replica is shutting down.
     Stopped,
 }
@@ -60,6 +65,10 @@ impl fmt::Display for ServerError {
             ServerError::Timeout { after } => write!(
                 f,
                 "request timed out after {after:?} without a leader able to serve it"
+            ),
+            ServerError::TooLarge { bytes, limit } => write!(
+                f,
+                "request is too large: {bytes} bytes, the limit is {limit} (--max-request-bytes)"
             ),
             ServerError::Stopped => write!(f, "the replica is stopped"),
         }
@@ -194,29 +203,26 @@ fn check_identity(config: &ServerConfig) -> Result<(), ServerError> {
     }
 }
 
-/// Loads the newest snapshot into `state_machine`: (applied slot, sessions).
+/// Loads the newest snapshot, decoded into a machine like `state_machine`.
 fn restore_snapshot<S: StateMachine>(
     store: &SnapshotStore,
-    state_machine: &mut S,
-) -> Result<(Slot, Sessions), ServerError> {
+    state_machine: &S,
+) -> Result<Option<Restored<S>>, ServerError> {
     let Some((slot, data)) = store
         .latest()
         .map_err(|error| ServerError::Recovery(error.to_string()))?
     else {
-        return Ok((0, Sessions::default()));
+        return Ok(None);
     };
-    let image = RuntimeImage::decode(&data)
+    let restored = Restored::decode(&data, state_machine.empty_like())
         .map_err(|error| ServerError::Recovery(format!("snapshot of slot {slot}: {error}")))?;
-    if image.applied_slot != slot {
+    if restored.slot != slot {
         return Err(ServerError::Recovery(format!(
             "the snapshot file of slot {slot} holds an image of slot {}",
-            image.applied_slot
+            restored.slot
         )));
     }
-    state_machine
-        .restore(&image.state_machine)
-        .map_err(|error| ServerError::Recovery(format!("snapshot of slot {slot}: {error}")))?;
-    Ok((slot, image.sessions()))
+    Ok(Some(restored))
 }
 
 impl<S: StateMachine> Server<S> {
@@ -233,15 +239,15 @@ impl<S: StateMachine> Server<S> {
     /// (newest snapshot, then the write-ahead log), then joins the cluster.
     pub async fn start_with_listener(
         config: ServerConfig,
-        mut state_machine: S,
+        state_machine: S,
         peer_listener: TcpListener,
     ) -> Result<Server<S>, ServerError> {
-        let core_config = config.core_config()?;
+        let replica_config = config.replica_config()?;
         let member = config.member()?.clone();
         check_identity(&config)?;
         let snapshots = SnapshotStore::open(&config.data_dir.join("snap"))
             .map_err(|error| ServerError::Storage(error.to_string()))?;
-        let (applied_slot, sessions) = restore_snapshot(&snapshots, &mut state_machine)?;
+        let snapshot = restore_snapshot(&snapshots, &state_machine)?;
         let (wal, durable) = Wal::open(
             &config.data_dir.join("wal"),
             WalOptions {
@@ -250,17 +256,9 @@ impl<S: StateMachine> Server<S> {
             },
         )
         .map_err(|error| ServerError::Recovery(error.to_string()))?;
-        if durable.snapshot_slot > applied_slot {
-            return Err(ServerError::Recovery(format!(
-                "the log is compacted through slot {} but the newest snapshot covers slot {} only",
-                durable.snapshot_slot, applied_slot
-            )));
-        }
-        let mut node = Node::recover(core_config, durable).map_err(ServerError::Config)?;
-        if applied_slot > 0 {
-            // The state machine already holds every slot up to the snapshot.
-            node.install_snapshot(applied_slot);
-        }
+        let clock_origin = std::time::Instant::now();
+        let replica = Replica::recover(replica_config, durable, snapshot, state_machine, 0)
+            .map_err(|error| ServerError::Recovery(error.to_string()))?;
         let group_commit = Arc::new(GroupCommit::start(wal));
         let metrics = Metrics::new(config.node_id);
         let directory: Directory = Arc::new(Mutex::new(BTreeMap::new()));
@@ -313,17 +311,11 @@ impl<S: StateMachine> Server<S> {
             Arc::clone(&context),
             peer_tx,
         )));
-        let election_timeout = config.election_timeout;
         let driver = Driver::new(
-            node,
-            state_machine,
-            sessions,
-            applied_slot,
+            replica,
+            clock_origin,
             DriverSettings {
                 tick_interval: config.tick_interval,
-                request_timeout: config.request_timeout,
-                retry_after: election_timeout,
-                snapshot_interval_slots: config.snapshot_interval_slots,
                 snapshot_chunk_bytes: config.snapshot_chunk_bytes,
             },
             Arc::clone(&metrics),

@@ -50,6 +50,9 @@ impl StateMachine for Counter {
         self.applied = u64::from_le_bytes(snapshot[8..].try_into().unwrap());
         Ok(())
     }
+    fn empty_like(&self) -> Self {
+        Counter::default()
+    }
 }
 
 pub fn delta(value: i64) -> Bytes {

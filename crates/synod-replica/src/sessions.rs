@@ -30,10 +30,13 @@ pub const MAX_RESPONSES_PER_CLIENT: usize = 65_536;
 /// A client command as it travels in the log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The proposing replica's life (random per process).
     pub client: u64,
+    /// Counts the client's proposals from 1.
     pub seq: u64,
     /// Every seq below this has been answered to (or given up by) the client.
     pub completed_below: u64,
+    /// The state machine's command.
     pub payload: Bytes,
 }
 
@@ -66,10 +69,12 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
 }
 
 impl Proposal {
+    /// The bytes that go into the log.
     pub fn encode(&self) -> Bytes {
         encode(self)
     }
 
+    /// Reads a proposal taken from the log.
     pub fn decode(bytes: &[u8]) -> Result<Proposal, String> {
         decode(bytes, "proposal")
     }
@@ -86,24 +91,30 @@ pub enum Outcome {
     Stale,
 }
 
+/// One client's window of responses.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct ClientSession {
+    /// Every seq below this was answered (or given up).
     pub completed_below: u64,
     /// The slot of the client's last proposal, to pick whom to evict.
     pub last_slot: Slot,
+    /// Responses of applied proposals not yet acknowledged, by seq.
     pub responses: BTreeMap<u64, Bytes>,
 }
 
+/// The session table: every client's window.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Sessions {
     clients: BTreeMap<u64, ClientSession>,
 }
 
 impl Sessions {
+    /// How many clients have a session.
     pub fn len(&self) -> usize {
         self.clients.len()
     }
 
+    /// True when no client has a session.
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }
@@ -127,6 +138,11 @@ impl Sessions {
             Some(response) => Outcome::Duplicate(response.clone()),
             None => Outcome::Apply,
         }
+    }
+
+    /// The kept response of `(client, seq)`, if it was applied and not yet acknowledged.
+    pub fn response(&self, client: u64, seq: u64) -> Option<Bytes> {
+        self.clients.get(&client)?.responses.get(&seq).cloned()
     }
 
     /// Keeps the response of an applied proposal for its copies.
@@ -159,12 +175,16 @@ impl Sessions {
 /// sessions and the slot they cover.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RuntimeImage {
+    /// Every slot up to this one is in the image.
     pub applied_slot: Slot,
+    /// The session table.
     pub sessions: Vec<(u64, ClientSession)>,
+    /// The state machine's own snapshot.
     pub state_machine: Bytes,
 }
 
 impl RuntimeImage {
+    /// The image of a replica at `applied_slot`.
     pub fn new(applied_slot: Slot, sessions: &Sessions, state_machine: Bytes) -> RuntimeImage {
         RuntimeImage {
             applied_slot,
@@ -177,14 +197,17 @@ impl RuntimeImage {
         }
     }
 
+    /// The bytes of a snapshot file.
     pub fn encode(&self) -> Bytes {
         encode(self)
     }
 
+    /// Reads a snapshot file's bytes.
     pub fn decode(bytes: &[u8]) -> Result<RuntimeImage, String> {
         decode(bytes, "runtime snapshot")
     }
 
+    /// The session table it carries.
     pub fn sessions(&self) -> Sessions {
         Sessions {
             clients: self.sessions.iter().cloned().collect(),

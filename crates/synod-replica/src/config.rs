@@ -1,0 +1,70 @@
+//! What a replica needs to know beside the protocol core's own configuration.
+
+use crate::replica::Nanos;
+
+/// Timing and limits of one replica. Durations are nanoseconds of the runtime's
+/// monotonic clock; the core counts in ticks of `tick_nanos`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// The protocol core's configuration (its `incarnation` must differ in every life).
+    pub core: synod_core::Config,
+    /// Length of one tick of the core's logical clock.
+    pub tick_nanos: Nanos,
+    /// A proposal or linearizable read without an outcome after this long fails with
+    /// [`crate::RequestError::Timeout`] (a proposal may still take effect).
+    pub request_timeout_nanos: Nanos,
+    /// A proposal not applied within this long is proposed again (sessions make the
+    /// copies harmless).
+    pub retry_after_nanos: Nanos,
+    /// Wait before asking again for a read index no leader could give.
+    pub read_retry_nanos: Nanos,
+    /// Proposals, reads and deadlines are looked over at most this often.
+    pub maintenance_interval_nanos: Nanos,
+    /// Take a snapshot (and compact the log) every this many applied slots; 0 never.
+    pub snapshot_interval_slots: u64,
+    /// A snapshot stream the runtime has not reported on after this long is given up,
+    /// so the peer can be sent one again.
+    pub snapshot_send_timeout_nanos: Nanos,
+    /// A proposal's payload larger than this is refused with
+    /// [`crate::RequestError::TooLarge`] (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// This life's client id in the session table: random per life, never 0 (a restarted
+    /// replica's sequence numbers start again at 1).
+    pub client_id: u64,
+}
+
+impl ReplicaConfig {
+    /// Defaults around a core configuration: 10 ms ticks, 5 s request timeout, retries
+    /// after an election timeout, snapshots every 10,000 slots, 1.5 MiB requests.
+    pub fn new(core: synod_core::Config, client_id: u64) -> ReplicaConfig {
+        let tick_nanos = 10_000_000;
+        let retry_after_nanos = core.election_timeout_ticks * tick_nanos;
+        ReplicaConfig {
+            core,
+            tick_nanos,
+            request_timeout_nanos: 5_000_000_000,
+            retry_after_nanos,
+            read_retry_nanos: 20_000_000,
+            maintenance_interval_nanos: 20_000_000,
+            snapshot_interval_slots: 10_000,
+            snapshot_send_timeout_nanos: 120_000_000_000,
+            max_request_bytes: 3 << 19,
+            client_id: client_id | 1,
+        }
+    }
+
+    /// Checks the limits against each other and the core's.
+    pub fn validate(&self) -> Result<(), String> {
+        self.core.validate()?;
+        if self.tick_nanos == 0 {
+            return Err("the tick must be longer than zero".into());
+        }
+        if self.client_id == 0 {
+            return Err("client id 0 is reserved".into());
+        }
+        if self.max_request_bytes == 0 {
+            return Err("max_request_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}
