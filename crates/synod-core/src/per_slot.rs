@@ -16,6 +16,9 @@ use crate::persist::PersistOp;
 use crate::ready::Event;
 use std::collections::BTreeMap;
 
+/// The backoff window of a repeatedly rejected proposal stops doubling here.
+const MAX_BACKOFF_DOUBLINGS: u32 = 4;
+
 /// Silent links hear our commit point every this many election timeouts.
 const ANTI_ENTROPY_TIMEOUTS: u64 = 5;
 
@@ -41,6 +44,8 @@ struct SlotProposal {
     /// This node's commands riding in the proposal (empty for a hole-filling no-op).
     own: Vec<Pending>,
     sent_at: Tick,
+    /// Times this proposal was turned down: the backoff window doubles with each.
+    rejections: u32,
 }
 
 impl SlotProposal {
@@ -212,6 +217,7 @@ impl Node {
                 },
                 own,
                 sent_at: self.now,
+                rejections: 0,
             },
         );
         self.phase1_runs += 1;
@@ -430,20 +436,25 @@ impl Node {
 
     pub(crate) fn on_slot_rejected(&mut self, slot: Slot, ballot: Ballot, promised: Ballot) {
         self.highest_seen = self.highest_seen.max(promised);
-        let backoff = match self.config.backoff {
-            Backoff::Randomized => self.rng.between(1, self.config.election_timeout_ticks + 1),
-            Backoff::Disabled => 0,
-        };
         let now = self.now;
-        let Some(proposal) = self.per_slot.proposals.get_mut(&slot) else {
+        let Some(proposal) = self.per_slot.proposals.get(&slot) else {
             return;
         };
         if proposal.ballot != ballot || matches!(proposal.phase, Phase::BackingOff { .. }) {
             return;
         }
+        // Exponential backoff: a window of an election timeout, doubling with every
+        // rejection (up to 2^MAX_BACKOFF_DOUBLINGS), so any number of dueling proposers
+        // end up far enough apart for one to finish both phases.
+        let window =
+            self.config.election_timeout_ticks << proposal.rejections.min(MAX_BACKOFF_DOUBLINGS);
+        let backoff = match self.config.backoff {
+            Backoff::Randomized => self.rng.between(1, window + 1),
+            Backoff::Disabled => 0,
+        };
+        let proposal = self.per_slot.proposals.get_mut(&slot).expect("present");
+        proposal.rejections += 1;
         // Remember the higher ballot so the retry goes above it.
-        let entry = self.per_slot.promised.entry(slot).or_default();
-        let _ = entry;
         proposal.ballot = Ballot::new(promised.round, proposal.ballot.node);
         proposal.phase = Phase::BackingOff {
             retry_at: now + backoff,
@@ -550,10 +561,15 @@ impl Node {
         // cluster still catches up. Rare, so it costs little next to the protocol's own
         // 4(N−1) messages per slot.
         let commit = self.log.commit_index();
-        if let Some(entry) = self.log.get(commit) {
+        if commit > 0 {
+            // A commit point compacted into the snapshot has no ballot to tell: the
+            // mark says "decided" all the same, and the peer fetches what it lacks.
             let mark = Decided {
                 slot: commit,
-                ballot: entry.ballot,
+                ballot: self
+                    .log
+                    .get(commit)
+                    .map_or(Ballot::ZERO, |entry| entry.ballot),
             };
             let silent: Vec<NodeId> = self
                 .peers()
@@ -637,9 +653,13 @@ impl Node {
                 }
             }
         }
-        // A known gap below decided slots that nobody fills: fetch it, and after an
-        // election timeout propose a no-op there (Phase 1 adopts any accepted value).
-        let gap = self.log.highest_known_chosen() > self.log.commit_index();
+        // A known gap below decided slots that nobody fills, or a value accepted here
+        // whose fate nobody settles (its decision marks were lost with the node that
+        // knew it, and nothing new is proposed after it): fetch, and after an election
+        // timeout propose a no-op there — Phase 1 adopts any accepted value, so the slot
+        // ends up decided either way.
+        let gap = self.log.highest_known_chosen() > self.log.commit_index()
+            || self.log.last_slot() > self.log.commit_index();
         if !gap {
             self.per_slot.gap_since = None;
             return;

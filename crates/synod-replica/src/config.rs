@@ -31,6 +31,9 @@ pub struct ReplicaConfig {
     /// This life's client id in the session table: random per life, never 0 (a restarted
     /// replica's sequence numbers start again at 1).
     pub client_id: u64,
+    /// Hand every applied slot out in `ReplicaReady::applied` (for checkers; costs a
+    /// copy of each value).
+    pub observe_applied: bool,
 }
 
 impl ReplicaConfig {
@@ -50,6 +53,7 @@ impl ReplicaConfig {
             snapshot_send_timeout_nanos: 120_000_000_000,
             max_request_bytes: 3 << 19,
             client_id: client_id | 1,
+            observe_applied: false,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::config::ReplicaConfig;
 use crate::error::{RecoverError, RequestError};
 use crate::sessions::{Outcome, Proposal, RuntimeImage, Sessions};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use synod_core::{
     Committed, DurableState, Envelope, Event, Node, NodeId, PersistId, PersistRequest,
     ProposeError, ReadPath, Slot, Status, StepError,
@@ -144,6 +144,9 @@ pub struct ReplicaReady {
     pub compact_log: Option<Slot>,
     /// What happened, for logs and metrics.
     pub events: Vec<ReplicaEvent>,
+    /// Every slot applied, in order (only with `ReplicaConfig::observe_applied`: the
+    /// simulator's checkers watch them).
+    pub applied: Vec<Committed>,
 }
 
 impl ReplicaReady {
@@ -157,6 +160,7 @@ impl ReplicaReady {
             && self.send_snapshots.is_empty()
             && self.compact_log.is_none()
             && self.events.is_empty()
+            && self.applied.is_empty()
     }
 }
 
@@ -241,7 +245,7 @@ pub struct Replica<S: StateMachine> {
     next_seq: u64,
     proposals: BTreeMap<u64, ProposalWaiter>,
     next_read_id: u64,
-    reads_awaiting_index: HashMap<u64, ReadWaiter>,
+    reads_awaiting_index: BTreeMap<u64, ReadWaiter>,
     reads_awaiting_apply: Vec<(Slot, ReadPath, ReadWaiter)>,
     reads_to_retry: Vec<(Nanos, ReadWaiter)>,
 
@@ -293,7 +297,7 @@ impl<S: StateMachine> Replica<S> {
             next_seq: 1,
             proposals: BTreeMap::new(),
             next_read_id: 1,
-            reads_awaiting_index: HashMap::new(),
+            reads_awaiting_index: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
             reads_to_retry: Vec::new(),
             last_snapshot_slot: snapshot_slot,
@@ -460,10 +464,8 @@ impl<S: StateMachine> Replica<S> {
                 .replies
                 .push((waiter.request, Err(RequestError::Stopped)));
         }
-        let reads: Vec<ReadWaiter> = self
-            .reads_awaiting_index
-            .drain()
-            .map(|(_, waiter)| waiter)
+        let reads: Vec<ReadWaiter> = std::mem::take(&mut self.reads_awaiting_index)
+            .into_values()
             .chain(self.reads_awaiting_apply.drain(..).map(|(_, _, w)| w))
             .chain(self.reads_to_retry.drain(..).map(|(_, w)| w))
             .collect();
@@ -546,11 +548,20 @@ impl<S: StateMachine> Replica<S> {
                     .push((waiter.request, Err(timeout.clone())));
             }
         }
-        let retry_after = self.config.retry_after_nanos;
+        // In per-slot mode the core itself retries a proposal until its commands win a
+        // slot: only submissions the queue refused are retried here.
+        let retry_after = match self.config.core.mode {
+            synod_core::Mode::MultiPaxos => self.config.retry_after_nanos,
+            synod_core::Mode::PerSlot => Nanos::MAX,
+        };
         let due: Vec<u64> = self
             .proposals
             .iter()
-            .filter(|(_, waiter)| waiter.proposed_at.is_none_or(|at| now >= at + retry_after))
+            .filter(|(_, waiter)| {
+                waiter
+                    .proposed_at
+                    .is_none_or(|at| now >= at.saturating_add(retry_after))
+            })
             .map(|(seq, _)| *seq)
             .collect();
         for seq in due {
@@ -630,6 +641,9 @@ impl<S: StateMachine> Replica<S> {
             }
             self.applied_slot = slot;
             self.stats.slots_applied += 1;
+            if self.config.observe_applied {
+                self.out.applied.push(Committed { slot, value });
+            }
         }
         self.serve_applied_reads();
     }

@@ -6,7 +6,7 @@
 //! catch-up included) and the commit latency of a command at the node that proposed it,
 //! in one-way message delays. The election at the start is left out of the window.
 
-use crate::cluster::{Faults, SimOptions, Simulation, DELAY_UNIT};
+use crate::cluster::{Faults, ReadMix, SimOptions, Simulation, DELAY_UNIT};
 use serde::Serialize;
 use synod_core::{Backoff, Mode};
 
@@ -43,7 +43,6 @@ pub fn bench_options(mode: Mode, nodes: u64, clients: usize, batched: bool) -> S
         max_batch_commands: if batched { 64 } else { 1 },
         retry_ticks: 1_000,
         give_up_ticks: 1_000,
-        link_delays: Default::default(),
         // Per-slot mode has no leader: one node proposes everything, the steady state
         // the expected figures describe (clients spread over nodes also contend).
         client_nodes: (mode == Mode::PerSlot).then(|| vec![1]),
@@ -54,6 +53,12 @@ pub fn bench_options(mode: Mode, nodes: u64, clients: usize, batched: bool) -> S
         max_think_units: 0,
         max_start_units: 0,
         measure_after_commands: 20,
+        // Reads go through the log, as every command: the figures count commands.
+        read_mix: ReadMix {
+            linearizable: 0,
+            log: 100,
+        },
+        ..SimOptions::chaos(7)
     }
 }
 

@@ -1,61 +1,56 @@
 //! The checkers a simulated run must pass:
 //!
-//! * (a) **agreement** — no two replicas ever deliver different values for one slot;
-//! * (b) **prefix** — every replica delivers slots 1, 2, 3 … in order, never past a gap,
-//!   so each replica's sequence is a prefix of the one chosen sequence;
+//! * (a) **agreement** — no two replicas ever apply different values for one slot;
+//! * (b) **prefix** — every replica applies slots in order, never past a gap, from where
+//!   its snapshot left off: each replica's sequence is a part of the one chosen sequence
+//!   (total-order broadcast);
 //! * (c) **linearizability** of the client history, per key, with
-//!   [`crate::linearizability`];
+//!   [`crate::linearizability`] — writes, compare-and-sets, linearizable reads by every
+//!   path (lease, read-index round, follower) and reads through the log; serializable
+//!   reads must return a value somebody wrote;
 //! * (d) **no lost acknowledged write** — every write or successful compare-and-set a
-//!   client saw acknowledged is in the state machine of every replica at the end, even
-//!   of replicas that crashed and rebuilt their state from their disk and their peers;
-//! * **total-order broadcast** — the same commands fed to the broadcast machine on every
-//!   replica come out as prefixes of one sequence, the whole sequence once converged;
+//!   client saw acknowledged is in the chosen log (and, the replicas having converged to
+//!   equal states, in every replica's state);
 //! * (e) **liveness** — after the faults stop, every client operation completes and
-//!   the replicas converge within a bound (checked in [`crate::cluster`]).
+//!   every replica applies every slot ever chosen, with equal state machines, within a
+//!   bound (checked in [`crate::cluster`]).
 
 use crate::linearizability::{check_kv, KeyedOp, Operation, RegisterRet, Verdict};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use synod_core::{NodeId, Slot, Value};
 use synod_kv::{Command, Op};
+use synod_replica::Proposal;
 
 /// Search budget of the linearizability checker per run.
 const LINEARIZABILITY_BUDGET: u64 = 2_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Violation {
-    /// Two different values delivered for one slot.
+    /// Two different values applied for one slot.
     Agreement {
         slot: Slot,
         node: NodeId,
         first: String,
         now: String,
     },
-    /// A replica delivered `slot` when `expected` was next.
+    /// A replica applied `slot` when `expected` was next.
     Prefix {
         node: NodeId,
         slot: Slot,
         expected: Slot,
     },
     NotLinearizable(String),
-    /// An acknowledged write missing from a replica's state at the end.
+    /// An acknowledged write missing from the chosen log at the end.
     LostWrite {
         client: u64,
         seq: u64,
-        node: NodeId,
     },
     Liveness(String),
-    /// The core refused a message the simulated network delivered.
+    /// The replica refused something the simulation handed it.
     Refused {
         node: NodeId,
         error: String,
-    },
-    /// Two replicas' total-order broadcast deliveries differ (or, after convergence,
-    /// differ in length).
-    BroadcastDiverged {
-        first: NodeId,
-        second: NodeId,
-        index: usize,
     },
     /// The run panicked: an invariant assertion inside the core (or the simulator) fired.
     Panic(String),
@@ -67,24 +62,26 @@ pub enum Violation {
     },
 }
 
-/// Watches every delivery of every replica.
+/// Watches every slot every replica applies.
 #[derive(Default)]
 pub struct Checker {
     chosen: BTreeMap<Slot, Value>,
-    /// Per replica: the last slot delivered in its current life.
+    /// Per replica: the last slot applied (or installed from a snapshot) in its current
+    /// life.
     delivered: BTreeMap<NodeId, Slot>,
-    /// Per replica: writes applied in its current life, by (client, seq).
-    applied_writes: BTreeMap<NodeId, BTreeSet<(u64, u64)>>,
-    all_applied: BTreeSet<(u64, u64)>,
-    acknowledged: BTreeMap<(u64, u64), u64>,
+    /// Client commands in the chosen log, by (client, seq); and which of them write.
+    applied: BTreeSet<(u64, u64)>,
+    applied_writes: BTreeSet<(u64, u64)>,
+    acknowledged: BTreeSet<(u64, u64)>,
 }
 
 impl Checker {
-    /// Replica `node` delivered `value` at `slot`.
-    pub fn on_commit(&mut self, node: NodeId, slot: Slot, value: &Value) -> Option<Violation> {
+    /// Replica `node` applied `value` at `slot`. Returns how many client commands in it
+    /// were seen for the first time.
+    pub fn on_commit(&mut self, node: NodeId, slot: Slot, value: &Value) -> Result<u64, Violation> {
         let last = self.delivered.entry(node).or_insert(0);
         if slot != *last + 1 {
-            return Some(Violation::Prefix {
+            return Err(Violation::Prefix {
                 node,
                 slot,
                 expected: *last + 1,
@@ -92,78 +89,94 @@ impl Checker {
         }
         *last = slot;
         match self.chosen.get(&slot) {
-            Some(first) if first != value => Some(Violation::Agreement {
+            Some(first) if first != value => Err(Violation::Agreement {
                 slot,
                 node,
-                first: format!("{first:?}"),
-                now: format!("{value:?}"),
+                first: summarize(first),
+                now: summarize(value),
             }),
-            Some(_) => None,
+            Some(_) => Ok(0),
             None => {
                 self.chosen.insert(slot, value.clone());
-                None
+                Ok(self.record_commands(value))
             }
         }
     }
 
-    /// Replica `node` applied a client command.
-    pub fn on_apply(&mut self, node: NodeId, _slot: Slot, command: &Command) {
-        let id = (command.client, command.seq);
-        self.all_applied.insert(id);
-        if is_write(&command.op) {
-            self.applied_writes.entry(node).or_default().insert(id);
+    fn record_commands(&mut self, value: &Value) -> u64 {
+        let mut fresh = 0;
+        for bytes in value.commands() {
+            let Ok(proposal) = Proposal::decode(bytes) else {
+                continue;
+            };
+            let Ok(command) = Command::decode(&proposal.payload) else {
+                continue;
+            };
+            let id = (command.client, command.seq);
+            if self.applied.insert(id) {
+                fresh += 1;
+            }
+            if is_write(&command.op) {
+                self.applied_writes.insert(id);
+            }
         }
+        fresh
     }
 
-    /// A client saw its write acknowledged at `tick`.
-    pub fn on_acknowledged(&mut self, client: u64, seq: u64, tick: u64) {
-        self.acknowledged.insert((client, seq), tick);
+    /// Replica `node` installed a snapshot covering every slot up to `slot`.
+    pub fn on_snapshot(&mut self, node: NodeId, slot: Slot) {
+        let last = self.delivered.entry(node).or_insert(0);
+        *last = (*last).max(slot);
     }
 
-    /// Replica `node` lost its memory (crash) or starts over (restart): it delivers
-    /// again from slot 1.
-    pub fn on_restart(&mut self, node: NodeId) {
-        self.delivered.remove(&node);
-        self.applied_writes.remove(&node);
+    /// A client saw its write acknowledged.
+    pub fn on_acknowledged(&mut self, client: u64, seq: u64) {
+        self.acknowledged.insert((client, seq));
     }
 
-    /// True once any replica applied command (client, seq).
-    pub fn was_applied(&self, client: u64, seq: u64) -> bool {
-        self.all_applied.contains(&(client, seq))
+    /// Replica `node` starts a new life from its snapshot of `from_slot` (0: none): it
+    /// applies again from the slot after it.
+    pub fn on_restart(&mut self, node: NodeId, from_slot: Slot) {
+        self.delivered.insert(node, from_slot);
     }
 
-    pub fn chosen_slots(&self) -> u64 {
-        self.chosen.len() as u64
+    /// The highest slot any replica applied.
+    pub fn max_slot(&self) -> Slot {
+        self.chosen.keys().next_back().copied().unwrap_or(0)
     }
 
     pub fn applied_commands(&self) -> u64 {
-        self.all_applied.len() as u64
+        self.applied.len() as u64
     }
 
-    /// (d): every acknowledged write is in every live replica's state. Call at the end,
-    /// once the replicas converged.
-    pub fn lost_acknowledged_writes(&self, live: &[NodeId]) -> Vec<Violation> {
-        let none = BTreeSet::new();
-        let mut lost = Vec::new();
-        for node in live {
-            let applied = self.applied_writes.get(node).unwrap_or(&none);
-            for &(client, seq) in self.acknowledged.keys() {
-                if !applied.contains(&(client, seq)) {
-                    lost.push(Violation::LostWrite {
-                        client,
-                        seq,
-                        node: *node,
-                    });
-                }
-            }
-        }
-        lost
+    /// (d): every acknowledged write is in the chosen log. Call at the end, once the
+    /// replicas converged (equal states that applied the whole log).
+    pub fn lost_acknowledged_writes(&self) -> Vec<Violation> {
+        self.acknowledged
+            .iter()
+            .filter(|id| !self.applied_writes.contains(id))
+            .map(|&(client, seq)| Violation::LostWrite { client, seq })
+            .collect()
+    }
+}
+
+/// A value for a report: its command count and first bytes.
+fn summarize(value: &Value) -> String {
+    match value {
+        Value::Noop => "no-op".to_string(),
+        Value::Commands(commands) => format!(
+            "{} commands, first {:?}",
+            commands.len(),
+            commands
+                .first()
+                .map(|c| c.iter().take(24).copied().collect::<Vec<u8>>())
+        ),
     }
 }
 
 /// A write as far as (d) is concerned: anything that may change the state.
 fn is_write(op: &Op) -> bool {
-    !matches!(op, Op::Range(_))
+    !op.is_read_only()
 }
 
 /// (c): the client history, per key.
@@ -177,28 +190,4 @@ pub fn check_history(
         ))),
         Verdict::Linearizable => None,
     }
-}
-
-/// Total-order broadcast: every replica delivered a prefix of one sequence, and once the
-/// replicas converged, the same whole sequence.
-pub fn check_broadcast(
-    sequences: &[(NodeId, &[(Slot, bytes::Bytes)])],
-    converged: bool,
-) -> Option<Violation> {
-    let (first, longest) = sequences.iter().max_by_key(|(_, s)| s.len())?;
-    for (node, sequence) in sequences {
-        let differs = sequence
-            .iter()
-            .zip(longest.iter())
-            .position(|(a, b)| a != b);
-        let short = converged && sequence.len() != longest.len();
-        if differs.is_some() || short {
-            return Some(Violation::BroadcastDiverged {
-                first: *first,
-                second: *node,
-                index: differs.unwrap_or(sequence.len()),
-            });
-        }
-    }
-    None
 }

@@ -1,169 +1,106 @@
-//! The seeded cluster simulator: replicas running `synod-core` with the KV state
-//! machine, clients with retries, and a network and disks that misbehave on purpose.
+//! The seeded cluster simulator: the production replica ([`synod_replica::Replica`] with
+//! the KV store) on every node, over a simulated network, disks and clocks, with clients
+//! that retry.
 //!
 //! Everything happens in one thread in a discrete-event loop: an event queue ordered by
 //! (time, sequence number), and one ChaCha RNG seeded from [`SimOptions::seed`]. The same
 //! options replay the same run exactly, so a failing seed is a complete bug report.
 //!
-//! Time is counted in *units*; one message delay in the fault-free benchmark is
-//! [`DELAY_UNIT`] units, and a node's clock ticks every [`TICK_UNITS`] units.
+//! Time is counted in *units* of real time; one message delay in the fault-free
+//! benchmark is [`DELAY_UNIT`] units. Every node has its own clock, running at a rate
+//! drawn within ±[`Faults::clock_drift_percent`] of real time; the replica sees only its
+//! own clock, as nanoseconds, with every input. A node ticks every [`TICK_UNITS`] of its
+//! own time.
 //!
-//! What can go wrong (while [`SimOptions::faults`] is on):
-//! * messages are delayed (so reordered), lost and duplicated;
-//! * the network splits: full partitions, one node isolated, or **partial** ones where
-//!   A sees B and C but B and C do not see each other;
-//! * nodes crash and restart with only what their disk had synced: a crash cuts the
-//!   queue of unsynced persist requests at a random point (the writes before the cut made
-//!   it to disk although the node never learned so; the rest — a torn tail — are lost).
-//!   Requests of commit marks only are reported durable once written, unsynced, as the
-//!   write-ahead log does; the cut may still take them.
-//!
-//! Then the faults stop, every node restarts, the network heals, and the run must make
-//! progress within a bound. The checkers live in [`crate::checks`].
+//! What can go wrong (while [`SimOptions::faults`] is on): messages are delayed (some
+//! longer than the lease), reordered, lost and duplicated; the network splits (full,
+//! one-way, partial with a bridge node); nodes crash and restart with what their disk
+//! synced (a crash cuts the queue of unsynced persist requests anywhere, a snapshot not
+//! yet saved is lost); nodes pause — the process stops, its inputs queue, and when it
+//! resumes its clock has jumped; snapshot streams are lost. Then the faults stop, every
+//! node restarts and resumes, the network heals, and the run must complete every client
+//! operation and converge within a bound. The checkers live in [`crate::checks`].
 
 use crate::checks::{Checker, Violation};
-use crate::linearizability::{KeyedOp, Operation, RegisterOp, RegisterRet};
+use crate::clients::{Client, PendingRequest};
+use crate::linearizability::{KeyedOp, Operation, RegisterRet};
+pub use crate::options::{
+    Faults, ReadMix, Scripted, SimOptions, DELAY_UNIT, LEASE_TICKS, TICK_UNITS,
+};
 use bytes::Bytes;
 use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use synod_core::{
-    Backoff, Config, DurableState, Envelope, Mode, Node, NodeId, PersistRequest, Slot, Value,
+    DurableState, Envelope, Event as CoreEvent, Message, NodeId, PersistRequest, Slot,
 };
-use synod_kv::{
-    Broadcast, Command, Compare, CompareResult, CompareTarget, KvStore, Op, OpResponse, PutRequest,
-    RangeRequest, Response, StateMachine, TxnRequest,
+use synod_kv::KvStore;
+use synod_replica::{
+    Nanos, Replica, ReplicaConfig, ReplicaEvent, ReplicaReady, ReplicaStats, RequestId, Restored,
 };
 
-/// Units of simulated time per one-way message delay in the fault-free benchmark.
-pub const DELAY_UNIT: u64 = 100;
-/// Units of simulated time per clock tick of a node.
-pub const TICK_UNITS: u64 = 1_000;
+/// One operation of the history the linearizability checker reads.
+pub(crate) type ClientOperation = Operation<KeyedOp<u64, u64>, RegisterRet<u64>>;
 
-/// What goes wrong during the fault phase.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Faults {
-    /// Probability that a message is lost.
-    pub loss: f64,
-    /// Probability that a message is delivered twice.
-    pub duplicate: f64,
-    /// Message delay is uniform in `min_delay..=max_delay` units.
-    pub min_delay: u64,
-    pub max_delay: u64,
-    /// A persist request takes up to this many units to sync.
-    pub max_disk_delay: u64,
-    pub partitions: bool,
-    pub crashes: bool,
-    /// A disk that lies about fsync: a crash loses *everything* (test of the checkers).
-    pub amnesia: bool,
-    /// Mean units between two fault events (partition change, crash, restart).
-    pub mean_fault_interval: u64,
+/// Nanoseconds of a node's clock per unit of real time at the nominal rate.
+const NANOS_PER_UNIT: u64 = 1_000;
+/// Rates are in millionths: 1,000,000 is real time.
+const PPM: u64 = 1_000_000;
+/// Snapshot bytes encoded, written, sent or decoded per unit of time.
+const SNAPSHOT_BYTES_PER_UNIT: u64 = 2_000;
+
+/// Counts of the interesting things a run did: a class that never occurs over a few
+/// hundred seeds means the simulator does not exercise it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    pub compactions: u64,
+    pub snapshot_installs: u64,
+    pub lease_reads: u64,
+    pub read_index_reads: u64,
+    pub follower_reads: u64,
+    pub serializable_reads: u64,
+    pub log_reads: u64,
+    pub pauses: u64,
+    pub leader_changes: u64,
+    pub requests_too_large: u64,
+    pub chunked_promises: u64,
+    pub long_delays: u64,
+    pub max_drift_percent: f64,
+    pub max_value_bytes: u64,
 }
 
-impl Faults {
-    /// No loss, no partitions, no crashes; fixed delays of one [`DELAY_UNIT`].
-    pub fn none() -> Faults {
-        Faults {
-            loss: 0.0,
-            duplicate: 0.0,
-            min_delay: DELAY_UNIT,
-            max_delay: DELAY_UNIT,
-            max_disk_delay: 0,
-            partitions: false,
-            crashes: false,
-            amnesia: false,
-            mean_fault_interval: u64::MAX,
-        }
+impl Coverage {
+    pub fn add(&mut self, other: &Coverage) {
+        self.compactions += other.compactions;
+        self.snapshot_installs += other.snapshot_installs;
+        self.lease_reads += other.lease_reads;
+        self.read_index_reads += other.read_index_reads;
+        self.follower_reads += other.follower_reads;
+        self.serializable_reads += other.serializable_reads;
+        self.log_reads += other.log_reads;
+        self.pauses += other.pauses;
+        self.leader_changes += other.leader_changes;
+        self.requests_too_large += other.requests_too_large;
+        self.chunked_promises += other.chunked_promises;
+        self.long_delays += other.long_delays;
+        self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
+        self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
 
-    /// The default chaos of `synod sim` and the test suite.
-    pub fn chaos() -> Faults {
-        Faults {
-            loss: 0.05,
-            duplicate: 0.02,
-            min_delay: 20,
-            max_delay: 600,
-            max_disk_delay: 300,
-            partitions: true,
-            crashes: true,
-            amnesia: false,
-            mean_fault_interval: 15 * TICK_UNITS,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct SimOptions {
-    pub seed: u64,
-    pub nodes: u64,
-    pub mode: Mode,
-    pub backoff: Backoff,
-    pub clients: usize,
-    /// Keys the clients read, write and compare-and-set.
-    pub keys: u64,
-    /// Operations each client issues in all.
-    pub ops_per_client: usize,
-    /// Ticks of faults before the cluster heals.
-    pub fault_ticks: u64,
-    /// After healing, every pending command must commit within this many ticks.
-    pub liveness_ticks: u64,
-    pub faults: Faults,
-    /// Commands per slot (1 = no batching).
-    pub max_batch_commands: usize,
-    /// A client gives up on one attempt and retries (same sequence number) after this
-    /// many ticks; during the fault phase it abandons the operation (outcome unknown)
-    /// after `give_up_ticks`.
-    pub retry_ticks: u64,
-    pub give_up_ticks: u64,
-    /// Clients send only to these nodes (default: any).
-    pub client_nodes: Option<Vec<NodeId>>,
-    /// Per-link delay override (from, to) → units, used by the livelock scenario.
-    pub link_delays: BTreeMap<(NodeId, NodeId), u64>,
-    /// Check the client history for linearizability (costly for huge runs).
-    pub check_linearizability: bool,
-    /// Clients send to the node that leads, when there is one (the benchmark's steady
-    /// state); otherwise to a random node.
-    pub clients_prefer_leader: bool,
-    /// A client waits up to this many units between two operations.
-    pub max_think_units: u64,
-    /// Clients start at a random instant up to this many units in.
-    pub max_start_units: u64,
-    /// Messages and latencies are counted only once this many commands were applied
-    /// (the benchmark skips the election).
-    pub measure_after_commands: u64,
-}
-
-impl SimOptions {
-    /// A chaotic run of a 3-node Multi-Paxos cluster.
-    pub fn chaos(seed: u64) -> SimOptions {
-        SimOptions {
-            seed,
-            nodes: 3,
-            mode: Mode::MultiPaxos,
-            backoff: Backoff::Randomized,
-            clients: 4,
-            keys: 3,
-            ops_per_client: 40,
-            fault_ticks: 300,
-            liveness_ticks: 400,
-            faults: Faults::chaos(),
-            max_batch_commands: 64,
-            retry_ticks: 12,
-            give_up_ticks: 60,
-            link_delays: BTreeMap::new(),
-            client_nodes: None,
-            check_linearizability: true,
-            clients_prefer_leader: false,
-            max_think_units: TICK_UNITS,
-            max_start_units: TICK_UNITS,
-            measure_after_commands: 0,
-        }
+    fn add_stats(&mut self, stats: &ReplicaStats) {
+        self.compactions += stats.snapshots_taken;
+        self.snapshot_installs += stats.snapshots_installed;
+        self.lease_reads += stats.lease_reads;
+        self.read_index_reads += stats.read_index_reads;
+        self.follower_reads += stats.follower_reads;
+        self.serializable_reads += stats.serializable_reads;
     }
 }
 
 /// What one run did and what it found.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SimReport {
     pub seed: u64,
     /// Slots chosen (the longest committed log).
@@ -182,37 +119,81 @@ pub struct SimReport {
     pub partitions: u64,
     /// Simulated time at the end, in ticks.
     pub ticks: u64,
+    pub coverage: Coverage,
     pub violations: Vec<Violation>,
+    /// The event trace (with `SimOptions::trace`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
-enum Event {
+pub(crate) enum Event {
     Tick(NodeId),
     Deliver(Envelope),
     PersistDone {
         node: NodeId,
         epoch: u64,
     },
+    SnapshotSaved {
+        node: NodeId,
+        epoch: u64,
+        slot: Slot,
+        bytes: Bytes,
+    },
+    SnapshotSendDone {
+        node: NodeId,
+        epoch: u64,
+        peer: NodeId,
+    },
+    SnapshotArrive {
+        from: NodeId,
+        to: NodeId,
+        slot: Slot,
+        bytes: Bytes,
+    },
+    SnapshotDecoded {
+        node: NodeId,
+        epoch: u64,
+        from: NodeId,
+        bytes: Bytes,
+    },
     /// A client request arrives at a node.
     Request {
         node: NodeId,
-        client: usize,
-        command: Command,
+        request: RequestId,
     },
-    /// A node's reply arrives at a client.
+    /// A node's answer arrives at a client.
     Reply {
         client: usize,
         seq: u64,
-        response: Response,
+        answer: crate::clients::Answer,
     },
     ClientNext(usize),
     ClientRetry {
         client: usize,
         seq: u64,
-        attempt: u32,
     },
     Fault,
+    Script(Scripted),
+    PauseEnd(NodeId),
     Heal,
+}
+
+impl Event {
+    /// The node whose process handles the event (queued while it is paused).
+    fn target(&self) -> Option<NodeId> {
+        match self {
+            Event::Tick(node)
+            | Event::PersistDone { node, .. }
+            | Event::SnapshotSaved { node, .. }
+            | Event::SnapshotSendDone { node, .. }
+            | Event::SnapshotDecoded { node, .. }
+            | Event::Request { node, .. } => Some(*node),
+            Event::Deliver(envelope) => Some(envelope.to),
+            Event::SnapshotArrive { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
 }
 
 struct Scheduled {
@@ -239,128 +220,120 @@ impl Ord for Scheduled {
     }
 }
 
-/// One replica as its runtime would hold it: the core, its disk and its state machine.
-struct Replica {
-    config: Config,
-    node: Option<Node>,
+/// One node as its runtime would hold it: the replica, its disk, its clock.
+pub(crate) struct SimNode {
+    pub config: ReplicaConfig,
+    pub replica: Option<Replica<KvStore>>,
     /// Bumped on every crash, so events of an earlier life are ignored.
-    epoch: u64,
+    pub epoch: u64,
+    /// This node's clock runs at `rate_ppm` millionths of real time since real time
+    /// `rate_since`, when it read `clock_at_rate_since` (rates change over a run).
+    pub rate_ppm: u64,
+    pub rate_since: u64,
+    pub clock_at_rate_since: Nanos,
+    /// While paused: until when, and the inputs queued meanwhile.
+    pub paused_until: Option<u64>,
+    pub inbox: VecDeque<Event>,
     /// What the disk holds for sure.
-    durable: DurableState,
+    pub durable: DurableState,
     /// Persist requests handed to the disk, not yet synced.
-    unsynced: VecDeque<PersistRequest>,
+    pub unsynced: VecDeque<PersistRequest>,
     /// Requests of commit marks only, reported durable once written but not synced (as
     /// the write-ahead log does, see `PersistRequest::needs_sync`): the next synced
     /// request makes them durable; a crash before it may lose them.
-    written: VecDeque<PersistRequest>,
+    pub written: VecDeque<PersistRequest>,
     /// When the last queued persist completes (they complete in order).
-    disk_busy_until: u64,
-    kv: KvStore,
-    /// The same commands through the total-order broadcast machine: every replica must
-    /// deliver the same sequence.
-    broadcast: Broadcast,
-    /// The last slot handed to the state machine (no-ops included).
-    applied: Slot,
-    /// Client requests received here, answered when their command is applied here.
-    waiting: BTreeMap<(u64, u64), usize>,
-    /// When this node first saw each command it proposed: for commit latency.
-    proposed_at: BTreeMap<(u64, u64), u64>,
+    pub disk_busy_until: u64,
+    /// The newest snapshot on disk.
+    pub snapshot: Option<(Slot, Bytes)>,
+    /// Counts of earlier lives.
+    pub past_stats: ReplicaStats,
 }
 
-/// One client operation in the workload.
-#[derive(Clone, Debug)]
-struct ClientOp {
-    key: u64,
-    op: RegisterOp<u64>,
-}
+impl SimNode {
+    /// This node's clock at real time `time`, in nanoseconds.
+    pub fn clock(&self, time: u64) -> Nanos {
+        let elapsed = time.saturating_sub(self.rate_since) as u128;
+        let run = elapsed * NANOS_PER_UNIT as u128 * self.rate_ppm as u128 / PPM as u128;
+        self.clock_at_rate_since + run as Nanos
+    }
 
-struct Client {
-    /// Sequence number of the operation in flight (sessions start at 1).
-    seq: u64,
-    in_flight: Option<InFlight>,
-    done: usize,
-    /// A value this client saw recently (a plausible CAS `from`).
-    last_seen: BTreeMap<u64, u64>,
-}
+    /// From real time `time` on, the clock runs at `rate_ppm` (it never jumps).
+    pub fn set_rate(&mut self, time: u64, rate_ppm: u64) {
+        self.clock_at_rate_since = self.clock(time);
+        self.rate_since = time;
+        self.rate_ppm = rate_ppm;
+    }
 
-struct InFlight {
-    op: ClientOp,
-    history_index: usize,
-    started: u64,
+    pub fn is_up(&self) -> bool {
+        self.replica.is_some()
+    }
 }
 
 /// A seeded simulation of one cluster.
 pub struct Simulation {
-    options: SimOptions,
-    rng: ChaCha8Rng,
-    now: u64,
+    pub(crate) options: SimOptions,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) now: u64,
     order: u64,
     queue: BinaryHeap<Scheduled>,
-    replicas: BTreeMap<NodeId, Replica>,
-    clients: Vec<Client>,
+    pub(crate) nodes: BTreeMap<NodeId, SimNode>,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) requests: BTreeMap<RequestId, PendingRequest>,
+    pub(crate) next_request: RequestId,
     /// Directed links that drop everything.
-    blocked: BTreeSet<(NodeId, NodeId)>,
-    faulty: bool,
+    pub(crate) blocked: BTreeSet<(NodeId, NodeId)>,
+    pub(crate) faulty: bool,
     /// Nodes with new inputs since their last `take_ready`. A runtime hands a node every
-    /// input that is ready and only then takes its outputs; the simulator does the same
-    /// at each instant, which is what lets commands that arrive together share a slot.
+    /// input that arrives at one instant before draining it, so batching works.
     dirty: BTreeSet<NodeId>,
-    healed_at: Option<u64>,
-    history: Vec<Operation<KeyedOp<u64, u64>, RegisterRet<u64>>>,
-    checker: Checker,
-    report: SimReport,
-    /// Commit latencies at the proposing node, in units.
-    latencies: Vec<u64>,
+    pub(crate) healed_at: Option<u64>,
+    /// Every client operation, in call order (`None`: refused as too large, so never an
+    /// operation at all).
+    pub(crate) history: Vec<Option<ClientOperation>>,
+    /// Serializable reads: (key, value read), checked for plausibility only.
+    pub(crate) serializable_reads: Vec<(u64, Option<u64>)>,
+    /// Values written, their padded sizes decided by value (see `clients::value_bytes`);
+    /// the ones made too large on purpose.
+    pub(crate) oversized: BTreeSet<u64>,
+    pub(crate) checker: Checker,
+    pub(crate) report: SimReport,
+    pub(crate) latencies: Vec<u64>,
 }
 
 impl Simulation {
     pub fn new(options: SimOptions) -> Simulation {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let ids: Vec<NodeId> = (1..=options.nodes).collect();
-        let replicas = ids
+        let drift = options.faults.clock_drift_percent.min(95) * PPM / 100;
+        let nodes = ids
             .iter()
             .map(|id| {
-                let mut config = Config::new(*id, ids.clone());
-                config.mode = options.mode;
-                config.backoff = options.backoff;
-                config.seed = options.seed.wrapping_mul(1_000_003).wrapping_add(*id);
-                config.max_batch_commands = options.max_batch_commands;
-                let replica = Replica {
-                    node: Some(Node::new(config.clone()).expect("valid config")),
-                    config,
-                    epoch: 0,
-                    durable: DurableState::default(),
-                    unsynced: VecDeque::new(),
-                    written: VecDeque::new(),
-                    disk_busy_until: 0,
-                    kv: KvStore::new(),
-                    broadcast: Broadcast::new(),
-                    applied: 0,
-                    waiting: BTreeMap::new(),
-                    proposed_at: BTreeMap::new(),
+                let drawn = rng.gen_range(PPM - drift..=PPM + drift);
+                let rate_ppm = match &options.clock_rates_ppm {
+                    Some(rates) => rates[(*id - 1) as usize],
+                    None => drawn,
                 };
-                (*id, replica)
+                (*id, new_node(&options, &ids, *id, rate_ppm, &mut rng))
             })
             .collect();
-        let clients = (0..options.clients)
-            .map(|_| Client {
-                seq: 0,
-                in_flight: None,
-                done: 0,
-                last_seen: BTreeMap::new(),
-            })
-            .collect();
+        let clients = (0..options.clients).map(|_| Client::default()).collect();
         let mut sim = Simulation {
-            rng: ChaCha8Rng::seed_from_u64(options.seed),
+            rng,
             now: 0,
             order: 0,
             queue: BinaryHeap::new(),
-            replicas,
+            nodes,
             clients,
+            requests: BTreeMap::new(),
+            next_request: 1,
             blocked: BTreeSet::new(),
             faulty: options.fault_ticks > 0,
             dirty: BTreeSet::new(),
             healed_at: None,
             history: Vec::new(),
+            serializable_reads: Vec::new(),
+            oversized: BTreeSet::new(),
             checker: Checker::default(),
             report: SimReport {
                 seed: options.seed,
@@ -369,26 +342,48 @@ impl Simulation {
             latencies: Vec::new(),
             options,
         };
-        for id in ids {
-            // Nodes tick out of phase with each other.
-            let phase = sim.rng.gen_range(0..TICK_UNITS);
-            sim.schedule(phase, Event::Tick(id));
-        }
-        for client in 0..sim.clients.len() {
-            let start = sim.rng.gen_range(0..=sim.options.max_start_units);
-            sim.schedule(start, Event::ClientNext(client));
-        }
-        if sim.faulty {
-            let first = sim.fault_gap();
-            sim.schedule(first, Event::Fault);
-            sim.schedule(sim.options.fault_ticks * TICK_UNITS, Event::Heal);
-        } else {
-            sim.healed_at = Some(0);
-        }
+        sim.start();
         sim
     }
 
-    fn schedule(&mut self, after: u64, event: Event) {
+    fn start(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.note_drift(id);
+            // Nodes tick out of phase with each other.
+            let phase = self.rng.gen_range(0..TICK_UNITS);
+            self.schedule(phase, Event::Tick(id));
+        }
+        for client in 0..self.clients.len() {
+            let start = self.rng.gen_range(0..=self.options.max_start_units);
+            self.schedule(start, Event::ClientNext(client));
+        }
+        for (tick, fault) in self.options.script.clone() {
+            self.schedule(tick * TICK_UNITS, Event::Script(fault));
+        }
+        if self.faulty {
+            let first = self.fault_gap();
+            self.schedule(first, Event::Fault);
+            self.schedule(self.options.fault_ticks * TICK_UNITS, Event::Heal);
+        } else {
+            self.healed_at = Some(0);
+        }
+    }
+
+    pub(crate) fn note_drift(&mut self, id: NodeId) {
+        let rate = self.nodes[&id].rate_ppm as f64;
+        let drift = (rate - PPM as f64).abs() * 100.0 / PPM as f64;
+        let coverage = &mut self.report.coverage;
+        coverage.max_drift_percent = coverage.max_drift_percent.max(drift);
+    }
+
+    /// A fresh clock rate within the drift bound.
+    pub(crate) fn draw_rate(&mut self) -> u64 {
+        let drift = self.options.faults.clock_drift_percent.min(95) * PPM / 100;
+        self.rng.gen_range(PPM - drift..=PPM + drift)
+    }
+
+    pub(crate) fn schedule(&mut self, after: u64, event: Event) {
         self.order += 1;
         self.queue.push(Scheduled {
             time: self.now + after,
@@ -397,7 +392,14 @@ impl Simulation {
         });
     }
 
-    fn fault_gap(&mut self) -> u64 {
+    pub(crate) fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.options.trace {
+            let line = format!("{:>9} {}", self.now, line());
+            self.report.trace.push(line);
+        }
+    }
+
+    pub(crate) fn fault_gap(&mut self) -> u64 {
         let mean = self.options.faults.mean_fault_interval.max(1);
         self.rng.gen_range(mean / 4..=mean + mean / 2).max(1)
     }
@@ -433,87 +435,32 @@ impl Simulation {
         (self.finish(), latencies)
     }
 
-    fn all_clients_done(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| c.done >= self.options.ops_per_client && c.in_flight.is_none())
-    }
-
-    /// Every replica is up and has applied the same, full log.
-    fn converged(&self) -> bool {
-        let mut commits = self.replicas.values().map(|r| {
-            r.node
-                .as_ref()
-                .map(|n| (n.status().commit_index, r.applied))
-        });
-        let first = match commits.next() {
-            Some(Some(first)) => first,
-            _ => return false,
-        };
-        first.0 == first.1 && commits.all(|c| c == Some(first))
-    }
-
     fn handle(&mut self, event: Event) {
+        if let Some(id) = event.target() {
+            let node = &self.nodes[&id];
+            if node.paused_until.is_some() {
+                match event {
+                    // A stopped process does not tick; its timer chain goes on.
+                    Event::Tick(_) => self.schedule_tick(id),
+                    event => self
+                        .nodes
+                        .get_mut(&id)
+                        .expect("node")
+                        .inbox
+                        .push_back(event),
+                }
+                return;
+            }
+        }
         match event {
-            Event::Tick(id) => {
-                let replica = self.replicas.get_mut(&id).expect("known node");
-                if let Some(node) = replica.node.as_mut() {
-                    node.tick();
-                    self.dirty.insert(id);
-                }
-                self.schedule(TICK_UNITS, Event::Tick(id));
-            }
-            Event::Deliver(envelope) => {
-                let to = envelope.to;
-                let replica = self.replicas.get_mut(&to).expect("known node");
-                if let Some(node) = replica.node.as_mut() {
-                    if let Err(error) = node.step(envelope) {
-                        self.report.violations.push(Violation::Refused {
-                            node: to,
-                            error: format!("{error:?}"),
-                        });
-                    }
-                    self.dirty.insert(to);
-                }
-            }
-            Event::PersistDone { node: id, epoch } => {
-                let replica = self.replicas.get_mut(&id).expect("known node");
-                if replica.epoch != epoch || replica.node.is_none() {
-                    return;
-                }
-                let request = replica.unsynced.pop_front().expect("a queued persist");
-                let persist_id = request.id;
-                if request.needs_sync() {
-                    for written in replica.written.drain(..) {
-                        replica.durable.apply_all(&written.ops);
-                    }
-                    replica.durable.apply_all(&request.ops);
-                } else {
-                    replica.written.push_back(request);
-                }
-                replica
-                    .node
-                    .as_mut()
-                    .expect("node is up")
-                    .on_persisted(persist_id);
-                self.dirty.insert(id);
-            }
-            Event::Request {
-                node: id,
-                client,
-                command,
-            } => self.on_request(id, client, command),
+            Event::Request { node, request } => self.on_request(node, request),
             Event::Reply {
                 client,
                 seq,
-                response,
-            } => self.on_reply(client, seq, response),
+                answer,
+            } => self.on_reply(client, seq, answer),
             Event::ClientNext(client) => self.client_next(client),
-            Event::ClientRetry {
-                client,
-                seq,
-                attempt,
-            } => self.client_retry(client, seq, attempt),
+            Event::ClientRetry { client, seq } => self.client_retry(client, seq),
             Event::Fault => {
                 if self.faulty {
                     self.inject_fault();
@@ -521,48 +468,330 @@ impl Simulation {
                     self.schedule(gap, Event::Fault);
                 }
             }
+            Event::Script(fault) => self.run_script(fault),
+            Event::PauseEnd(id) => self.resume(id),
             Event::Heal => self.heal(),
+            node_event => self.handle_node_event(node_event),
         }
     }
 
-    /// Hands a node's outputs to the network, the disk and the state machine.
+    /// An input for a running (not paused) node's process.
+    pub(crate) fn handle_node_event(&mut self, event: Event) {
+        match event {
+            Event::Tick(id) => {
+                self.with_replica(id, |replica, now| replica.tick(now));
+                self.schedule_tick(id);
+            }
+            Event::Deliver(envelope) => self.deliver(envelope),
+            Event::PersistDone { node, epoch } => self.persist_done(node, epoch),
+            Event::SnapshotSaved {
+                node,
+                epoch,
+                slot,
+                bytes,
+            } => self.snapshot_saved(node, epoch, slot, bytes),
+            Event::SnapshotSendDone { node, epoch, peer } => {
+                if self.nodes[&node].epoch == epoch {
+                    self.with_replica(node, |replica, now| replica.on_snapshot_sent(now, peer));
+                }
+            }
+            Event::SnapshotArrive {
+                from,
+                to,
+                slot,
+                bytes,
+            } => self.snapshot_arrived(from, to, slot, bytes),
+            Event::SnapshotDecoded {
+                node,
+                epoch,
+                from,
+                bytes,
+            } => self.snapshot_decoded(node, epoch, from, bytes),
+            Event::Request { node, request } => self.on_request(node, request),
+            other => unreachable!("not a node input: {other:?}"),
+        }
+    }
+
+    /// Runs `input` against node `id`'s replica, if it is up, with its clock's time.
+    pub(crate) fn with_replica(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut Replica<KvStore>, Nanos),
+    ) -> bool {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let now = node.clock(self.now);
+        let Some(replica) = node.replica.as_mut() else {
+            return false;
+        };
+        input(replica, now);
+        self.dirty.insert(id);
+        true
+    }
+
+    fn schedule_tick(&mut self, id: NodeId) {
+        // TICK_UNITS of the node's own time.
+        let rate = self.nodes[&id].rate_ppm;
+        let real = (TICK_UNITS * PPM).div_ceil(rate);
+        self.schedule(real, Event::Tick(id));
+    }
+
+    fn deliver(&mut self, envelope: Envelope) {
+        let to = envelope.to;
+        self.trace(|| {
+            format!(
+                "n{} <- n{} {}",
+                to,
+                envelope.from,
+                describe_message(&envelope.message)
+            )
+        });
+        let mut refused = None;
+        self.with_replica(to, |replica, now| {
+            if let Err(error) = replica.step(now, envelope) {
+                refused = Some(format!("{error:?}"));
+            }
+        });
+        if let Some(error) = refused {
+            self.report
+                .violations
+                .push(Violation::Refused { node: to, error });
+        }
+    }
+
+    fn persist_done(&mut self, id: NodeId, epoch: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.epoch != epoch || !node.is_up() {
+            return;
+        }
+        let request = node.unsynced.pop_front().expect("a queued persist");
+        let persist_id = request.id;
+        if request.needs_sync() {
+            for written in node.written.drain(..) {
+                node.durable.apply_all(&written.ops);
+            }
+            node.durable.apply_all(&request.ops);
+        } else {
+            node.written.push_back(request);
+        }
+        self.with_replica(id, |replica, now| replica.on_persisted(now, persist_id));
+    }
+
+    fn snapshot_saved(&mut self, id: NodeId, epoch: u64, slot: Slot, bytes: Bytes) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.epoch != epoch || !node.is_up() {
+            return;
+        }
+        if node
+            .snapshot
+            .as_ref()
+            .is_none_or(|(saved, _)| *saved < slot)
+        {
+            node.snapshot = Some((slot, bytes));
+        }
+        self.trace(|| format!("n{id} saved a snapshot of slot {slot}"));
+        self.with_replica(id, |replica, now| {
+            replica.on_snapshot_saved(now, slot, Ok(()))
+        });
+    }
+
+    fn snapshot_arrived(&mut self, from: NodeId, to: NodeId, slot: Slot, bytes: Bytes) {
+        let decode_units = bytes.len() as u64 / SNAPSHOT_BYTES_PER_UNIT + 1;
+        let node = self.nodes.get_mut(&to).expect("known node");
+        if !node.is_up() {
+            return;
+        }
+        // Written and synced before it is decoded and installed, as the server does.
+        if node
+            .snapshot
+            .as_ref()
+            .is_none_or(|(saved, _)| *saved < slot)
+        {
+            node.snapshot = Some((slot, bytes.clone()));
+        }
+        let epoch = node.epoch;
+        self.trace(|| format!("n{to} received a snapshot of slot {slot} from n{from}"));
+        self.schedule(
+            decode_units,
+            Event::SnapshotDecoded {
+                node: to,
+                epoch,
+                from,
+                bytes,
+            },
+        );
+    }
+
+    fn snapshot_decoded(&mut self, id: NodeId, epoch: u64, from: NodeId, bytes: Bytes) {
+        if self.nodes[&id].epoch != epoch {
+            return;
+        }
+        let restored = match Restored::decode(&bytes, KvStore::new()) {
+            Ok(restored) => restored,
+            Err(error) => {
+                self.report.violations.push(Violation::Refused {
+                    node: id,
+                    error: format!("a snapshot from n{from} did not decode: {error}"),
+                });
+                return;
+            }
+        };
+        self.with_replica(id, |replica, now| {
+            replica.on_snapshot_received(now, from, restored)
+        });
+    }
+
+    /// Carries out a node's outputs: the disk, the network, the clients, snapshots.
     fn drain(&mut self, id: NodeId) {
         loop {
-            let replica = self.replicas.get_mut(&id).expect("known node");
-            let node = match replica.node.as_mut() {
-                Some(node) if node.has_ready() => node,
+            let node = self.nodes.get_mut(&id).expect("known node");
+            if node.paused_until.is_some() {
+                return;
+            }
+            let ready = match node.replica.as_mut() {
+                Some(replica) if replica.has_ready() => replica.take_ready(),
                 _ => return,
             };
-            let ready = node.take_ready();
-            if let Some(request) = ready.persist {
-                let disk_delay = self.rng.gen_range(0..=self.options.faults.max_disk_delay);
-                let replica = self.replicas.get_mut(&id).expect("known node");
-                replica.unsynced.push_back(request);
-                let done = (self.now + disk_delay).max(replica.disk_busy_until);
-                replica.disk_busy_until = done;
-                let epoch = replica.epoch;
-                self.schedule(done - self.now, Event::PersistDone { node: id, epoch });
+            self.carry_out(id, ready);
+        }
+    }
+
+    fn carry_out(&mut self, id: NodeId, ready: ReplicaReady) {
+        for request in ready.persist {
+            self.write_to_disk(id, request);
+        }
+        for envelope in ready.messages {
+            self.send(envelope);
+        }
+        // A snapshot installed by an input precedes every slot applied in this batch.
+        for event in &ready.events {
+            if let ReplicaEvent::SnapshotInstalled { slot, .. } = event {
+                self.checker.on_snapshot(id, *slot);
             }
-            for envelope in ready.messages {
-                self.send(envelope);
-            }
-            for committed in ready.committed {
-                self.apply(id, committed.slot, committed.value);
+        }
+        for committed in ready.applied {
+            self.observe_applied(id, committed.slot, &committed.value);
+        }
+        for (request, result) in ready.replies {
+            self.on_replica_reply(id, request, result);
+        }
+        for (request, result) in ready.reads {
+            self.on_replica_read(id, request, result);
+        }
+        if let Some(save) = ready.save_snapshot {
+            let bytes = (save.encode)();
+            let disk_delay = self.rng.gen_range(0..=self.options.faults.max_disk_delay);
+            let units = bytes.len() as u64 / SNAPSHOT_BYTES_PER_UNIT + 1 + disk_delay;
+            let epoch = self.nodes[&id].epoch;
+            let slot = save.slot;
+            self.schedule(
+                units,
+                Event::SnapshotSaved {
+                    node: id,
+                    epoch,
+                    slot,
+                    bytes,
+                },
+            );
+        }
+        for (peer, slot) in ready.send_snapshots {
+            self.stream_snapshot(id, peer, slot);
+        }
+        for event in ready.events {
+            self.observe_event(id, event);
+        }
+    }
+
+    fn write_to_disk(&mut self, id: NodeId, request: PersistRequest) {
+        let disk_delay = self.rng.gen_range(0..=self.options.faults.max_disk_delay);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.unsynced.push_back(request);
+        let done = (self.now + disk_delay).max(node.disk_busy_until);
+        node.disk_busy_until = done;
+        let epoch = node.epoch;
+        self.schedule(done - self.now, Event::PersistDone { node: id, epoch });
+    }
+
+    fn stream_snapshot(&mut self, from: NodeId, to: NodeId, slot: Slot) {
+        let node = &self.nodes[&from];
+        let epoch = node.epoch;
+        let Some((saved, bytes)) = node.snapshot.clone().filter(|(saved, _)| *saved == slot) else {
+            self.schedule(
+                0,
+                Event::SnapshotSendDone {
+                    node: from,
+                    epoch,
+                    peer: to,
+                },
+            );
+            return;
+        };
+        let units = self.random_delay() + bytes.len() as u64 / SNAPSHOT_BYTES_PER_UNIT;
+        let lost = self.blocked.contains(&(from, to))
+            || (self.faulty && self.rng.gen_bool(self.options.faults.loss));
+        self.trace(|| {
+            format!("n{from} streams its snapshot of slot {saved} to n{to} (lost: {lost})")
+        });
+        if !lost {
+            self.schedule(
+                units,
+                Event::SnapshotArrive {
+                    from,
+                    to,
+                    slot: saved,
+                    bytes,
+                },
+            );
+        }
+        self.schedule(
+            units,
+            Event::SnapshotSendDone {
+                node: from,
+                epoch,
+                peer: to,
+            },
+        );
+    }
+
+    fn observe_applied(&mut self, id: NodeId, slot: Slot, value: &synod_core::Value) {
+        let fresh = self.checker.on_commit(id, slot, value);
+        match fresh {
+            Err(violation) => self.report.violations.push(violation),
+            Ok(fresh_commands) => {
+                if self.measuring() {
+                    self.report.measured_commands += fresh_commands;
+                }
             }
         }
     }
 
-    fn measuring(&self) -> bool {
+    fn observe_event(&mut self, id: NodeId, event: ReplicaEvent) {
+        match &event {
+            ReplicaEvent::Core(CoreEvent::BecameLeader { .. }) => {
+                self.report.coverage.leader_changes += 1;
+            }
+            ReplicaEvent::UndecodableCommand { slot, error } => {
+                self.report.violations.push(Violation::Refused {
+                    node: id,
+                    error: format!("undecodable command in slot {slot}: {error}"),
+                });
+            }
+            _ => {}
+        }
+        self.trace(|| format!("n{id} {event:?}"));
+    }
+
+    pub(crate) fn measuring(&self) -> bool {
         self.checker.applied_commands() >= self.options.measure_after_commands
     }
 
-    fn send(&mut self, envelope: Envelope) {
-        if envelope.from == envelope.to {
-            self.schedule(0, Event::Deliver(envelope));
-            return;
-        }
+    pub(crate) fn send(&mut self, envelope: Envelope) {
         if self.measuring() {
             self.report.messages += 1;
+        }
+        if let Message::Promise { last_slot, .. } = &envelope.message {
+            if *last_slot != Slot::MAX {
+                self.report.coverage.chunked_promises += 1;
+            }
         }
         if self.blocked.contains(&(envelope.from, envelope.to)) {
             return;
@@ -588,386 +817,86 @@ impl Simulation {
         }
     }
 
-    fn random_delay(&mut self) -> u64 {
+    pub(crate) fn random_delay(&mut self) -> u64 {
+        let faults = &self.options.faults;
+        if self.faulty && faults.long_delay_probability > 0.0 {
+            let (probability, low, high) = (
+                faults.long_delay_probability,
+                faults.max_delay,
+                faults.max_long_delay.max(faults.max_delay),
+            );
+            if self.rng.gen_bool(probability) {
+                self.report.coverage.long_delays += 1;
+                return self.rng.gen_range(low..=high);
+            }
+        }
         let faults = &self.options.faults;
         self.rng.gen_range(faults.min_delay..=faults.max_delay)
     }
 
-    /// A chosen slot reaches a replica's state machine.
-    fn apply(&mut self, id: NodeId, slot: Slot, value: Value) {
-        if let Some(violation) = self.checker.on_commit(id, slot, &value) {
-            self.report.violations.push(violation);
-        }
-        self.replicas.get_mut(&id).expect("known node").applied = slot;
-        let commands = match value {
-            Value::Noop => return,
-            Value::Commands(commands) => commands,
-        };
-        for bytes in commands {
-            let replica = self.replicas.get_mut(&id).expect("known node");
-            replica.broadcast.apply(slot, &bytes);
-            let command = match Command::decode(&bytes) {
-                Ok(command) => command,
-                Err(error) => {
-                    self.report.violations.push(Violation::Refused {
-                        node: id,
-                        error: format!("undecodable command in slot {slot}: {error}"),
-                    });
-                    continue;
-                }
+    pub(crate) fn all_clients_done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.done >= self.options.ops_per_client && c.in_flight.is_none())
+    }
+
+    /// Every node is up and running and has applied every slot ever chosen, and their
+    /// state machines are equal.
+    pub(crate) fn converged(&self) -> bool {
+        let chosen = self.checker.max_slot();
+        let mut replicas = Vec::new();
+        for node in self.nodes.values() {
+            let Some(replica) = node.replica.as_ref() else {
+                return false;
             };
-            let replica = self.replicas.get_mut(&id).expect("known node");
-            let response = replica.kv.execute(slot, &command);
-            let key = (command.client, command.seq);
-            let proposed_at = replica.proposed_at.remove(&key);
-            let waiting = replica.waiting.remove(&key);
-            let fresh = !self.checker.was_applied(command.client, command.seq);
-            if fresh && self.measuring() {
-                self.report.measured_commands += 1;
-                if let Some(at) = proposed_at {
-                    self.latencies.push(self.now - at);
-                }
+            let status = replica.status();
+            if node.paused_until.is_some()
+                || status.applied_slot != chosen
+                || status.node.commit_index != chosen
+            {
+                return false;
             }
-            self.checker.on_apply(id, slot, &command);
-            if let Some(client) = waiting {
-                let delay = self.random_delay();
-                self.schedule(
-                    delay,
-                    Event::Reply {
-                        client,
-                        seq: command.seq,
-                        response,
-                    },
-                );
-            }
+            replicas.push(replica);
         }
-    }
-
-    fn on_request(&mut self, id: NodeId, client: usize, command: Command) {
-        let now = self.now;
-        let replica = self.replicas.get_mut(&id).expect("known node");
-        let Some(node) = replica.node.as_mut() else {
-            return; // a crashed node hears nothing; the client retries
-        };
-        let key = (command.client, command.seq);
-        if node.propose(command.encode()).is_ok() {
-            replica.waiting.insert(key, client);
-            replica.proposed_at.entry(key).or_insert(now);
-        }
-        self.dirty.insert(id);
-    }
-
-    // ---- clients ----
-
-    fn client_next(&mut self, client: usize) {
-        if self.clients[client].done >= self.options.ops_per_client {
-            return;
-        }
-        let key = self.rng.gen_range(0..self.options.keys);
-        let seq = self.clients[client].seq + 1;
-        let value = (client as u64 + 1) * 1_000_000 + seq;
-        let op = match self.rng.gen_range(0..10) {
-            0..=3 => RegisterOp::Read,
-            4..=6 => RegisterOp::Write(value),
-            _ => {
-                let from = match self.clients[client].last_seen.get(&key) {
-                    Some(v) if self.rng.gen_bool(0.8) => *v,
-                    _ => self.rng.gen_range(0..3),
-                };
-                RegisterOp::Cas { from, to: value }
-            }
-        };
-        let history_index = self.history.len();
-        self.history.push(Operation {
-            client: client as u64,
-            op: KeyedOp {
-                key,
-                op: op.clone(),
-            },
-            call: self.now,
-            ret: None,
-        });
-        let state = &mut self.clients[client];
-        state.seq = seq;
-        state.in_flight = Some(InFlight {
-            op: ClientOp { key, op },
-            history_index,
-            started: self.now,
-        });
-        self.client_send(client, 0);
-    }
-
-    fn client_send(&mut self, client: usize, attempt: u32) {
-        let Some(in_flight) = &self.clients[client].in_flight else {
-            return;
-        };
-        let seq = self.clients[client].seq;
-        let command = Command {
-            client: client as u64 + 1,
-            seq,
-            op: to_kv_op(&in_flight.op),
-        };
-        let leader = self
-            .replicas
-            .iter()
-            .find(|(_, r)| {
-                r.node
-                    .as_ref()
-                    .is_some_and(|n| n.status().role == synod_core::Role::Leader)
-            })
-            .map(|(id, _)| *id);
-        let node = match (&self.options.client_nodes, leader) {
-            (Some(nodes), _) => nodes[self.rng.gen_range(0..nodes.len())],
-            (None, Some(leader)) if self.options.clients_prefer_leader => leader,
-            _ => self.rng.gen_range(1..=self.options.nodes),
-        };
-        let lost = self.faulty && self.rng.gen_bool(self.options.faults.loss);
-        if !lost {
-            let delay = self.random_delay();
-            self.schedule(
-                delay,
-                Event::Request {
-                    node,
-                    client,
-                    command,
-                },
-            );
-        }
-        self.schedule(
-            self.options.retry_ticks * TICK_UNITS,
-            Event::ClientRetry {
-                client,
-                seq,
-                attempt: attempt + 1,
-            },
-        );
-    }
-
-    fn client_retry(&mut self, client: usize, seq: u64, attempt: u32) {
-        let state = &self.clients[client];
-        let Some(in_flight) = &state.in_flight else {
-            return;
-        };
-        if state.seq != seq {
-            return;
-        }
-        // During the faults an operation may be abandoned: its outcome stays unknown.
-        let waited = self.now - in_flight.started;
-        if self.healed_at.is_none() && waited >= self.options.give_up_ticks * TICK_UNITS {
-            self.report.ops_indefinite += 1;
-            self.finish_op(client);
-            return;
-        }
-        self.client_send(client, attempt);
-    }
-
-    fn on_reply(&mut self, client: usize, seq: u64, response: Response) {
-        let state = &self.clients[client];
-        if state.seq != seq {
-            return; // a late duplicate reply
-        }
-        let Some(in_flight) = &state.in_flight else {
-            return;
-        };
-        let ret = match register_ret(&in_flight.op, &response) {
-            Ok(ret) => ret,
-            Err(error) => {
-                self.report.violations.push(Violation::BadResponse {
-                    client: client as u64,
-                    seq,
-                    error,
-                });
-                return;
-            }
-        };
-        let key = in_flight.op.key;
-        let index = in_flight.history_index;
-        match &ret {
-            RegisterRet::ReadOk(Some(v)) => {
-                self.clients[client].last_seen.insert(key, *v);
-            }
-            RegisterRet::WriteOk | RegisterRet::CasOk => {
-                let written = match &self.history[index].op.op {
-                    RegisterOp::Write(v) | RegisterOp::Cas { to: v, .. } => *v,
-                    RegisterOp::Read => unreachable!("reads return ReadOk"),
-                };
-                self.clients[client].last_seen.insert(key, written);
-                self.checker
-                    .on_acknowledged(client as u64 + 1, seq, self.now / TICK_UNITS);
-            }
-            _ => {}
-        }
-        match &ret {
-            RegisterRet::CasNotFound | RegisterRet::CasMismatch => self.report.ops_failed += 1,
-            _ => self.report.ops_ok += 1,
-        }
-        self.history[index].ret = Some((self.now, ret));
-        self.finish_op(client);
-    }
-
-    fn finish_op(&mut self, client: usize) {
-        let state = &mut self.clients[client];
-        state.in_flight = None;
-        state.done += 1;
-        let think = self.rng.gen_range(0..=self.options.max_think_units);
-        self.schedule(think, Event::ClientNext(client));
-    }
-
-    // ---- faults ----
-
-    fn inject_fault(&mut self) {
-        let ids: Vec<NodeId> = self.replicas.keys().copied().collect();
-        let f = (self.options.nodes - 1) / 2;
-        let roll = self.rng.gen_range(0..10);
-        let faults = self.options.faults.clone();
-        match roll {
-            0..=3 if faults.partitions => self.new_partition(&ids),
-            4 if faults.partitions => self.blocked.clear(),
-            5..=6 if faults.crashes => {
-                let down = self.replicas.values().filter(|r| r.node.is_none()).count() as u64;
-                if down < f {
-                    let id = ids[self.rng.gen_range(0..ids.len())];
-                    self.crash(id);
-                }
-            }
-            7..=9 if faults.crashes => {
-                let down: Vec<NodeId> = self
-                    .replicas
-                    .iter()
-                    .filter(|(_, r)| r.node.is_none())
-                    .map(|(id, _)| *id)
-                    .collect();
-                if !down.is_empty() {
-                    let id = down[self.rng.gen_range(0..down.len())];
-                    self.restart(id);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn new_partition(&mut self, ids: &[NodeId]) {
-        self.blocked.clear();
-        self.report.partitions += 1;
-        let cut = |blocked: &mut BTreeSet<(NodeId, NodeId)>, a: NodeId, b: NodeId| {
-            blocked.insert((a, b));
-            blocked.insert((b, a));
-        };
-        match self.rng.gen_range(0..4) {
-            // Isolate one node.
-            0 => {
-                let lone = ids[self.rng.gen_range(0..ids.len())];
-                for &other in ids.iter().filter(|&&o| o != lone) {
-                    cut(&mut self.blocked, lone, other);
-                }
-            }
-            // Partial: a bridge node sees everyone, the others are split in two groups
-            // that do not see each other.
-            1 => {
-                let bridge = ids[self.rng.gen_range(0..ids.len())];
-                let rest: Vec<NodeId> = ids.iter().copied().filter(|&o| o != bridge).collect();
-                let split = rest.len() / 2;
-                for &a in &rest[..split] {
-                    for &b in &rest[split..] {
-                        cut(&mut self.blocked, a, b);
-                    }
-                }
-            }
-            // One-way: a node can send but not receive.
-            2 => {
-                let deaf = ids[self.rng.gen_range(0..ids.len())];
-                for &other in ids.iter().filter(|&&o| o != deaf) {
-                    self.blocked.insert((other, deaf));
-                }
-            }
-            // A random majority/minority split.
-            _ => {
-                let mut shuffled = ids.to_vec();
-                for i in (1..shuffled.len()).rev() {
-                    let j = self.rng.gen_range(0..=i);
-                    shuffled.swap(i, j);
-                }
-                let minority = (ids.len() - 1) / 2;
-                for &a in &shuffled[..minority] {
-                    for &b in &shuffled[minority..] {
-                        cut(&mut self.blocked, a, b);
-                    }
-                }
-            }
-        }
-    }
-
-    fn crash(&mut self, id: NodeId) {
-        self.report.crashes += 1;
-        let replica = self.replicas.get_mut(&id).expect("known node");
-        if let Some(node) = replica.node.take() {
-            self.report.phase1_runs += node.status().phase1_runs;
-        }
-        replica.epoch += 1;
-        // The disk wrote requests in order; the crash cut the queue somewhere. What lies
-        // before the cut is durable although the node never heard so; the rest is lost.
-        let queued: Vec<PersistRequest> = replica
-            .written
-            .drain(..)
-            .chain(replica.unsynced.drain(..))
-            .collect();
-        let synced = self.rng.gen_range(0..=queued.len());
-        for request in queued.into_iter().take(synced) {
-            replica.durable.apply_all(&request.ops);
-        }
-        if self.options.faults.amnesia {
-            replica.durable = DurableState::default();
-        }
-        replica.disk_busy_until = 0;
-        replica.waiting.clear();
-        replica.proposed_at.clear();
-        self.checker.on_restart(id);
-    }
-
-    fn restart(&mut self, id: NodeId) {
-        let replica = self.replicas.get_mut(&id).expect("known node");
-        if replica.node.is_some() {
-            return;
-        }
-        let node = Node::recover(replica.config.clone(), replica.durable.clone())
-            .expect("recovering from durable state");
-        replica.node = Some(node);
-        // The state machine is rebuilt from the log: the recovered node re-delivers every
-        // committed slot from the start.
-        replica.kv = KvStore::new();
-        replica.broadcast = Broadcast::new();
-        replica.applied = 0;
-        self.checker.on_restart(id);
-        self.dirty.insert(id);
-    }
-
-    fn heal(&mut self) {
-        self.faulty = false;
-        self.blocked.clear();
-        let down: Vec<NodeId> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.node.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in down {
-            self.restart(id);
-        }
-        self.healed_at = Some(self.now);
+        replicas
+            .windows(2)
+            .all(|pair| pair[0].state_machine() == pair[1].state_machine())
     }
 
     fn finish(mut self) -> SimReport {
         self.report.ticks = self.now / TICK_UNITS;
-        for replica in self.replicas.values() {
-            if let Some(node) = &replica.node {
-                self.report.phase1_runs += node.status().phase1_runs;
+        for node in self.nodes.values() {
+            self.report.coverage.add_stats(&node.past_stats);
+            if let Some(replica) = &node.replica {
+                self.report.coverage.add_stats(&replica.stats());
+                self.report.phase1_runs += replica.status().node.phase1_runs;
             }
         }
-        self.report.committed = self.checker.chosen_slots();
+        self.report.committed = self.checker.max_slot();
         self.report.commands = self.checker.applied_commands();
+        self.check_liveness();
         let healed = self.healed_at.is_some();
-        let converged = self.converged();
-        if healed && !self.all_clients_done() {
+        if healed && self.converged() {
+            let lost = self.checker.lost_acknowledged_writes();
+            self.report.violations.extend(lost);
+        }
+        if let Some(violation) = self.check_serializable_reads() {
+            self.report.violations.push(violation);
+        }
+        if self.options.check_linearizability {
+            let history: Vec<_> = self.history.iter().flatten().cloned().collect();
+            if let Some(violation) = crate::checks::check_history(&history) {
+                self.report.violations.push(violation);
+            }
+        }
+        self.report
+    }
+
+    fn check_liveness(&mut self) {
+        if self.healed_at.is_none() {
+            return;
+        }
+        if !self.all_clients_done() {
             let pending: Vec<usize> = (0..self.clients.len())
                 .filter(|c| self.clients[*c].in_flight.is_some())
                 .collect();
@@ -976,119 +905,136 @@ impl Simulation {
                 pending.len(),
                 self.options.liveness_ticks
             )));
-        } else if healed && !converged {
-            let commits: Vec<String> = self
-                .replicas
+        } else if !self.converged() {
+            let chosen = self.checker.max_slot();
+            let states: Vec<String> = self
+                .nodes
                 .iter()
-                .map(|(id, r)| {
-                    let commit = r.node.as_ref().map(|n| n.status().commit_index);
-                    format!("n{id}: commit {commit:?} applied {}", r.applied)
+                .map(|(id, node)| match &node.replica {
+                    Some(replica) => {
+                        let status = replica.status();
+                        format!(
+                            "n{id}: commit {} applied {} revision {}",
+                            status.node.commit_index,
+                            status.applied_slot,
+                            replica.state_machine().revision()
+                        )
+                    }
+                    None => format!("n{id}: down"),
                 })
                 .collect();
             self.report.violations.push(Violation::Liveness(format!(
-                "replicas did not converge after healing: {}",
-                commits.join(", ")
+                "replicas did not converge on the {chosen} chosen slots after healing: {}",
+                states.join(", ")
             )));
         }
-        let live: Vec<NodeId> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.node.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        let sequences: Vec<(NodeId, &[(Slot, Bytes)])> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.node.is_some())
-            .map(|(id, r)| (*id, r.broadcast.delivered()))
-            .collect();
-        if let Some(violation) = crate::checks::check_broadcast(&sequences, healed && converged) {
-            self.report.violations.push(violation);
-        }
-        if healed && converged {
-            let lost = self.checker.lost_acknowledged_writes(&live);
-            self.report.violations.extend(lost);
-        }
-        if self.options.check_linearizability {
-            if let Some(violation) = crate::checks::check_history(&self.history) {
-                self.report.violations.push(violation);
-            }
-        }
-        self.report
     }
 }
 
-/// The KV operation that implements a register operation on one key.
-fn to_kv_op(op: &ClientOp) -> Op {
-    let key = Bytes::from(format!("k{}", op.key));
-    match &op.op {
-        RegisterOp::Read => read(key),
-        RegisterOp::Write(value) => Op::Put(put(key, *value)),
-        RegisterOp::Cas { from, to } => Op::Txn(TxnRequest {
-            compare: vec![Compare {
-                key: key.clone(),
-                range_end: Bytes::new(),
-                target: CompareTarget::Value(Bytes::from(from.to_string())),
-                result: CompareResult::Equal,
-            }],
-            success: vec![Op::Put(put(key.clone(), *to))],
-            failure: vec![read(key)],
-        }),
+/// A node at the start: empty disk, the replica configured from the options.
+fn new_node(
+    options: &SimOptions,
+    ids: &[NodeId],
+    id: NodeId,
+    rate_ppm: u64,
+    rng: &mut ChaCha8Rng,
+) -> SimNode {
+    let config = replica_config(options, ids, id, rng);
+    let replica = Replica::recover(
+        config.clone(),
+        DurableState::default(),
+        None,
+        KvStore::new(),
+        0,
+    )
+    .expect("valid simulated configuration");
+    SimNode {
+        config,
+        replica: Some(replica),
+        epoch: 0,
+        rate_ppm,
+        rate_since: 0,
+        clock_at_rate_since: 0,
+        paused_until: None,
+        inbox: VecDeque::new(),
+        durable: DurableState::default(),
+        unsynced: VecDeque::new(),
+        written: VecDeque::new(),
+        disk_busy_until: 0,
+        snapshot: None,
+        past_stats: ReplicaStats::default(),
     }
 }
 
-fn read(key: Bytes) -> Op {
-    Op::Range(RangeRequest {
-        key,
-        range_end: Bytes::new(),
-        limit: 0,
-        count_only: false,
-        keys_only: false,
-        revision: 0,
-    })
+/// The replica of node `id` as the options describe it; a fresh incarnation and
+/// session client id for every life.
+pub(crate) fn replica_config(
+    options: &SimOptions,
+    ids: &[NodeId],
+    id: NodeId,
+    rng: &mut ChaCha8Rng,
+) -> ReplicaConfig {
+    let mut core = synod_core::Config::new(id, ids.to_vec());
+    core.mode = options.mode;
+    core.backoff = options.backoff;
+    core.read_mode = options.read_mode;
+    core.max_batch_commands = options.max_batch_commands;
+    core.max_message_bytes = options.max_message_bytes;
+    core.max_batch_bytes = options.max_message_bytes;
+    core.max_clock_drift_percent = options.assumed_drift_percent;
+    core.election_timeout_ticks = LEASE_TICKS;
+    core.lease_ticks = LEASE_TICKS;
+    core.seed = options.seed.wrapping_mul(31).wrapping_add(id);
+    core.incarnation = rng.gen();
+    let tick_nanos = TICK_UNITS * NANOS_PER_UNIT;
+    let mut config = ReplicaConfig::new(core, rng.gen());
+    config.tick_nanos = tick_nanos;
+    config.request_timeout_nanos = options.retry_ticks * tick_nanos;
+    config.retry_after_nanos = LEASE_TICKS * tick_nanos;
+    config.read_retry_nanos = 2 * tick_nanos;
+    config.maintenance_interval_nanos = tick_nanos;
+    config.snapshot_interval_slots = options.snapshot_interval_slots;
+    config.max_request_bytes = options.max_request_bytes;
+    config.observe_applied = true;
+    config
 }
 
-fn put(key: Bytes, value: u64) -> PutRequest {
-    PutRequest {
-        key,
-        value: Bytes::from(value.to_string()),
-        prev_kv: false,
-        lease: 0,
-        ignore_value: false,
-        ignore_lease: false,
-    }
-}
-
-/// What a KV response means for the register operation that asked.
-fn register_ret(op: &ClientOp, response: &Response) -> Result<RegisterRet<u64>, String> {
-    let result = response
-        .result
-        .as_ref()
-        .map_err(|error| format!("error response: {error}"))?;
-    let parse = |value: &Bytes| -> Result<u64, String> {
-        std::str::from_utf8(value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("unparsable value {value:?}"))
-    };
-    match (&op.op, result) {
-        (RegisterOp::Read, OpResponse::Range(range)) => match range.kvs.first() {
-            Some(kv) => Ok(RegisterRet::ReadOk(Some(parse(&kv.value)?))),
-            None => Ok(RegisterRet::ReadOk(None)),
-        },
-        (RegisterOp::Write(_), OpResponse::Put(_)) => Ok(RegisterRet::WriteOk),
-        (RegisterOp::Cas { .. }, OpResponse::Txn(txn)) => {
-            if txn.succeeded {
-                return Ok(RegisterRet::CasOk);
-            }
-            match txn.responses.first() {
-                Some(OpResponse::Range(range)) if range.kvs.is_empty() => {
-                    Ok(RegisterRet::CasNotFound)
-                }
-                Some(OpResponse::Range(_)) => Ok(RegisterRet::CasMismatch),
-                other => Err(format!("unexpected txn failure response {other:?}")),
-            }
+/// One line for a trace.
+fn describe_message(message: &Message) -> String {
+    match message {
+        Message::Accept {
+            ballot,
+            first_slot,
+            values,
+            commit_index,
+            ..
+        } => format!(
+            "accept {ballot:?} slots {first_slot}..{} commit {commit_index}",
+            first_slot + values.len() as u64 - 1
+        ),
+        Message::Promise {
+            ballot,
+            first_slot,
+            last_slot,
+            entries,
+            commit_index,
+            ..
+        } => format!(
+            "promise {ballot:?} [{first_slot}, {}] {} entries commit {commit_index}",
+            if *last_slot == Slot::MAX {
+                "end".to_string()
+            } else {
+                last_slot.to_string()
+            },
+            entries.len()
+        ),
+        Message::Chosen {
+            entries,
+            commit_index,
+        } => format!("chosen {} entries commit {commit_index}", entries.len()),
+        other => {
+            let text = format!("{other:?}");
+            text.chars().take(160).collect()
         }
-        (op, result) => Err(format!("response {result:?} does not answer {op:?}")),
     }
 }

@@ -1,18 +1,21 @@
-//! Synod's testing tools: oracles and simulation support for checking the replicated log and
-//! the KV store built on it.
+//! Synod's testing tools: the seeded simulator that runs the production replica, and the
+//! oracles that check what it did.
 //!
-//! - [`linearizability`]: a Wing & Gong / Lowe / Porcupine linearizability checker for client
-//!   histories, with a register model and per-key (P-compositional) checking for KV stores.
-//! - [`cluster`]: the seeded cluster simulator — replicas, clients, a faulty network and
-//!   faulty disks in one deterministic event loop.
-//! - [`checks`]: agreement, prefix, linearizability, lost acknowledged writes, liveness.
-//! - [`runner`]: many seeds (what `synod sim --seeds N` runs); [`bench`]: messages and
-//!   delays per command, Multi-Paxos vs per-slot Paxos.
+//! - [`cluster`]: the seeded cluster simulator — `synod_replica::Replica` on every node,
+//!   clients, and a network, disks and clocks that misbehave on purpose, in one
+//!   deterministic event loop; [`options`]: what a seed draws (swarm testing).
+//! - [`checks`]: agreement, prefix, linearizability, lost acknowledged writes, liveness;
+//!   [`linearizability`]: a Wing & Gong / Lowe / Porcupine checker for client histories.
+//! - [`runner`]: many seeds on many threads (what `synod sim --seeds N` runs);
+//!   [`bench`]: messages and delays per command, Multi-Paxos vs per-slot Paxos.
 
 pub mod bench;
 pub mod checks;
+mod clients;
 pub mod cluster;
+mod faults;
 pub mod linearizability;
+pub mod options;
 pub mod runner;
 
 #[cfg(test)]

@@ -1,25 +1,28 @@
-//! Many seeds: what `synod sim --seeds N` and the test suite run.
+//! Many seeds: what `synod sim --seeds N` and the test suite run, on several threads.
 
 use crate::checks::Violation;
-use crate::cluster::{SimOptions, SimReport, Simulation};
+use crate::cluster::{Coverage, SimOptions, SimReport, Simulation};
 use serde::Serialize;
-use synod_core::Mode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-/// The run a seed stands for. Seeds cycle through the shapes of cluster under test, so
-/// any range of seeds covers all of them.
-pub fn options_for_seed(seed: u64) -> SimOptions {
-    let mut options = SimOptions::chaos(seed);
-    match seed % 4 {
-        0 | 1 => {}
-        2 => {
-            options.nodes = 5;
-            options.clients = 5;
-        }
-        _ => {
-            options.mode = Mode::PerSlot;
-            options.max_batch_commands = 8;
-        }
+/// How a batch of seeds is run.
+#[derive(Clone, Debug, Default)]
+pub struct RunSettings {
+    /// Override every seed's simulated clock drift bound (percent); the nodes still
+    /// assume their configured bound, so a value far above it must produce stale reads.
+    pub clock_drift_percent: Option<u64>,
+    /// Record the event trace.
+    pub trace: bool,
+}
+
+/// The run a seed stands for: every parameter drawn from the seed (swarm testing).
+pub fn options_for_seed(seed: u64, settings: &RunSettings) -> SimOptions {
+    let mut options = SimOptions::swarm(seed);
+    if let Some(percent) = settings.clock_drift_percent {
+        options.faults.clock_drift_percent = percent;
     }
+    options.trace = settings.trace;
     options
 }
 
@@ -36,6 +39,7 @@ pub struct Summary {
     pub crashes: u64,
     pub partitions: u64,
     pub phase1_runs: u64,
+    pub coverage: Coverage,
     pub failing_seeds: Vec<u64>,
 }
 
@@ -52,16 +56,23 @@ impl Summary {
         self.crashes += report.crashes;
         self.partitions += report.partitions;
         self.phase1_runs += report.phase1_runs;
+        self.coverage.add(&report.coverage);
         if !report.violations.is_empty() {
             self.failing_seeds.push(report.seed);
+            self.failing_seeds.sort_unstable();
         }
     }
 }
 
 /// Runs one seed. A panic — the core asserting one of its invariants — is a violation
 /// of that seed, not the end of the whole batch.
-pub fn run_seed(seed: u64) -> SimReport {
-    let options = options_for_seed(seed);
+pub fn run_seed(seed: u64, settings: &RunSettings) -> SimReport {
+    run_options(options_for_seed(seed, settings))
+}
+
+/// Runs one configured simulation, catching panics as violations.
+pub fn run_options(options: SimOptions) -> SimReport {
+    let seed = options.seed;
     match std::panic::catch_unwind(|| Simulation::new(options).run()) {
         Ok(report) => report,
         Err(payload) => {
@@ -79,15 +90,33 @@ pub fn run_seed(seed: u64) -> SimReport {
     }
 }
 
-/// Runs `count` seeds from `first`, calling `each` after every run.
-pub fn run_seeds(first: u64, count: u64, mut each: impl FnMut(&SimReport)) -> Summary {
-    let mut summary = Summary::default();
-    for seed in first..first + count {
-        let report = run_seed(seed);
-        each(&report);
-        summary.add(&report);
-    }
-    summary
+/// Runs `count` seeds from `first` on `jobs` threads, calling `each` (from any thread,
+/// one call at a time) after every run. The summary does not depend on `jobs`.
+pub fn run_seeds(
+    first: u64,
+    count: u64,
+    jobs: usize,
+    settings: &RunSettings,
+    each: impl FnMut(&SimReport) + Send,
+) -> Summary {
+    let next = AtomicU64::new(first);
+    let shared = Mutex::new((Summary::default(), each));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= first + count {
+                    return;
+                }
+                let report = run_seed(seed, settings);
+                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let (summary, each) = &mut *guard;
+                each(&report);
+                summary.add(&report);
+            });
+        }
+    });
+    shared.into_inner().unwrap_or_else(|p| p.into_inner()).0
 }
 
 /// A human-readable account of one failing run.

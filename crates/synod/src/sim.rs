@@ -20,6 +20,17 @@ pub struct SimArgs {
     /// Run this one seed and print its full report (replays a failure exactly).
     #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
     seed: Option<u64>,
+    /// Threads running seeds (default: every core).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// With --seed: print the event trace of the run (stderr).
+    #[arg(long, requires = "seed")]
+    trace: bool,
+    /// Let the simulated clocks drift up to this many percent while the nodes still
+    /// assume their configured bound (10 %): far above it, lease reads go stale and the
+    /// checkers must say so.
+    #[arg(long)]
+    clock_drift_percent: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -37,8 +48,17 @@ pub fn run(args: SimArgs) -> ExitCode {
         Some(SimCommand::Bench { out }) => return run_bench(out),
         None => {}
     }
+    let settings = runner::RunSettings {
+        clock_drift_percent: args.clock_drift_percent,
+        trace: args.trace,
+    };
     if let Some(seed) = args.seed {
-        let report = runner::run_seed(seed);
+        let options = runner::options_for_seed(seed, &settings);
+        eprintln!("seed {seed}: {options:?}");
+        let mut report = runner::run_seed(seed, &settings);
+        for line in std::mem::take(&mut report.trace) {
+            eprintln!("{line}");
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
@@ -53,7 +73,10 @@ pub fn run(args: SimArgs) -> ExitCode {
     let bar = progress_bar(args.seeds);
     let mut violations = 0;
     let mut done = 0u64;
-    let summary = runner::run_seeds(args.first_seed, args.seeds, |report| {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let summary = runner::run_seeds(args.first_seed, args.seeds, jobs, &settings, |report| {
         done += 1;
         if !report.violations.is_empty() {
             violations += report.violations.len();
