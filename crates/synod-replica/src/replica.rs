@@ -111,6 +111,16 @@ pub enum ReplicaEvent {
         /// The newest snapshot here (0: none).
         have: Slot,
     },
+    /// A proposal made with [`Replica::propose_at`] got its slot.
+    Assigned {
+        /// The request.
+        request: RequestId,
+        /// The slot it went to (the one asked for, or the next free one if that was
+        /// taken).
+        slot: Slot,
+        /// True when the leader was established, so it cost one Accept round.
+        phase1_skipped: bool,
+    },
     /// A log entry that is not a runtime proposal was skipped.
     UndecodableCommand {
         /// Where it was.
@@ -218,6 +228,8 @@ struct ProposalWaiter {
     deadline: Nanos,
     /// When it last went to the core; None: (re)propose at the next chance.
     proposed_at: Option<Nanos>,
+    /// `propose_at`: proposed once, for this slot, never again.
+    target_slot: Option<Slot>,
 }
 
 #[derive(Clone, Copy)]
@@ -248,6 +260,9 @@ pub struct Replica<S: StateMachine> {
     reads_awaiting_index: BTreeMap<u64, ReadWaiter>,
     reads_awaiting_apply: Vec<(Slot, ReadPath, ReadWaiter)>,
     reads_to_retry: Vec<(Nanos, ReadWaiter)>,
+
+    /// `propose_at` proposals by the core's id, until the core assigns their slot.
+    assignments: BTreeMap<synod_core::ProposalId, RequestId>,
 
     last_snapshot_slot: Slot,
     snapshot_in_progress: bool,
@@ -300,6 +315,7 @@ impl<S: StateMachine> Replica<S> {
             reads_awaiting_index: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
             reads_to_retry: Vec::new(),
+            assignments: BTreeMap::new(),
             last_snapshot_slot: snapshot_slot,
             snapshot_in_progress: false,
             sending_snapshots: BTreeMap::new(),
@@ -383,9 +399,44 @@ impl<S: StateMachine> Replica<S> {
             payload,
             deadline: now.saturating_add(self.config.request_timeout_nanos),
             proposed_at: None,
+            target_slot: None,
         };
         self.proposals.insert(seq, waiter);
         self.submit(seq);
+    }
+
+    /// A proposal for a given slot (the seeds' `multi_paxos_propose`), served by the
+    /// leader or while no leader is known: see `Node::propose_at`. It is proposed once
+    /// (a retry could land in another slot); [`ReplicaEvent::Assigned`] tells the slot,
+    /// and a reply comes when the command is applied, like any proposal's.
+    pub fn propose_at(
+        &mut self,
+        now: Nanos,
+        request: RequestId,
+        slot: Slot,
+        payload: Bytes,
+    ) -> Result<(), ProposeError> {
+        self.advance(now);
+        let seq = self.next_seq;
+        let proposal = Proposal {
+            client: self.config.client_id,
+            seq,
+            completed_below: self.proposals.keys().next().copied().unwrap_or(seq),
+            payload: payload.clone(),
+        };
+        let id = self.node.propose_at(slot, proposal.encode())?;
+        self.next_seq += 1;
+        self.stats.proposals += 1;
+        self.assignments.insert(id, request);
+        let waiter = ProposalWaiter {
+            request,
+            payload,
+            deadline: now.saturating_add(self.config.request_timeout_nanos),
+            proposed_at: Some(now),
+            target_slot: Some(slot),
+        };
+        self.proposals.insert(seq, waiter);
+        Ok(())
     }
 
     /// A read: released in a later `take_ready` once it may be served, or failed.
@@ -558,9 +609,10 @@ impl<S: StateMachine> Replica<S> {
             .proposals
             .iter()
             .filter(|(_, waiter)| {
-                waiter
-                    .proposed_at
-                    .is_none_or(|at| now >= at.saturating_add(retry_after))
+                waiter.target_slot.is_none()
+                    && waiter
+                        .proposed_at
+                        .is_none_or(|at| now >= at.saturating_add(retry_after))
             })
             .map(|(seq, _)| *seq)
             .collect();
@@ -748,13 +800,31 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             Event::SnapshotNeeded { peer, slot } => self.send_snapshot(peer, slot),
-            Event::ProposalAssigned { .. } => {}
+            Event::ProposalAssigned {
+                id,
+                slot,
+                phase1_skipped,
+            } => {
+                if let Some(request) = self.assignments.remove(&id) {
+                    self.out.events.push(ReplicaEvent::Assigned {
+                        request,
+                        slot,
+                        phase1_skipped,
+                    });
+                }
+            }
             Event::LeaderChanged { leader } => {
                 self.stats.leader_changes += 1;
                 if leader.is_some() {
                     // Commands forwarded to a leader that is gone may be lost: propose
                     // every unanswered one again (sessions make copies harmless).
-                    for seq in self.proposals.keys().copied().collect::<Vec<_>>() {
+                    let again: Vec<u64> = self
+                        .proposals
+                        .iter()
+                        .filter(|(_, waiter)| waiter.target_slot.is_none())
+                        .map(|(seq, _)| *seq)
+                        .collect();
+                    for seq in again {
                         self.submit(seq);
                     }
                 }
