@@ -487,11 +487,19 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// A snapshot from `from` arrived, was saved durably and decoded. Installed if it
-    /// is ahead of this replica; ignored otherwise.
+    /// is ahead of this replica. If the replica got there first meanwhile, the snapshot
+    /// is not installed, but it is on disk now, the newest there: it becomes the one this
+    /// replica sends to lagging peers (and compacts its log through).
     pub fn on_snapshot_received(&mut self, now: Nanos, from: NodeId, restored: Restored<S>) {
         self.advance(now);
         let slot = restored.slot;
         if slot <= self.applied_slot || slot <= self.node.status().commit_index {
+            if slot > self.last_snapshot_slot {
+                self.last_snapshot_slot = slot;
+                let through = slot.min(self.applied_slot);
+                self.node.compact(through);
+                self.out.compact_log = Some(through);
+            }
             return;
         }
         self.state_machine = restored.state_machine;

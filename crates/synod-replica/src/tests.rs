@@ -522,3 +522,40 @@ fn requests_without_a_leader_time_out_and_say_so() {
         Some((Err(RequestError::Timeout { .. }), _))
     ));
 }
+
+/// A snapshot can arrive after the replica already applied past it (it was slow to
+/// stream, or decode). It is on disk then — the newest there — so it must become the
+/// snapshot the replica sends to lagging peers: asking storage for the older one it
+/// remembered would fail, and the lagging peer would never catch up.
+#[test]
+fn a_snapshot_that_arrives_late_becomes_the_one_sent_to_lagging_peers() {
+    let mut cluster = Cluster::new(3, |config| config.snapshot_interval_slots = 4);
+    let leader = cluster.elect();
+    for i in 0..6 {
+        cluster.propose(leader, i, &format!("c{i}"));
+        cluster.settle();
+    }
+    cluster.run(3);
+    let id = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(cluster.replica(id).status().snapshot_slot, 4);
+    // A snapshot of slot 6 made elsewhere arrives after this replica applied slot 6.
+    let mut image = Journal::default();
+    for slot in 1..=6 {
+        image.apply(slot, b"x");
+    }
+    let bytes = RuntimeImage::new(6, &Sessions::default(), image.snapshot()).encode();
+    let restored = Restored::decode(&bytes, Journal::default()).unwrap();
+    let now = cluster.now(id);
+    cluster
+        .replica(id)
+        .on_snapshot_received(now, leader, restored);
+    assert_eq!(
+        cluster.replica(id).state_machine().entries.len(),
+        6,
+        "not installed"
+    );
+    assert_eq!(cluster.replica(id).status().snapshot_slot, 6);
+    let ready = cluster.replica(id).take_ready();
+    assert_eq!(ready.compact_log, Some(6));
+    assert_eq!(cluster.replica(id).node().first_log_slot(), 7);
+}

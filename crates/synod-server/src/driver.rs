@@ -712,3 +712,194 @@ async fn stream_snapshot(
     }
     Ok(slot)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver over a one-member cluster: real storage, no sockets. Requests in,
+    //! answers out, a snapshot taken and saved off the loop, bad snapshot chunks dropped.
+
+    use super::*;
+    use synod_kv::{Command, KvStore, Op, PutRequest, RangeRequest, Response};
+    use synod_replica::ReplicaConfig;
+    use synod_storage::{SyncMode, Wal, WalOptions};
+
+    struct Running {
+        requests: mpsc::Sender<Request<KvStore>>,
+        peer_inputs: mpsc::Sender<PeerInput>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Result<(), ServerError>>,
+        snapshots: Arc<SnapshotStore>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn start(snapshot_interval_slots: u64) -> Running {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut core = synod_core::Config::new(1, vec![1]);
+        core.election_timeout_ticks = 2;
+        core.heartbeat_interval_ticks = 1;
+        core.lease_ticks = 2;
+        let mut config = ReplicaConfig::new(core, 7);
+        config.tick_nanos = 5_000_000;
+        config.snapshot_interval_slots = snapshot_interval_slots;
+        let options = WalOptions {
+            segment_bytes: 1 << 20,
+            sync: SyncMode::None,
+        };
+        let (wal, durable) = Wal::open(&dir.path().join("wal"), options).expect("wal");
+        let replica = Replica::recover(config, durable, None, KvStore::new(), 0).expect("replica");
+        let snapshots =
+            Arc::new(SnapshotStore::open(&dir.path().join("snap")).expect("snapshot store"));
+        let (requests_tx, requests) = mpsc::channel(64);
+        let (peer_tx, peer_inputs) = mpsc::channel(64);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(false);
+        let driver = Driver::new(
+            replica,
+            Instant::now(),
+            DriverSettings {
+                tick_interval: Duration::from_millis(5),
+                snapshot_chunk_bytes: 1 << 10,
+            },
+            Metrics::new(1),
+            Arc::new(GroupCommit::start(wal)),
+            Arc::clone(&snapshots),
+            Channels {
+                requests,
+                peer_inputs,
+                control_tx,
+                control_rx,
+                stop,
+                peers: HashMap::new(),
+            },
+        );
+        Running {
+            requests: requests_tx,
+            peer_inputs: peer_tx,
+            stop: stop_tx,
+            task: tokio::spawn(driver.run()),
+            snapshots,
+            _dir: dir,
+        }
+    }
+
+    async fn put(running: &Running, key: &str, value: &str) -> Result<Response, ServerError> {
+        let command = Command::unsessioned(Op::Put(PutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ..PutRequest::default()
+        }));
+        let (reply, answer) = oneshot::channel();
+        running
+            .requests
+            .send(Request::Propose {
+                payload: command.encode(),
+                reply,
+            })
+            .await
+            .expect("driver runs");
+        answer
+            .await
+            .expect("answered")
+            .map(|bytes| Response::decode(&bytes).expect("a KV response"))
+    }
+
+    async fn read(running: &Running, key: &str, consistency: Consistency) -> Option<Bytes> {
+        let (reply, answer) = oneshot::channel();
+        let key = Bytes::copy_from_slice(key.as_bytes());
+        let read: ReadFn<KvStore> = Box::new(move |state| {
+            let value = state.ok().and_then(|store| {
+                let response = store.read(&RangeRequest {
+                    key,
+                    ..RangeRequest::default()
+                });
+                match response.result {
+                    Ok(synod_kv::OpResponse::Range(range)) => {
+                        range.kvs.first().map(|kv| kv.value.clone())
+                    }
+                    _ => None,
+                }
+            });
+            let _ = reply.send(value);
+        });
+        running
+            .requests
+            .send(Request::Read { consistency, read })
+            .await
+            .expect("driver runs");
+        answer.await.expect("answered")
+    }
+
+    #[tokio::test]
+    async fn proposals_and_reads_of_every_consistency_are_answered() {
+        let running = start(0);
+        let response = put(&running, "k", "v").await.expect("put");
+        assert!(response.result.is_ok());
+        assert_eq!(
+            read(&running, "k", Consistency::Linearizable).await,
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(
+            read(&running, "k", Consistency::Serializable).await,
+            Some(Bytes::from_static(b"v"))
+        );
+        let (reply, status) = oneshot::channel();
+        running
+            .requests
+            .send(Request::Status { reply })
+            .await
+            .unwrap();
+        let status = status.await.unwrap();
+        assert_eq!(status.role, synod_core::Role::Leader);
+        assert!(status.applied_slot >= 1);
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_limit_gets_too_large_and_nothing_is_proposed() {
+        let running = start(0);
+        let huge = "x".repeat(2 << 20);
+        match put(&running, "k", &huge).await {
+            Err(ServerError::TooLarge { limit, .. }) => assert_eq!(limit, 3 << 19),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(read(&running, "k", Consistency::Linearizable).await, None);
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_encoded_and_saved_off_the_loop_and_bad_chunks_dropped() {
+        let running = start(3);
+        for i in 0..8 {
+            put(&running, &format!("k{i}"), "v").await.expect("put");
+        }
+        // The snapshot is saved by a blocking task; wait until the store has it.
+        let mut saved = None;
+        for _ in 0..200 {
+            saved = running.snapshots.latest().expect("store");
+            if saved.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (slot, _) = saved.expect("a snapshot was saved");
+        assert!(slot >= 3);
+        // A chunk that does not start a transfer, from a peer that does not exist: the
+        // driver drops it and keeps serving.
+        running
+            .peer_inputs
+            .send(PeerInput::SnapshotChunk {
+                from: 9,
+                slot: 1_000,
+                offset: 77,
+                total_bytes: 100,
+                data: Bytes::from_static(b"junk"),
+            })
+            .await
+            .unwrap();
+        put(&running, "after", "v").await.expect("still serving");
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+}

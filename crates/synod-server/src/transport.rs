@@ -378,6 +378,33 @@ async fn connect(context: &TransportContext, peer: &Member) -> Result<TcpStream,
     }
 }
 
+/// Encodes `frame` onto `buffer` unless it is larger than the peer would accept: such a
+/// frame is dropped here with an error, never sent (the peer would close the connection
+/// and the same frame, retransmitted, would close it again and again). The core bounds
+/// its messages well below the limit, so this is a last guard.
+fn append_within_limit(
+    context: &TransportContext,
+    peer: NodeId,
+    frame: &Frame,
+    buffer: &mut Vec<u8>,
+) {
+    let start = buffer.len();
+    encode_frame_into(frame, buffer);
+    let bytes = buffer.len() - start - 4;
+    if bytes > context.max_frame_bytes {
+        buffer.truncate(start);
+        tracing::error!(
+            node = context.me.node_id,
+            peer,
+            kind = frame.kind(),
+            bytes,
+            limit = context.max_frame_bytes,
+            "dropped a frame larger than the peer accepts"
+        );
+        context.metrics.peer_messages_dropped.inc();
+    }
+}
+
 /// Returns true when the node is shutting down (no more frames will come).
 async fn serve_outbound(
     context: &TransportContext,
@@ -410,13 +437,16 @@ async fn serve_outbound(
                 frame = outgoing.recv() => {
                     let Some(frame) = frame else { return true };
                     buffer.clear();
-                    encode_frame_into(&frame, &mut buffer);
+                    append_within_limit(context, peer.id, &frame, &mut buffer);
                     // Coalesce what else is queued into one write.
                     while buffer.len() < (256 << 10) {
                         match outgoing.try_recv() {
-                            Ok(frame) => encode_frame_into(&frame, &mut buffer),
+                            Ok(frame) => append_within_limit(context, peer.id, &frame, &mut buffer),
                             Err(_) => break,
                         }
+                    }
+                    if buffer.is_empty() {
+                        continue;
                     }
                     if writer.write_all(&buffer).await.is_err() {
                         return false;
