@@ -62,6 +62,8 @@ pub(crate) struct PendingRequest {
     pub key: u64,
     pub path: Path,
     pub arrived: u64,
+    /// It arrived inside the benchmark's measurement window.
+    pub measured: bool,
     /// The command, for the paths through the log.
     pub payload: Option<Bytes>,
 }
@@ -166,6 +168,7 @@ impl Simulation {
                 key,
                 path,
                 arrived: 0,
+                measured: false,
                 payload,
             },
         );
@@ -222,6 +225,10 @@ impl Simulation {
         };
         pending.arrived = self.now;
         let (path, payload) = (pending.path, pending.payload.clone());
+        let measuring = self.measuring();
+        if let Some(pending) = self.requests.get_mut(&request) {
+            pending.measured = measuring;
+        }
         if path == Path::LogRead {
             self.report.coverage.log_reads += 1;
         }
@@ -267,7 +274,7 @@ impl Simulation {
             // The client's own timer retries.
             Err(_) => return,
         };
-        if pending.path == Path::Propose && self.measuring() {
+        if pending.path == Path::Propose && pending.measured {
             self.latencies.push(self.now - pending.arrived);
         }
         let delay = self.random_delay();
