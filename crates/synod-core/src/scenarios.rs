@@ -1346,3 +1346,52 @@ fn messages_stay_within_the_byte_limit_and_promises_come_in_chunks() {
     }
     cluster.assert_agreement();
 }
+
+/// Per-slot mode: node 1 got "x" accepted by itself and node 2 — chosen — and crashed
+/// with the decision marks unsent; nobody proposes anything after it. The value must
+/// still end up decided everywhere: a node holding an accepted value whose fate nobody
+/// settles proposes for that slot after an election timeout (Phase 1 adopts "x").
+#[test]
+fn per_slot_value_accepted_but_never_announced_is_settled_in_a_quiet_cluster() {
+    let mut cluster = Cluster::new(3, Mode::PerSlot);
+    cluster.cut_link(1, 3);
+    cluster.node(1).propose(cmd("x")).unwrap();
+    cluster.settle(); // no tick: the decision marks have not left node 1 yet
+    assert_eq!(
+        cluster.value_at(1, 1),
+        Some(Value::Commands(vec![cmd("x")]))
+    );
+    // Node 1 is gone for good; nodes 2 and 3 never heard "x" was decided.
+    cluster.isolate(1);
+    cluster.tick(60);
+    for id in [2, 3] {
+        assert_eq!(
+            cluster.value_at(id, 1),
+            Some(Value::Commands(vec![cmd("x")])),
+            "node {id}"
+        );
+    }
+}
+
+/// Per-slot mode: nodes 1 and 2 decided slots and compacted them, node 3 missed the
+/// last decision, and the cluster went quiet. Anti-entropy must still tell node 3 the
+/// commit point, although the entry at it is compacted (no ballot to tell).
+#[test]
+fn per_slot_anti_entropy_announces_a_compacted_commit_point() {
+    let mut cluster = Cluster::new(3, Mode::PerSlot);
+    cluster.node(1).propose(cmd("a")).unwrap();
+    cluster.settle();
+    cluster.tick(3);
+    cluster.isolate(3);
+    cluster.node(1).propose(cmd("b")).unwrap();
+    cluster.settle();
+    cluster.tick(3);
+    for id in [1, 2] {
+        assert_eq!(cluster.node(id).status().commit_index, 2);
+        cluster.node(id).compact(2);
+    }
+    cluster.settle();
+    cluster.heal();
+    cluster.tick(80);
+    assert_eq!(cluster.node(3).status().commit_index, 2);
+}
