@@ -949,7 +949,7 @@ impl Replica {
             else {
                 continue;
             };
-            let result = self.store.apply(&op);
+            let result = self.store.execute(&op);
             if origin != self.me || self.kv_inflight.remove(&(client.clone(), msg_id)).is_none() {
                 continue;
             }
