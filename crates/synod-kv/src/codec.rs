@@ -28,7 +28,12 @@ fn options() -> impl Options {
 
 /// Encodes `value` behind the format-version byte.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_as(FORMAT_VERSION, value)
+}
+
+/// Encodes `value` behind another format-version byte (snapshots have their own).
+pub(crate) fn encode_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
     // Serializing into a Vec with no byte limit cannot fail for these types: they contain no
     // maps with non-string keys, no unsized sequences and no custom Serialize that errors.
     if let Err(error) = options().serialize_into(&mut out, value) {
@@ -66,8 +71,13 @@ impl std::fmt::Display for DecodeError {
 /// Decodes bytes produced by [`encode`]. Never reads past `bytes`, so allocation is bounded by
 /// the input size.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_as(FORMAT_VERSION, bytes)
+}
+
+/// Decodes bytes produced by [`encode_as`] with `expected` as the version byte.
+pub(crate) fn decode_as<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_VERSION {
+    if version != expected {
         return Err(DecodeError::UnknownVersion(version));
     }
     NESTING.with(|depth| depth.set(0));

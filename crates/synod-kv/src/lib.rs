@@ -6,8 +6,7 @@
 //! here:
 //!
 //! * [`Broadcast`], total-order broadcast: it records each message with its slot.
-//! * [`KvStore`], a key-value store with etcd v3's API and revision rules, over the latest
-//!   state only (no MVCC history).
+//! * [`KvStore`], a key-value store with etcd v3's API, revision rules and MVCC history.
 //!
 //! # Revisions
 //!
@@ -24,8 +23,24 @@
 //! `create_revision` is the revision of the put that created it (a key deleted and put again
 //! starts over, with `version` back at 1), `mod_revision` that of its last put, and `version`
 //! counts puts since creation. [`Response::revision`] is the store's revision after the
-//! command, like etcd's response header. A range at a `revision` other than 0 (latest) and the
-//! current one fails: [`KvError::RevisionCompacted`] or [`KvError::FutureRevision`].
+//! command, like etcd's response header.
+//!
+//! # History
+//!
+//! Every revision of every key is kept until compacted, so a range at any `revision` from the
+//! compacted one to the current one sees the state as of that revision; below it fails with
+//! [`KvError::RevisionCompacted`], above the current one with [`KvError::FutureRevision`].
+//! [`Op::Compact`] is a command of the log, so every replica compacts at the same revision: it
+//! keeps, of every key, its state at the compaction revision if it was live then, and its later
+//! changes (etcd's `keyIndex.compact`). Compacting at or below the compacted revision is
+//! `RevisionCompacted`. [`KvStore::changes_at`] lists a revision's changes in write order with
+//! their previous states, for watches. Snapshots carry the retained history.
+//!
+//! The history counts against a quota ([`KvStore::with_quota_bytes`], etcd's 2 GiB default): a
+//! write that would take it past the quota fails with [`KvError::NoSpace`] and raises the
+//! NOSPACE alarm, which refuses every put until [`Op::Alarm`] deactivates it (etcd's rules:
+//! deletes and compactions still run). The alarm is raised while applying the log, so every
+//! replica must run with the same quota.
 //!
 //! # Transactions
 //!
@@ -89,19 +104,23 @@
 
 mod broadcast;
 mod codec;
+mod history;
+mod image;
 mod sessions;
 mod store;
 mod types;
 
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
+pub use history::EVENT_OVERHEAD_BYTES;
+pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use sessions::DEFAULT_MAX_SESSIONS;
-pub use store::{KvStore, INITIAL_REVISION};
+pub use store::{KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
-    KeyValue, KvError, Op, OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    Response, TxnRequest, TxnResponse,
+    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, Response, TxnRequest, TxnResponse,
 };
 
 /// The most operations one transaction branch may hold (etcd's `--max-txn-ops` default is 128).
@@ -177,5 +196,7 @@ impl From<codec::DecodeError> for SnapshotError {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod model_tests;

@@ -106,7 +106,9 @@ impl Model {
                 }
                 OpResponse::Range(RangeResponse { kvs, more, count })
             }
-            Op::Txn(_) => unreachable!("the model only knows put, delete and range"),
+            Op::Txn(_) | Op::Compact(_) | Op::Alarm(_) => {
+                unreachable!("the model only knows put, delete and range")
+            }
         };
         Response {
             revision: self.revision,

@@ -1,9 +1,11 @@
-//! The KV store: etcd v3's data model and revision rules over the latest state only.
+//! The KV store: etcd v3's data model, revision rules and MVCC history.
 //!
 //! Every command runs against a [`WriteBatch`] that carries the revision its writes will get
 //! (`revision + 1`) and an undo log. If the command fails part-way (say the third op of a txn),
-//! the undo log restores the keys it touched, so a failed command changes nothing; if it
-//! succeeds and wrote anything, the store's revision moves up by exactly one.
+//! the undo log restores the key histories it touched, so a failed command changes nothing; if
+//! it succeeds and wrote anything, the store's revision moves up by exactly one and the change
+//! log records the keys it wrote. Reads at any revision from the compacted one to the current
+//! one see the state as of that revision (`history.rs`).
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
@@ -11,54 +13,50 @@ use std::ops::Bound;
 use imbl::OrdMap;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::sessions::{Lookup, Session, Sessions, DEFAULT_MAX_SESSIONS};
+use crate::history::{
+    compact_history, event_bytes, state_at, ChangeLog, Entry, KeyEvent, KeyHistory,
+};
+use crate::image;
+use crate::sessions::{Lookup, Sessions, DEFAULT_MAX_SESSIONS};
 use crate::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
-    KeyValue, KvError, Op, OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    Response, Slot, SnapshotError, StateMachine, TxnRequest, TxnResponse, MAX_TXN_DEPTH,
-    MAX_TXN_OPS,
+    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, Response, Slot, SnapshotError, StateMachine,
+    TxnRequest, TxnResponse, MAX_TXN_DEPTH, MAX_TXN_OPS,
 };
 
 /// The revision of an empty store, as in etcd; the first write gets revision 2.
 pub const INITIAL_REVISION: i64 = 1;
 
-/// A key's state without the key itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    value: Bytes,
-    create_revision: i64,
-    mod_revision: i64,
-    version: i64,
-    lease: i64,
-}
-
-impl Entry {
-    fn to_key_value(&self, key: &Bytes) -> KeyValue {
-        KeyValue {
-            key: key.clone(),
-            value: self.value.clone(),
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-            lease: self.lease,
-        }
-    }
-}
+/// etcd's default `--quota-backend-bytes`: 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// The replicated KV store (see the crate docs for its semantics).
 ///
-/// Keys live in a persistent (structurally shared) ordered map: cloning the store is
-/// O(1), so a snapshot is taken on the replica's thread at once and serialized on
-/// another ([`StateMachine::snapshot_job`]).
+/// Key histories live in a persistent (structurally shared) ordered map of persistent
+/// vectors: cloning the store is O(1), so a snapshot is taken on the replica's thread at once
+/// and serialized on another ([`crate::StateMachine::snapshot_job`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    keys: OrdMap<Bytes, Entry>,
-    revision: i64,
-    applied: Slot,
-    sessions: Sessions,
+    /// Every key with a retained event, live or deleted.
+    pub(crate) keys: OrdMap<Bytes, KeyHistory>,
+    /// The keys each revision above the compacted one changed.
+    pub(crate) changes: ChangeLog,
+    pub(crate) revision: i64,
+    /// Reads below this revision answer [`KvError::RevisionCompacted`] (0: nothing compacted).
+    pub(crate) compacted: i64,
+    /// Keys whose latest event is a put.
+    pub(crate) live_keys: usize,
+    /// The quota's estimate of the retained history ([`crate::EVENT_OVERHEAD_BYTES`] per event
+    /// plus its key and value).
+    pub(crate) history_bytes: u64,
+    /// The NOSPACE alarm: writes that add data are refused until it is deactivated.
+    pub(crate) nospace: bool,
+    pub(crate) applied: Slot,
+    pub(crate) sessions: Sessions,
+    /// A setting, not state: the same on every replica, like `max_sessions`.
+    pub(crate) quota_bytes: u64,
 }
 
 impl Default for KvStore {
@@ -71,9 +69,18 @@ impl Default for KvStore {
 struct WriteBatch {
     /// The revision every write of this command gets.
     revision: i64,
-    wrote: bool,
-    /// Each touched key with its state before the touch, in touch order.
-    undo: Vec<(Bytes, Option<Entry>)>,
+    /// The keys written, in write order (each at most once: txn checks refuse duplicates).
+    written: Vec<Bytes>,
+    /// Each touched key with its history before the touch, in touch order.
+    undo: Vec<(Bytes, Option<KeyHistory>)>,
+    live_keys: usize,
+    history_bytes: u64,
+}
+
+impl WriteBatch {
+    fn wrote(&self) -> bool {
+        !self.written.is_empty()
+    }
 }
 
 impl KvStore {
@@ -86,10 +93,23 @@ impl KvStore {
     pub fn with_max_sessions(max_sessions: usize) -> Self {
         KvStore {
             keys: OrdMap::new(),
+            changes: ChangeLog::new(INITIAL_REVISION),
             revision: INITIAL_REVISION,
+            compacted: 0,
+            live_keys: 0,
+            history_bytes: 0,
+            nospace: false,
             applied: 0,
             sessions: Sessions::new(max_sessions),
+            quota_bytes: DEFAULT_QUOTA_BYTES,
         }
+    }
+
+    /// The same store with another history quota (etcd's `--quota-backend-bytes`). Every
+    /// replica must use the same one: the quota decides which writes fail.
+    pub fn with_quota_bytes(mut self, quota_bytes: u64) -> Self {
+        self.quota_bytes = quota_bytes;
+        self
     }
 
     /// The store's current revision.
@@ -97,20 +117,57 @@ impl KvStore {
         self.revision
     }
 
-    /// The number of keys.
+    /// The revision of the last compaction (0 before any): reads below it fail.
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// The quota's estimate of the retained history, in bytes.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_bytes
+    }
+
+    /// Whether the NOSPACE alarm is raised.
+    pub fn nospace_alarm(&self) -> bool {
+        self.nospace
+    }
+
+    /// The number of live keys.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.live_keys
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.live_keys == 0
     }
 
     /// One key's current state.
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
-        self.keys
-            .get_key_value(key)
-            .map(|(key, entry)| entry.to_key_value(key))
+        let (key, history) = self.keys.get_key_value(key)?;
+        state_at(history, self.revision).map(|entry| entry.to_key_value(key))
+    }
+
+    /// The changes of `revision` in write order: each key with its state after the change
+    /// (`None`: deleted) and before it, as a watch reports them (`kv`, `prev_kv`). Empty for
+    /// revisions outside `(compacted, current]` and for revision 1.
+    pub fn changes_at(&self, revision: i64) -> Vec<(Bytes, Option<KeyValue>, Option<KeyValue>)> {
+        let mut changes = Vec::new();
+        if revision <= self.compacted {
+            return changes;
+        }
+        for key in self.changes.keys_at(revision) {
+            let Some(history) = self.keys.get(key) else {
+                continue;
+            };
+            let after = state_at(history, revision).map(|entry| entry.to_key_value(key));
+            let before = state_at(history, revision - 1).map(|entry| entry.to_key_value(key));
+            changes.push((key.clone(), after, before));
+        }
+        changes
     }
 
     pub fn max_sessions(&self) -> usize {
@@ -157,7 +214,8 @@ impl KvStore {
         response
     }
 
-    /// A local read of the latest state (for lease or serializable reads): changes nothing.
+    /// A local read (for lease or serializable reads) at the request's revision, the latest
+    /// when it is 0: changes nothing.
     pub fn read(&self, request: &RangeRequest) -> Response {
         Response {
             revision: self.revision,
@@ -165,39 +223,81 @@ impl KvStore {
         }
     }
 
-    fn failure(&self, error: KvError) -> Response {
+    pub(crate) fn failure(&self, error: KvError) -> Response {
         Response {
             revision: self.revision,
             result: Err(error),
         }
     }
 
+    fn success(&self, result: OpResponse) -> Response {
+        Response {
+            revision: self.revision,
+            result: Ok(result),
+        }
+    }
+
     /// Runs one operation atomically: all of it, or (on error) none of it.
     fn run_command(&mut self, op: &Op) -> Response {
-        if let Op::Txn(txn) = op {
-            if let Err(error) = check_txn(txn, 1) {
-                return self.failure(error);
+        match op {
+            Op::Txn(txn) => {
+                if let Err(error) = check_txn(txn, 1) {
+                    return self.failure(error);
+                }
+                if self.nospace && !txn_is_free_of_puts(txn) {
+                    return self.failure(self.no_space());
+                }
             }
+            Op::Put(_) if self.nospace => return self.failure(self.no_space()),
+            Op::Compact(request) => {
+                return match self.compact(request) {
+                    Ok(()) => self.success(OpResponse::Compact),
+                    Err(error) => self.failure(error),
+                }
+            }
+            Op::Alarm(action) => {
+                let before = self.nospace;
+                self.nospace = *action == AlarmAction::Activate;
+                return self.success(OpResponse::Alarm {
+                    nospace: self.nospace,
+                    changed: before != self.nospace,
+                });
+            }
+            _ => {}
         }
         let mut batch = WriteBatch {
             revision: self.revision + 1,
-            wrote: false,
+            written: Vec::new(),
             undo: Vec::new(),
+            live_keys: self.live_keys,
+            history_bytes: self.history_bytes,
         };
-        match self.run(op, &mut batch) {
+        let result = self.run(op, &mut batch).and_then(|response| {
+            // etcd checks the quota before a request that adds data; a delete may pass it.
+            let grew = batch.history_bytes > self.history_bytes;
+            if grew && batch.history_bytes > self.quota_bytes {
+                self.nospace = true;
+                return Err(KvError::NoSpace {
+                    history_bytes: batch.history_bytes,
+                    quota_bytes: self.quota_bytes,
+                });
+            }
+            Ok(response)
+        });
+        match result {
             Ok(response) => {
-                if batch.wrote {
+                if batch.wrote() {
                     self.revision = batch.revision;
+                    self.live_keys = batch.live_keys;
+                    self.history_bytes = batch.history_bytes;
+                    self.changes.push(batch.written);
                 }
-                Response {
-                    revision: self.revision,
-                    result: Ok(response),
-                }
+                self.success(response)
             }
             Err(error) => {
                 for (key, before) in batch.undo.into_iter().rev() {
                     match before {
-                        Some(entry) => self.keys.insert(key, entry),
+                        Some(history) => self.keys.insert(key, history),
                         None => self.keys.remove(&key),
                     };
                 }
@@ -206,11 +306,18 @@ impl KvStore {
         }
     }
 
+    fn no_space(&self) -> KvError {
+        KvError::NoSpace {
+            history_bytes: self.history_bytes,
+            quota_bytes: self.quota_bytes,
+        }
+    }
+
     fn run(&mut self, op: &Op, batch: &mut WriteBatch) -> Result<OpResponse, KvError> {
         match op {
             Op::Range(request) => {
                 // Reads inside a txn see its earlier writes, which carry the batch revision.
-                let visible = if batch.wrote {
+                let visible = if batch.wrote() {
                     batch.revision
                 } else {
                     self.revision
@@ -222,29 +329,42 @@ impl KvStore {
                 .delete_range(request, batch)
                 .map(OpResponse::DeleteRange),
             Op::Txn(request) => self.txn(request, batch).map(OpResponse::Txn),
+            Op::Compact(_) | Op::Alarm(_) => Err(KvError::NotInTxn),
         }
+    }
+
+    /// The revision a range reads at, or why it cannot (etcd `rangeKeys`): 0 or negative is
+    /// the latest; below the compacted revision the history is gone; above `visible` it is
+    /// not written yet.
+    fn read_revision(&self, requested: i64, visible: i64) -> Result<i64, KvError> {
+        if requested <= 0 {
+            return Ok(visible);
+        }
+        if requested > visible {
+            return Err(KvError::FutureRevision {
+                requested,
+                current: visible,
+            });
+        }
+        if requested < self.compacted {
+            return Err(KvError::RevisionCompacted {
+                requested,
+                compacted: self.compacted,
+            });
+        }
+        Ok(requested)
     }
 
     fn range(&self, request: &RangeRequest, visible: i64) -> Result<RangeResponse, KvError> {
         if request.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        // etcd: revision <= 0 means "latest"; history is not kept, so only that one is readable.
-        if request.revision > 0 && request.revision != visible {
-            return Err(if request.revision < visible {
-                KvError::RevisionCompacted {
-                    requested: request.revision,
-                    current: visible,
-                }
-            } else {
-                KvError::FutureRevision {
-                    requested: request.revision,
-                    current: visible,
-                }
-            });
-        }
+        let at = self.read_revision(request.revision, visible)?;
         let mut response = RangeResponse::default();
-        for (key, entry) in self.keys_in(&request.key, &request.range_end) {
+        for (key, history) in self.keys_in(&request.key, &request.range_end) {
+            let Some(entry) = state_at(history, at) else {
+                continue;
+            };
             response.count += 1;
             if request.count_only
                 || (request.limit > 0 && response.kvs.len() as i64 >= request.limit)
@@ -261,13 +381,31 @@ impl KvStore {
         Ok(response)
     }
 
+    /// The key's latest live state.
+    fn latest(&self, key: &[u8]) -> Option<&Entry> {
+        self.keys
+            .get(key)
+            .and_then(|history| history.last()?.live())
+    }
+
+    /// Appends `event` to the key's history, remembering the history before it.
+    fn record(&mut self, key: &Bytes, event: KeyEvent, batch: &mut WriteBatch) {
+        batch.history_bytes += event_bytes(key, &event);
+        let before = self.keys.get(key).cloned();
+        let mut history = before.clone().unwrap_or_default();
+        history.push_back(event);
+        self.keys.insert(key.clone(), history);
+        batch.undo.push((key.clone(), before));
+        batch.written.push(key.clone());
+    }
+
     fn put(
         &mut self,
         request: &PutRequest,
         batch: &mut WriteBatch,
     ) -> Result<PutResponse, KvError> {
         check_put(request)?;
-        let before = self.keys.get(&request.key).cloned();
+        let before = self.latest(&request.key).cloned();
         if before.is_none() && (request.ignore_value || request.ignore_lease) {
             return Err(KvError::KeyNotFound(request.key.clone()));
         }
@@ -299,9 +437,10 @@ impl KvStore {
             (Some(previous), true) => Some(previous.to_key_value(&request.key)),
             _ => None,
         };
-        self.keys.insert(request.key.clone(), entry);
-        batch.undo.push((request.key.clone(), before));
-        batch.wrote = true;
+        if before.is_none() {
+            batch.live_keys += 1;
+        }
+        self.record(&request.key, KeyEvent::Put(entry), batch);
         Ok(PutResponse { prev_kv })
     }
 
@@ -313,22 +452,23 @@ impl KvStore {
         if request.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        let doomed: Vec<Bytes> = self
+        let doomed: Vec<(Bytes, Entry)> = self
             .keys_in(&request.key, &request.range_end)
-            .map(|(key, _)| key.clone())
+            .filter_map(|(key, history)| Some((key.clone(), history.last()?.live()?.clone())))
             .collect();
         let mut response = DeleteRangeResponse::default();
-        for key in doomed {
-            if let Some(entry) = self.keys.remove(&key) {
-                if request.prev_kv {
-                    response.prev_kvs.push(entry.to_key_value(&key));
-                }
-                batch.undo.push((key, Some(entry)));
-                response.deleted += 1;
+        for (key, entry) in doomed {
+            if request.prev_kv {
+                response.prev_kvs.push(entry.to_key_value(&key));
             }
+            let tombstone = KeyEvent::Delete {
+                revision: batch.revision,
+            };
+            self.record(&key, tombstone, batch);
+            batch.live_keys -= 1;
+            response.deleted += 1;
         }
         // A delete that finds nothing is not a write: the revision stays (as in etcd).
-        batch.wrote |= response.deleted > 0;
         Ok(response)
     }
 
@@ -356,7 +496,10 @@ impl KvStore {
     /// Whether every key in the compare's range satisfies it (etcd `applyCompare`).
     fn holds(&self, compare: &Compare) -> bool {
         let mut matched = false;
-        for (_, entry) in self.keys_in(&compare.key, &compare.range_end) {
+        for (_, history) in self.keys_in(&compare.key, &compare.range_end) {
+            let Some(entry) = history.last().and_then(KeyEvent::live) else {
+                continue;
+            };
             matched = true;
             if !compare_entry(compare, Some(entry)) {
                 return false;
@@ -365,12 +508,49 @@ impl KvStore {
         matched || compare_entry(compare, None)
     }
 
-    /// The keys selected by etcd's `key`/`range_end` convention, in key order.
+    /// etcd's `Compact`: at or below the compacted revision is `RevisionCompacted`, above the
+    /// current one `FutureRevision`. Only keys changed at or below `revision` since the last
+    /// compaction can lose events, so only those are visited (the change log names them).
+    fn compact(&mut self, request: &CompactRequest) -> Result<(), KvError> {
+        let revision = request.revision;
+        if revision <= self.compacted {
+            return Err(KvError::RevisionCompacted {
+                requested: revision,
+                compacted: self.compacted,
+            });
+        }
+        if revision > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        let touched: BTreeSet<Bytes> = self
+            .changes
+            .drop_through(revision)
+            .iter()
+            .flat_map(|keys| keys.iter().cloned())
+            .collect();
+        for key in touched {
+            let Some(history) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            self.history_bytes -= compact_history(&key, history, revision);
+            if history.is_empty() {
+                self.keys.remove(&key);
+            }
+        }
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// The keys selected by etcd's `key`/`range_end` convention, in key order (deleted keys
+    /// whose tombstone is retained included).
     fn keys_in<'a>(
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Bytes, &'a Entry)> + 'a {
+    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a {
         let bounds: Option<KeyBounds<'a>> = if range_end.is_empty() {
             Some((Bound::Included(key), Bound::Included(key)))
         } else if range_end == [0] {
@@ -384,6 +564,16 @@ impl KvStore {
             .into_iter()
             .flat_map(move |bounds| self.keys.range::<_, [u8]>(bounds))
     }
+}
+
+/// Whether a txn could run without a put in either branch (etcd lets such txns through while
+/// the NOSPACE alarm is raised).
+fn txn_is_free_of_puts(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).all(|op| match op {
+        Op::Put(_) => false,
+        Op::Txn(inner) => txn_is_free_of_puts(inner),
+        _ => true,
+    })
 }
 
 /// The bounds handed to `BTreeMap::range`.
@@ -455,6 +645,7 @@ fn check_txn_shape(txn: &TxnRequest, depth: usize) -> Result<(), KvError> {
                 }
                 Op::Put(request) => check_put(request)?,
                 Op::Txn(inner) => check_txn_shape(inner, depth + 1)?,
+                Op::Compact(_) | Op::Alarm(_) => return Err(KvError::NotInTxn),
                 Op::Range(_) | Op::DeleteRange(_) => {}
             }
         }
@@ -541,61 +732,6 @@ fn intervals(ops: &[Op]) -> Result<(BTreeSet<Bytes>, Vec<Deleted>), KvError> {
     Ok((puts, deleted))
 }
 
-/// The snapshot layout (behind the format-version byte).
-#[derive(Serialize, Deserialize)]
-struct StoreImage {
-    applied: Slot,
-    revision: i64,
-    /// In key order.
-    keys: Vec<KeyValue>,
-    /// In client order.
-    sessions: Vec<Session>,
-}
-
-impl StoreImage {
-    fn check(&self) -> Result<(), String> {
-        if self.revision < INITIAL_REVISION {
-            return Err(format!(
-                "revision {} is below {INITIAL_REVISION}",
-                self.revision
-            ));
-        }
-        for pair in self.keys.windows(2) {
-            if pair[0].key >= pair[1].key {
-                return Err(format!("keys out of order at {:?}", pair[1].key));
-            }
-        }
-        for kv in &self.keys {
-            let ordered = INITIAL_REVISION < kv.create_revision
-                && kv.create_revision <= kv.mod_revision
-                && kv.mod_revision <= self.revision;
-            if kv.key.is_empty() || !ordered || kv.version < 1 {
-                return Err(format!(
-                    "impossible key state {kv:?} at revision {}",
-                    self.revision
-                ));
-            }
-        }
-        for pair in self.sessions.windows(2) {
-            if pair[0].client >= pair[1].client {
-                return Err(format!(
-                    "sessions out of order at client {}",
-                    pair[1].client
-                ));
-            }
-        }
-        for session in &self.sessions {
-            if session.client == 0 || session.slot > self.applied {
-                return Err(format!(
-                    "impossible session for client {} at slot {} (applied {})",
-                    session.client, session.slot, self.applied
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl StateMachine for KvStore {
     fn apply(&mut self, slot: Slot, command: &[u8]) -> Bytes {
         let response = match Command::decode(command) {
@@ -614,63 +750,22 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self) -> Bytes {
-        self.encode_snapshot()
+        image::encode(self)
     }
 
     fn snapshot_job(&self) -> crate::SnapshotJob {
         let frozen = self.clone();
-        Box::new(move || frozen.encode_snapshot())
+        Box::new(move || image::encode(&frozen))
     }
 
     fn empty_like(&self) -> Self {
-        KvStore::with_max_sessions(self.sessions.max_sessions())
+        KvStore::with_max_sessions(self.sessions.max_sessions()).with_quota_bytes(self.quota_bytes)
     }
 
-    /// Replaces the state with the snapshot's; this store's session bound is kept (a snapshot
-    /// with more sessions loses its oldest ones).
+    /// Replaces the state with the snapshot's; this store's session bound and quota are kept
+    /// (a snapshot with more sessions loses its oldest ones).
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.restore_snapshot(snapshot)
-    }
-}
-
-impl KvStore {
-    fn encode_snapshot(&self) -> Bytes {
-        let image = StoreImage {
-            applied: self.applied,
-            revision: self.revision,
-            keys: self
-                .keys
-                .iter()
-                .map(|(key, entry)| entry.to_key_value(key))
-                .collect(),
-            sessions: self.sessions.iter().cloned().collect(),
-        };
-        Bytes::from(codec::encode(&image))
-    }
-
-    fn restore_snapshot(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let image: StoreImage = codec::decode(snapshot)?;
-        image.check().map_err(SnapshotError::Inconsistent)?;
-        let keys = image
-            .keys
-            .into_iter()
-            .map(|kv| {
-                let entry = Entry {
-                    value: kv.value,
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                    version: kv.version,
-                    lease: kv.lease,
-                };
-                (kv.key, entry)
-            })
-            .collect();
-        *self = KvStore {
-            keys,
-            revision: image.revision,
-            applied: image.applied,
-            sessions: Sessions::from_sessions(self.sessions.max_sessions(), image.sessions),
-        };
+        *self = image::decode(snapshot, self)?;
         Ok(())
     }
 }

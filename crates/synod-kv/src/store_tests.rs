@@ -363,26 +363,23 @@ fn keys_only_omits_values_and_count_only_omits_kvs() {
 }
 
 #[test]
-fn range_at_another_revision_is_compacted_or_future() {
+fn range_at_an_older_revision_reads_history_and_a_later_one_is_future() {
     let store = store_with(&["a", "b"]);
     let at = |revision| {
         store
             .read(&RangeRequest {
                 key: b("a"),
+                range_end: b("z"),
                 revision,
                 ..RangeRequest::default()
             })
             .result
+            .map(|result| match result {
+                OpResponse::Range(range) => range.count,
+                other => panic!("unexpected {other:?}"),
+            })
     };
-    assert!(at(3).is_ok());
-    assert!(at(0).is_ok());
-    assert_eq!(
-        at(2),
-        Err(KvError::RevisionCompacted {
-            requested: 2,
-            current: 3
-        })
-    );
+    assert_eq!((at(0), at(3), at(2), at(1)), (Ok(2), Ok(2), Ok(1), Ok(0)));
     assert_eq!(
         at(4),
         Err(KvError::FutureRevision {
@@ -885,11 +882,11 @@ fn bad_snapshots_are_refused_and_change_nothing() {
     let before = store.clone();
     let good = store.snapshot();
     let mut wrong_version = good.to_vec();
-    wrong_version[0] = 2;
+    wrong_version[0] = 3;
     assert_eq!(store.restore(&[]), Err(SnapshotError::Empty));
     assert_eq!(
         store.restore(&wrong_version),
-        Err(SnapshotError::UnknownVersion(2))
+        Err(SnapshotError::UnknownVersion(3))
     );
     for cut in 1..good.len() {
         assert!(store.restore(&good[..cut]).is_err(), "truncated at {cut}");
@@ -905,7 +902,7 @@ fn bad_snapshots_are_refused_and_change_nothing() {
     run(&mut broken, put("a", "1"));
     let mut image = broken.snapshot().to_vec();
     // Layout: version, applied (varint 1), revision (zigzag varint 2 -> 4).
-    assert_eq!(&image[..3], &[FORMAT_VERSION, 1, 4]);
+    assert_eq!(&image[..3], &[SNAPSHOT_FORMAT_VERSION, 1, 4]);
     image[2] = 2; // revision 1
     assert!(matches!(
         store.restore(&image),

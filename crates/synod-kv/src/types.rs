@@ -34,8 +34,8 @@ pub struct RangeRequest {
     pub count_only: bool,
     /// Values are left empty.
     pub keys_only: bool,
-    /// 0 (or negative, as in etcd) reads the latest revision. Any other revision must equal
-    /// the current one: no history is kept.
+    /// 0 (or negative, as in etcd) reads the latest revision; any other the state as of that
+    /// revision, which must be at or above the compacted revision and at or below the current.
     pub revision: i64,
 }
 
@@ -100,13 +100,34 @@ pub struct TxnRequest {
     pub failure: Vec<Op>,
 }
 
-/// One operation of the store.
+/// Drops the history below `revision` (etcd's `Compact`): afterwards the store answers reads at
+/// `revision` and later, and keeps of every key only its state as of `revision` (if it was
+/// live then) and its later changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub revision: i64,
+    /// etcd waits for the compaction to reach its disk; here it is done when applied, so the
+    /// flag changes nothing.
+    pub physical: bool,
+}
+
+/// Raises or clears the NOSPACE alarm (etcd's `Maintenance.Alarm` ACTIVATE/DEACTIVATE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    Activate,
+    Deactivate,
+}
+
+/// One operation of the store. `Compact` and `Alarm` are commands of their own: a txn cannot
+/// hold them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Range(RangeRequest),
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
+    Compact(CompactRequest),
+    Alarm(AlarmAction),
 }
 
 impl Op {
@@ -114,7 +135,7 @@ impl Op {
     pub fn is_read_only(&self) -> bool {
         match self {
             Op::Range(_) => true,
-            Op::Put(_) | Op::DeleteRange(_) => false,
+            Op::Put(_) | Op::DeleteRange(_) | Op::Compact(_) | Op::Alarm(_) => false,
             Op::Txn(txn) => txn.success.iter().chain(&txn.failure).all(Op::is_read_only),
         }
     }
@@ -156,6 +177,14 @@ pub enum OpResponse {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
+    /// The history below the requested revision is gone.
+    Compact,
+    /// The alarm state after the command (whether NOSPACE is raised) and whether the
+    /// command changed it.
+    Alarm {
+        nospace: bool,
+        changed: bool,
+    },
 }
 
 /// Why a command failed. A failed command changes nothing (except that the session records it).
@@ -167,8 +196,8 @@ pub enum KvError {
     StaleSequence { client: u64, seq: u64, last: u64 },
     /// A transaction branch writes the same key twice (or puts a key it also deletes).
     DuplicateKeyInTxn(Bytes),
-    /// A read at an older revision: history is not kept.
-    RevisionCompacted { requested: i64, current: i64 },
+    /// A read below the compacted revision, or a compaction at or below it.
+    RevisionCompacted { requested: i64, compacted: i64 },
     /// A read at a revision the store has not reached.
     FutureRevision { requested: i64, current: i64 },
     /// A request with an empty key.
@@ -185,6 +214,14 @@ pub enum KvError {
     TxnTooDeep { max: usize },
     /// A command for a slot before the last applied one (the log must be applied in order).
     SlotRegression { slot: u64, applied: u64 },
+    /// A write while the NOSPACE alarm is raised, or one that would take the history past the
+    /// store's quota (which raises the alarm).
+    NoSpace {
+        history_bytes: u64,
+        quota_bytes: u64,
+    },
+    /// A compaction or an alarm inside a txn.
+    NotInTxn,
 }
 
 impl std::fmt::Display for KvError {
@@ -198,9 +235,12 @@ impl std::fmt::Display for KvError {
             KvError::DuplicateKeyInTxn(key) => {
                 write!(f, "duplicate key given in txn request: {key:?}")
             }
-            KvError::RevisionCompacted { requested, current } => write!(
+            KvError::RevisionCompacted {
+                requested,
+                compacted,
+            } => write!(
                 f,
-                "required revision {requested} has been compacted (only revision {current} is kept)"
+                "required revision {requested} has been compacted (compacted revision {compacted})"
             ),
             KvError::FutureRevision { requested, current } => write!(
                 f,
@@ -218,6 +258,14 @@ impl std::fmt::Display for KvError {
                 f,
                 "command for slot {slot} arrived after slot {applied} was applied"
             ),
+            KvError::NoSpace {
+                history_bytes,
+                quota_bytes,
+            } => write!(
+                f,
+                "database space exceeded (history ~{history_bytes} bytes, quota {quota_bytes})"
+            ),
+            KvError::NotInTxn => write!(f, "a txn cannot hold a compaction or an alarm"),
         }
     }
 }

@@ -90,6 +90,19 @@ pub struct NodeArgs {
     /// replica has many cores to itself. The write-ahead log syncs on its own thread.
     #[arg(long, env = "SYNOD_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    /// etcd's: `periodic` (keep --auto-compaction-retention of time) or `revision` (keep
+    /// that many revisions). The leader proposes the compactions through the log.
+    #[arg(long, env = "SYNOD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// For `periodic` a duration (`1h`, `30m`, `10s`; a bare number is hours), for
+    /// `revision` a count; 0 (the default) disables auto-compaction.
+    #[arg(long, env = "SYNOD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// The history quota in bytes (etcd's flag and default, 2 GiB; 0 means the default):
+    /// writes over it fail with "mvcc: database space exceeded" and raise the NOSPACE alarm.
+    /// Every member must use the same value.
+    #[arg(long, env = "SYNOD_QUOTA_BACKEND_BYTES", default_value_t = synod_kv::DEFAULT_QUOTA_BYTES)]
+    pub quota_backend_bytes: u64,
     /// error, warn, info or debug (RUST_LOG, when set, wins).
     #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -167,6 +180,15 @@ impl NodeArgs {
         config.max_clock_drift_percent = self.max_clock_drift_percent;
         config.max_request_bytes = self.max_request_bytes;
         config.read_mode = self.read_mode;
+        config.auto_compaction = crate::compactor::CompactionPolicy::parse(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )
+        .map_err(|error| anyhow!(error))?;
+        config.quota_backend_bytes = match self.quota_backend_bytes {
+            0 => synod_kv::DEFAULT_QUOTA_BYTES,
+            bytes => bytes,
+        };
         if self.unsafe_no_fsync {
             config.wal_sync = SyncMode::None;
         }

@@ -193,6 +193,11 @@ pub struct ServerConfig {
     pub read_mode: synod_core::ReadMode,
     pub wal_sync: SyncMode,
     pub wal_segment_bytes: u64,
+    /// The KV store's history quota (etcd's `--quota-backend-bytes`); the same on every
+    /// member, since writes over it fail while the log is applied.
+    pub quota_backend_bytes: u64,
+    /// etcd's `--auto-compaction-mode/-retention`; `None` disables it.
+    pub auto_compaction: Option<crate::compactor::CompactionPolicy>,
 }
 
 impl ServerConfig {
@@ -214,6 +219,8 @@ impl ServerConfig {
             read_mode: synod_core::ReadMode::Lease,
             wal_sync: SyncMode::Fsync,
             wal_segment_bytes: 64 << 20,
+            quota_backend_bytes: synod_kv::DEFAULT_QUOTA_BYTES,
+            auto_compaction: None,
         }
     }
 

@@ -4,8 +4,9 @@
 //! the runtime forwards to the leader and retries through failovers. Ranges are
 //! linearizable by default — a read index from the leader (its lease, or one quorum
 //! round), then a local read once this replica applied it — or, with `serializable`,
-//! answered from this replica's state at once. Every other RPC answers UNIMPLEMENTED
-//! with a message saying so.
+//! answered from this replica's state at once. A range at an older `revision` reads the
+//! store's history; `Compact` and the NOSPACE alarm's ACTIVATE/DEACTIVATE go through the log.
+//! Every other RPC answers UNIMPLEMENTED with a message saying so.
 
 // tonic's `Status` is large, and every gRPC handler returns it; the conversion helpers
 // return it too rather than box and unbox it at each boundary.
@@ -22,8 +23,9 @@ use crate::transport::Directory;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
 use synod_kv::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvError, KvStore,
-    Op, OpResponse, PutRequest, RangeRequest, RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
+    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse, PutRequest, RangeRequest,
+    RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
 };
 use tonic::{Request, Status};
 
@@ -86,8 +88,8 @@ impl EtcdApi {
 /// Any path no service claims: a method or service of etcd that synod does not serve.
 async fn unserved_path(uri: axum::http::Uri) -> (axum::http::StatusCode, axum::http::HeaderMap) {
     let status = Status::unimplemented(format!(
-        "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn, \
-         Cluster.MemberList, Maintenance.Status and Alarm GET)",
+        "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, \
+         Cluster.MemberList, Maintenance.Status and Alarm)",
         uri.path()
     ));
     let mut headers = axum::http::HeaderMap::new();
@@ -140,6 +142,10 @@ fn kv_status(error: KvError) -> Status {
         KvError::TxnTooDeep { .. } | KvError::Malformed(_) => {
             Status::invalid_argument(format!("etcdserver: {error}"))
         }
+        KvError::NoSpace { .. } => {
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+        }
+        KvError::NotInTxn => Status::invalid_argument(format!("etcdserver: {error}")),
         KvError::StaleSequence { .. } | KvError::SlotRegression { .. } => {
             Status::internal(format!("etcdserver: {error}"))
         }
@@ -311,6 +317,10 @@ impl EtcdApi {
                     .map(|response| self.op_response_to_proto(response, revision))
                     .collect(),
             }),
+            // The store refuses compactions and alarms inside a txn, so neither answers here.
+            OpResponse::Compact | OpResponse::Alarm { .. } => {
+                return pb::ResponseOp { response: None }
+            }
         };
         pb::ResponseOp {
             response: Some(response),
@@ -449,14 +459,24 @@ impl Kv for EtcdApi {
         }
     }
 
+    /// Through the log, so every member compacts at the same revision. `physical` needs no
+    /// wait: the history is dropped when the command applies.
     async fn compact(
         &self,
-        _request: Request<pb::Unserved>,
-    ) -> Result<tonic::Response<pb::Unserved>, Status> {
-        Err(unserved(
-            "etcdserverpb.KV/Compact",
-            "only the latest revision is kept, so there is no history to compact",
-        ))
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<tonic::Response<pb::CompactionResponse>, Status> {
+        let request = request.into_inner();
+        let compact = Op::Compact(CompactRequest {
+            revision: request.revision,
+            physical: request.physical,
+        });
+        let response = self.execute(compact).await?;
+        match response.result.map_err(kv_status)? {
+            OpResponse::Compact => Ok(tonic::Response::new(pb::CompactionResponse {
+                header: self.header(response.revision),
+            })),
+            other => Err(Status::internal(format!("a compaction produced {other:?}"))),
+        }
     }
 }
 
@@ -544,26 +564,70 @@ impl ClusterService for EtcdApi {
 
 #[tonic::async_trait]
 impl Maintenance for EtcdApi {
+    /// NOSPACE is the only alarm. It is raised while applying the log, so every member holds
+    /// it; GET lists it once per member, as etcd lists the members that raised it.
+    /// ACTIVATE/DEACTIVATE go through the log; DEACTIVATE answers the alarms it cleared.
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<tonic::Response<pb::AlarmResponse>, Status> {
-        if request.into_inner().action != pb::alarm_request::AlarmAction::Get as i32 {
-            return Err(unserved(
-                "etcdserverpb.Maintenance/Alarm (activate/deactivate)",
-                "synod raises no alarms",
-            ));
-        }
-        let revision = self
-            .handle
-            .read(Consistency::Serializable, |store: &KvStore| {
-                store.revision()
-            })
-            .await
-            .map_err(server_status)?;
+        use pb::alarm_request::AlarmAction as PbAction;
+        let request = request.into_inner();
+        let action = match PbAction::try_from(request.action) {
+            Ok(PbAction::Get) => None,
+            Ok(PbAction::Activate) => Some(AlarmAction::Activate),
+            Ok(PbAction::Deactivate) => Some(AlarmAction::Deactivate),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm action {}",
+                    request.action
+                )))
+            }
+        };
+        let nospace_requested = request.alarm == pb::AlarmType::Nospace as i32;
+        let (revision, alarms) = match action {
+            None => {
+                let (revision, nospace) = self
+                    .handle
+                    .read(Consistency::Serializable, |store: &KvStore| {
+                        (store.revision(), store.nospace_alarm())
+                    })
+                    .await
+                    .map_err(server_status)?;
+                let members = if nospace {
+                    self.cluster.ids()
+                } else {
+                    Vec::new()
+                };
+                (revision, members)
+            }
+            // Only NOSPACE exists here: other alarm types change nothing.
+            Some(_) if !nospace_requested => (0, Vec::new()),
+            Some(action) => {
+                let response = self.execute(Op::Alarm(action)).await?;
+                match response.result.map_err(kv_status)? {
+                    OpResponse::Alarm { changed, .. } => {
+                        let member = if request.member_id == 0 {
+                            self.handle.node_id()
+                        } else {
+                            request.member_id
+                        };
+                        let alarms = if changed { vec![member] } else { Vec::new() };
+                        (response.revision, alarms)
+                    }
+                    other => return Err(Status::internal(format!("an alarm produced {other:?}"))),
+                }
+            }
+        };
         Ok(tonic::Response::new(pb::AlarmResponse {
             header: self.header(revision),
-            alarms: Vec::new(),
+            alarms: alarms
+                .into_iter()
+                .map(|member_id| pb::AlarmMember {
+                    member_id,
+                    alarm: pb::AlarmType::Nospace as i32,
+                })
+                .collect(),
         }))
     }
 

@@ -11,6 +11,7 @@
 //! [`run_dev`].
 
 pub mod cli;
+pub mod compactor;
 pub mod config;
 mod driver;
 pub mod etcd;

@@ -1,13 +1,14 @@
 //! [`EtcdNode`]: a KV replica with its etcd gRPC endpoints and metrics endpoint — what
 //! `synod node` runs, and what the tests start in-process.
 
+use crate::compactor::{AutoCompactor, CompactionPolicy};
 use crate::config::ServerConfig;
 use crate::etcd::EtcdApi;
 use crate::metrics::serve_metrics;
-use crate::{Server, ServerError};
+use crate::{Consistency, Server, ServerError};
 use std::net::SocketAddr;
 use std::time::Duration;
-use synod_kv::KvStore;
+use synod_kv::{Command, CompactRequest, KvStore, Op, Response};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,9 +39,11 @@ impl EtcdNode {
         config: ServerConfig,
         listeners: Listeners,
     ) -> Result<EtcdNode, ServerError> {
+        let store = KvStore::new().with_quota_bytes(config.quota_backend_bytes);
+        let auto_compaction = config.auto_compaction;
         let server = match listeners.peer {
-            Some(peer) => Server::start_with_listener(config, KvStore::new(), peer).await?,
-            None => Server::start(config, KvStore::new()).await?,
+            Some(peer) => Server::start_with_listener(config, store, peer).await?,
+            None => Server::start(config, store).await?,
         };
         let api = EtcdApi::new(
             server.handle(),
@@ -81,6 +84,13 @@ impl EtcdNode {
                 }
             }));
             tracing::info!(node = server.node_id(), %addr, "serving etcd v3 gRPC clients");
+        }
+        if let Some(policy) = auto_compaction {
+            grpc.push(tokio::spawn(auto_compact(
+                server.handle(),
+                policy,
+                shutdown.subscribe(),
+            )));
         }
         let (metrics_addr, metrics_task) = match listeners.metrics {
             Some(listener) => {
@@ -135,5 +145,60 @@ impl EtcdNode {
             task.abort();
         }
         self.server.stop().await
+    }
+}
+
+/// Feeds the auto-compaction policy the time, the revision and the leadership, and proposes
+/// what it asks for. A failed proposal (a failover, or the revision already compacted by
+/// someone else) is only logged: the next poll tries again.
+async fn auto_compact(
+    handle: crate::Handle<KvStore>,
+    policy: CompactionPolicy,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut compactor = AutoCompactor::new(policy);
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(policy.poll_interval().min(Duration::from_secs(1)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Ok(status) = handle.status().await else {
+            return;
+        };
+        let is_leader = status.leader == Some(status.node_id);
+        let read = handle.read(Consistency::Serializable, |store: &KvStore| {
+            (store.revision(), store.compacted_revision())
+        });
+        let Ok((revision, compacted)) = read.await else {
+            return;
+        };
+        let now = started.elapsed();
+        let Some(target) = compactor.poll(now, revision, compacted, is_leader) else {
+            continue;
+        };
+        let command = Command::unsessioned(Op::Compact(CompactRequest {
+            revision: target,
+            physical: false,
+        }));
+        match handle
+            .propose(command.encode())
+            .await
+            .map(|bytes| Response::decode(&bytes))
+        {
+            Ok(Ok(Response { result: Ok(_), .. })) => {
+                tracing::info!(node = handle.node_id(), revision = target, "auto-compacted");
+            }
+            other => {
+                tracing::warn!(
+                    node = handle.node_id(),
+                    revision = target,
+                    ?other,
+                    "auto-compaction failed"
+                );
+            }
+        }
     }
 }

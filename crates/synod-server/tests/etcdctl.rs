@@ -219,3 +219,81 @@ async fn etcdctl_keeps_working_after_the_leader_is_killed() {
     );
     cluster.stop_all().await;
 }
+
+/// `get --rev`, `compaction`, and the quota's alarm as an operator meets them: etcd's output
+/// and etcd's errors for the same command sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_reads_history_compacts_and_disarms_nospace() {
+    if !etcdctl_available("etcdctl_reads_history_compacts_and_disarms_nospace") {
+        return;
+    }
+    let mut cluster = EtcdCluster::start_with(3, |config| {
+        config.quota_backend_bytes = 2048;
+    })
+    .await;
+    let one = |index: usize| vec![cluster.endpoint(index)];
+    for value in ["v1", "v2", "v3"] {
+        ok(&one(0), &["put", "k", value]).await; // revisions 2, 3, 4
+    }
+    assert_eq!(ok(&one(1), &["get", "k", "--rev=2"]).await, "k\nv1\n");
+    assert_eq!(
+        ok(&one(2), &["get", "k", "--rev=3", "--consistency=s"]).await,
+        "k\nv2\n"
+    );
+    assert_eq!(
+        ok(&one(0), &["compaction", "3"]).await,
+        "compacted revision 3\n"
+    );
+    let below = etcdctl(&one(1), &["get", "k", "--rev=2"], "").await;
+    assert!(!below.success);
+    assert!(
+        below
+            .stderr
+            .contains("etcdserver: mvcc: required revision has been compacted"),
+        "{}",
+        below.stderr
+    );
+    let again = etcdctl(&one(0), &["compaction", "3"], "").await;
+    assert!(
+        !again.success && again.stderr.contains("required revision has been compacted"),
+        "{}",
+        again.stderr
+    );
+    let future = etcdctl(&one(0), &["compaction", "99"], "").await;
+    assert!(
+        !future.success && future.stderr.contains("required revision is a future revision"),
+        "{}",
+        future.stderr
+    );
+
+    // Fill the 2 KiB quota: the put that passes it fails and raises NOSPACE.
+    let value = "x".repeat(300);
+    let refused = loop {
+        let output = etcdctl(&one(0), &["put", "big", &value], "").await;
+        if !output.success {
+            break output;
+        }
+    };
+    assert!(
+        refused
+            .stderr
+            .contains("etcdserver: mvcc: database space exceeded"),
+        "{}",
+        refused.stderr
+    );
+    let alarms = ok(&one(0), &["alarm", "list"]).await;
+    assert_eq!(alarms.matches("alarm:NOSPACE").count(), 3, "{alarms}");
+    let revision = ok(&one(0), &["get", "big", "-w", "json"]).await;
+    let current = revision
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .expect("a header revision")
+        .to_string();
+    ok(&one(0), &["compaction", &current]).await;
+    let disarmed = ok(&one(0), &["alarm", "disarm"]).await;
+    assert!(disarmed.contains("alarm:NOSPACE"), "{disarmed}");
+    assert_eq!(ok(&one(0), &["alarm", "list"]).await, "");
+    assert_eq!(ok(&one(0), &["put", "small", "ok"]).await, "OK\n");
+    cluster.stop_all().await;
+}

@@ -1,0 +1,285 @@
+//! The KV store's snapshot: its whole retained history, so a replica restored from it answers
+//! every read at or above the compacted revision exactly as the replica that took it.
+//!
+//! Layout (behind [`SNAPSHOT_FORMAT_VERSION`]): applied slot, revision, compacted revision,
+//! the NOSPACE alarm, every key with its events in key order, the change log (the keys of
+//! each revision above its base, in write order), the sessions. Histories are written
+//! straight from the persistent maps, never copied first. Snapshots of format 1 (the latest
+//! state only, before history was kept) are still read: they restore as compacted at their
+//! revision.
+
+use bytes::Bytes;
+use imbl::{OrdMap, Vector};
+use serde::ser::{SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::history::{event_bytes, ChangeLog, Entry, KeyEvent, KeyHistory};
+use crate::sessions::{Session, Sessions};
+use crate::store::{KvStore, INITIAL_REVISION};
+use crate::{KeyValue, Slot, SnapshotError, FORMAT_VERSION};
+
+/// The format-version byte of snapshots with history.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+
+/// Serializes a sequence from an iterator without collecting it.
+struct Seq<I>(std::cell::Cell<Option<I>>);
+
+impl<I> Seq<I> {
+    fn of(iter: I) -> Seq<I> {
+        Seq(std::cell::Cell::new(Some(iter)))
+    }
+}
+
+impl<I, T> Serialize for Seq<I>
+where
+    I: Iterator<Item = T> + ExactSizeIterator,
+    T: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.take() {
+            Some(iter) => serializer.collect_seq(iter),
+            None => Err(serde::ser::Error::custom("a sequence serialized twice")),
+        }
+    }
+}
+
+/// A key and its events, borrowed for writing.
+struct KeyRef<'a>(&'a Bytes, &'a KeyHistory);
+
+impl Serialize for KeyRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut image = serializer.serialize_struct("KeyImage", 2)?;
+        image.serialize_field("key", self.0)?;
+        image.serialize_field("events", &Seq::of(self.1.iter()))?;
+        image.end()
+    }
+}
+
+struct StoreRef<'a>(&'a KvStore);
+
+impl Serialize for StoreRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let store = self.0;
+        let mut image = serializer.serialize_struct("StoreImage", 8)?;
+        image.serialize_field("applied", &store.applied)?;
+        image.serialize_field("revision", &store.revision)?;
+        image.serialize_field("compacted", &store.compacted)?;
+        image.serialize_field("nospace", &store.nospace)?;
+        let keys = store.keys.iter().map(|(key, history)| KeyRef(key, history));
+        image.serialize_field("keys", &Seq::of(ExactLen(keys, store.keys.len())))?;
+        image.serialize_field("changes_base", &store.changes.base())?;
+        let changes = store.changes.iter().map(|keys| Seq::of(keys.iter()));
+        let count = (store.changes.last() - store.changes.base()) as usize;
+        image.serialize_field("changes", &Seq::of(ExactLen(changes, count)))?;
+        let sessions = store.sessions.iter();
+        image.serialize_field(
+            "sessions",
+            &Seq::of(ExactLen(sessions, store.sessions.len())),
+        )?;
+        image.end()
+    }
+}
+
+/// An iterator whose length is known from elsewhere (imbl's iterators do not say).
+struct ExactLen<I>(I, usize);
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.0.next()?;
+        self.1 = self.1.saturating_sub(1);
+        Some(item)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
+
+#[derive(Deserialize)]
+struct KeyImage {
+    key: Bytes,
+    events: Vec<KeyEvent>,
+}
+
+#[derive(Deserialize)]
+struct StoreImage {
+    applied: Slot,
+    revision: i64,
+    compacted: i64,
+    nospace: bool,
+    keys: Vec<KeyImage>,
+    changes_base: i64,
+    changes: Vec<Vec<Bytes>>,
+    sessions: Vec<Session>,
+}
+
+/// Format 1: the latest state only.
+#[derive(Deserialize)]
+struct LatestImage {
+    applied: Slot,
+    revision: i64,
+    keys: Vec<KeyValue>,
+    sessions: Vec<Session>,
+}
+
+pub(crate) fn encode(store: &KvStore) -> Bytes {
+    Bytes::from(codec::encode_as(SNAPSHOT_FORMAT_VERSION, &StoreRef(store)))
+}
+
+/// Decodes a snapshot into a store with `template`'s settings.
+pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, SnapshotError> {
+    let image = match snapshot.first() {
+        Some(&FORMAT_VERSION) => from_latest(codec::decode_as(FORMAT_VERSION, snapshot)?),
+        _ => codec::decode_as::<StoreImage>(SNAPSHOT_FORMAT_VERSION, snapshot)?,
+    };
+    check(&image).map_err(SnapshotError::Inconsistent)?;
+    let mut store = KvStore::with_max_sessions(template.max_sessions())
+        .with_quota_bytes(template.quota_bytes());
+    let mut changes = ChangeLog::new(image.changes_base);
+    for keys in image.changes {
+        changes.push(keys);
+    }
+    let mut keys = OrdMap::new();
+    for KeyImage { key, events } in image.keys {
+        store.history_bytes += events.iter().map(|e| event_bytes(&key, e)).sum::<u64>();
+        if events.last().and_then(KeyEvent::live).is_some() {
+            store.live_keys += 1;
+        }
+        keys.insert(key, Vector::from(events));
+    }
+    store.keys = keys;
+    store.changes = changes;
+    store.revision = image.revision;
+    store.compacted = image.compacted;
+    store.nospace = image.nospace;
+    store.applied = image.applied;
+    store.sessions = Sessions::from_sessions(template.max_sessions(), image.sessions);
+    Ok(store)
+}
+
+fn from_latest(image: LatestImage) -> StoreImage {
+    let keys = image
+        .keys
+        .into_iter()
+        .map(|kv| KeyImage {
+            key: kv.key,
+            events: vec![KeyEvent::Put(Entry {
+                value: kv.value,
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            })],
+        })
+        .collect();
+    StoreImage {
+        applied: image.applied,
+        revision: image.revision,
+        compacted: image.revision,
+        nospace: false,
+        keys,
+        changes_base: image.revision,
+        changes: Vec::new(),
+        sessions: image.sessions,
+    }
+}
+
+fn check(image: &StoreImage) -> Result<(), String> {
+    let revision = image.revision;
+    if revision < INITIAL_REVISION || image.compacted < 0 || image.compacted > revision {
+        return Err(format!(
+            "revision {revision}, compacted {} are impossible",
+            image.compacted
+        ));
+    }
+    let base = image.compacted.max(INITIAL_REVISION);
+    if image.changes_base != base || image.changes.len() as i64 != revision - base {
+        return Err(format!(
+            "the change log covers {} revisions after {}, not ({base}, {revision}]",
+            image.changes.len(),
+            image.changes_base
+        ));
+    }
+    for pair in image.keys.windows(2) {
+        if pair[0].key >= pair[1].key {
+            return Err(format!("keys out of order at {:?}", pair[1].key));
+        }
+    }
+    for key in &image.keys {
+        check_events(key, revision)?;
+    }
+    for (keys, at) in image.changes.iter().zip(base + 1..) {
+        for key in keys {
+            let found = image
+                .keys
+                .binary_search_by(|image| image.key.cmp(key))
+                .ok()
+                .map(|index| &image.keys[index]);
+            if !found.is_some_and(|image| image.events.iter().any(|e| e.revision() == at)) {
+                return Err(format!(
+                    "revision {at} names {key:?}, which has no event there"
+                ));
+            }
+        }
+    }
+    check_sessions(&image.sessions, image.applied)
+}
+
+/// A key's events: a put first, revisions rising up to the store's, no two deletes in a row,
+/// and each put continuing (or, after a delete, restarting) its generation.
+fn check_events(image: &KeyImage, revision: i64) -> Result<(), String> {
+    let impossible = || format!("impossible history of {:?}: {:?}", image.key, image.events);
+    if image.key.is_empty() || !matches!(image.events.first(), Some(KeyEvent::Put(_))) {
+        return Err(impossible());
+    }
+    let mut previous: Option<&KeyEvent> = None;
+    for event in &image.events {
+        let at = event.revision();
+        if at <= INITIAL_REVISION || at > revision {
+            return Err(impossible());
+        }
+        let fits = match (previous, event) {
+            (None, KeyEvent::Put(entry)) => {
+                entry.create_revision <= at && entry.create_revision > INITIAL_REVISION
+            }
+            (Some(before), _) if before.revision() >= at => false,
+            (Some(KeyEvent::Put(before)), KeyEvent::Put(entry)) => {
+                entry.create_revision == before.create_revision
+                    && entry.version == before.version + 1
+            }
+            (Some(KeyEvent::Delete { .. }), KeyEvent::Put(entry)) => {
+                entry.create_revision == at && entry.version == 1
+            }
+            (Some(KeyEvent::Put(_)), KeyEvent::Delete { .. }) => true,
+            (_, KeyEvent::Delete { .. }) => false,
+        };
+        if !fits || event.live().is_some_and(|entry| entry.version < 1) {
+            return Err(impossible());
+        }
+        previous = Some(event);
+    }
+    Ok(())
+}
+
+fn check_sessions(sessions: &[Session], applied: Slot) -> Result<(), String> {
+    for pair in sessions.windows(2) {
+        if pair[0].client >= pair[1].client {
+            return Err(format!(
+                "sessions out of order at client {}",
+                pair[1].client
+            ));
+        }
+    }
+    for session in sessions {
+        if session.client == 0 || session.slot > applied {
+            return Err(format!(
+                "impossible session for client {} at slot {} (applied {applied})",
+                session.client, session.slot
+            ));
+        }
+    }
+    Ok(())
+}
