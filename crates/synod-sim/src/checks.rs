@@ -191,3 +191,147 @@ pub fn check_history(
         Verdict::Linearizable => None,
     }
 }
+
+/// The committed history of the KV store, rebuilt from the chosen log with etcd's revision
+/// rules written out longhand for the commands the clients send (puts, value
+/// compare-and-sets, reads, compactions): the oracle for reads at older revisions.
+#[derive(Default)]
+struct CommittedHistory {
+    revision: i64,
+    /// Per key: (revision, value) for every write, oldest first.
+    writes: BTreeMap<bytes::Bytes, Vec<(i64, bytes::Bytes)>>,
+    compacted: i64,
+    /// Each compaction that took effect: (its revision, the store's revision then).
+    compactions: Vec<(i64, i64)>,
+}
+
+impl CommittedHistory {
+    fn value_at(&self, key: &[u8], revision: i64) -> Option<&bytes::Bytes> {
+        let writes = self.writes.get(key)?;
+        writes
+            .iter()
+            .take_while(|(at, _)| *at <= revision)
+            .last()
+            .map(|(_, value)| value)
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Put(put) => {
+                self.revision += 1;
+                let entry = self.writes.entry(put.key.clone()).or_default();
+                entry.push((self.revision, put.value.clone()));
+            }
+            Op::Txn(txn) => {
+                let holds = txn.compare.iter().all(|compare| match &compare.target {
+                    synod_kv::CompareTarget::Value(expected) => {
+                        self.value_at(&compare.key, self.revision) == Some(expected)
+                    }
+                    _ => false,
+                });
+                let branch = if holds { &txn.success } else { &txn.failure };
+                let puts: Vec<_> = branch
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Put(put) => Some(put),
+                        _ => None,
+                    })
+                    .collect();
+                if !puts.is_empty() {
+                    self.revision += 1;
+                    for put in puts {
+                        let entry = self.writes.entry(put.key.clone()).or_default();
+                        entry.push((self.revision, put.value.clone()));
+                    }
+                }
+            }
+            Op::Compact(request) => {
+                if request.revision > self.compacted && request.revision <= self.revision {
+                    self.compacted = request.revision;
+                    self.compactions.push((request.revision, self.revision));
+                }
+            }
+            Op::Range(_) | Op::DeleteRange(_) | Op::Alarm(_) => {}
+        }
+    }
+}
+
+impl Checker {
+    /// Replays the chosen log, applying each client command once: the replica's proposal
+    /// sessions drop copies and proposals given up on (the replica's own table decides,
+    /// as it does when applying), then the store's sessions drop a sequence number at or
+    /// below the client's last one.
+    fn committed_history(&self) -> CommittedHistory {
+        let mut history = CommittedHistory {
+            revision: synod_kv::INITIAL_REVISION,
+            ..CommittedHistory::default()
+        };
+        let mut proposals = synod_replica::sessions::Sessions::default();
+        let mut last_seq: BTreeMap<u64, u64> = BTreeMap::new();
+        for (slot, value) in &self.chosen {
+            for bytes in value.commands() {
+                let Ok(proposal) = Proposal::decode(bytes) else {
+                    continue;
+                };
+                match proposals.check(&proposal, *slot) {
+                    synod_replica::sessions::Outcome::Apply => {
+                        proposals.record(proposal.client, proposal.seq, bytes::Bytes::new());
+                    }
+                    _ => continue,
+                }
+                let Ok(command) = Command::decode(&proposal.payload) else {
+                    continue;
+                };
+                if command.client != 0 {
+                    let last = last_seq.entry(command.client).or_insert(0);
+                    if command.seq <= *last {
+                        continue;
+                    }
+                    *last = command.seq;
+                }
+                history.apply(&command.op);
+            }
+        }
+        history
+    }
+
+    /// Every read at an older revision returned exactly the committed state of its key at
+    /// that revision — or, when it failed, it was below a compaction the serving replica had
+    /// applied, or beyond the revision that replica had reached.
+    pub(crate) fn check_revision_reads(
+        &self,
+        reads: &[crate::clients::RevisionRead],
+    ) -> Option<Violation> {
+        if reads.is_empty() {
+            return None;
+        }
+        let history = self.committed_history();
+        let key_of = |key: u64| bytes::Bytes::from(format!("k{key}"));
+        for read in reads {
+            let fine = match &read.result {
+                Ok(value) => {
+                    read.revision <= read.served_at
+                        && value.as_ref() == history.value_at(&key_of(read.key), read.revision)
+                }
+                Err(synod_kv::KvError::FutureRevision { .. }) => read.revision > read.served_at,
+                Err(synod_kv::KvError::RevisionCompacted { .. }) => history
+                    .compactions
+                    .iter()
+                    .any(|&(at, then)| at > read.revision && then <= read.served_at),
+                Err(_) => false,
+            };
+            if !fine {
+                return Some(Violation::NotLinearizable(format!(
+                    "a read of k{} at revision {} (served at revision {}) returned {:?}; the \
+                     committed history has {:?} there",
+                    read.key,
+                    read.revision,
+                    read.served_at,
+                    read.result,
+                    history.value_at(&key_of(read.key), read.revision)
+                )));
+            }
+        }
+        None
+    }
+}

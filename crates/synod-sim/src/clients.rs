@@ -37,6 +37,29 @@ pub(crate) struct ClientOp {
     pub key: u64,
     pub op: RegisterOp<u64>,
     pub path: Path,
+    pub mvcc: Mvcc,
+}
+
+/// The KV history's part of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mvcc {
+    /// A register operation on the latest state.
+    Latest,
+    /// A read (linearizable or serializable) at this revision; checked against the
+    /// committed history, not by the linearizability checker.
+    ReadAt(i64),
+    /// A `Compact` at this revision through the log (`op` is a placeholder).
+    Compact(i64),
+}
+
+/// A read at an older revision and what it returned, for the history checker.
+#[derive(Clone, Debug)]
+pub(crate) struct RevisionRead {
+    pub key: u64,
+    pub revision: i64,
+    /// The serving replica's revision (the response header's).
+    pub served_at: i64,
+    pub result: Result<Option<Bytes>, synod_kv::KvError>,
 }
 
 #[derive(Default)]
@@ -47,6 +70,8 @@ pub(crate) struct Client {
     pub done: usize,
     /// A value this client saw recently (a plausible CAS `from`).
     pub last_seen: BTreeMap<u64, u64>,
+    /// The highest store revision a response showed this client.
+    pub last_revision: i64,
 }
 
 pub(crate) struct InFlight {
@@ -66,6 +91,8 @@ pub(crate) struct PendingRequest {
     pub measured: bool,
     /// The command, for the paths through the log.
     pub payload: Option<Bytes>,
+    /// The revision a read is served at (0: the latest).
+    pub read_revision: i64,
 }
 
 /// What a client hears back.
@@ -86,7 +113,7 @@ impl Simulation {
         let value = (client as u64 + 1) * 1_000_000 + seq;
         let op = self.draw_op(client, key, value);
         let history_index = self.history.len();
-        let linearizable = op.path != Path::SerializableRead;
+        let linearizable = op.path != Path::SerializableRead && op.mvcc == Mvcc::Latest;
         self.history.push(linearizable.then(|| Operation {
             client: client as u64,
             op: KeyedOp {
@@ -118,10 +145,24 @@ impl Simulation {
             } else {
                 Path::SerializableRead
             };
+            let mvcc = if path != Path::LogRead && self.draw_mvcc() {
+                Mvcc::ReadAt(self.older_revision(client))
+            } else {
+                Mvcc::Latest
+            };
             return ClientOp {
                 key,
                 op: RegisterOp::Read,
                 path,
+                mvcc,
+            };
+        }
+        if roll == 4 && self.draw_mvcc() {
+            return ClientOp {
+                key,
+                op: RegisterOp::Read,
+                path: Path::Propose,
+                mvcc: Mvcc::Compact(self.older_revision(client)),
             };
         }
         if self.rng.gen_range(0..100) < self.options.oversize_percent {
@@ -140,7 +181,20 @@ impl Simulation {
             key,
             op,
             path: Path::Propose,
+            mvcc: Mvcc::Latest,
         }
+    }
+
+    /// Whether to make this operation one on the history (no draw when the run has none).
+    fn draw_mvcc(&mut self) -> bool {
+        let percent = self.options.mvcc_percent;
+        percent > 0 && self.rng.gen_range(0..100) < percent
+    }
+
+    /// A revision at most a few behind the newest this client saw.
+    fn older_revision(&mut self, client: usize) -> i64 {
+        let last = self.clients[client].last_revision.max(1);
+        self.rng.gen_range((last - 8).max(1)..=last)
     }
 
     fn client_send(&mut self, client: usize) {
@@ -148,6 +202,10 @@ impl Simulation {
             return;
         };
         let (key, path) = (in_flight.op.key, in_flight.op.path);
+        let read_revision = match in_flight.op.mvcc {
+            Mvcc::ReadAt(revision) => revision,
+            _ => 0,
+        };
         let seq = self.clients[client].seq;
         let payload = matches!(path, Path::Propose | Path::LogRead).then(|| {
             Command {
@@ -170,6 +228,7 @@ impl Simulation {
                 arrived: 0,
                 measured: false,
                 payload,
+                read_revision,
             },
         );
         let lost = self.faulty && self.rng.gen_bool(self.options.faults.loss);
@@ -302,7 +361,11 @@ impl Simulation {
             return;
         }
         let replica = self.nodes[&node].replica.as_ref().expect("the node is up");
-        let response = replica.state_machine().read(&range(key_bytes(pending.key)));
+        let request = RangeRequest {
+            revision: pending.read_revision,
+            ..range(key_bytes(pending.key))
+        };
+        let response = replica.state_machine().read(&request);
         let delay = self.random_delay();
         self.schedule(
             delay,
@@ -333,6 +396,17 @@ impl Simulation {
             }
             Answer::Response(response) => response,
         };
+        let client_state = &mut self.clients[client];
+        client_state.last_revision = client_state.last_revision.max(response.revision);
+        let Some(in_flight) = &self.clients[client].in_flight else {
+            return;
+        };
+        if in_flight.op.mvcc != Mvcc::Latest {
+            self.record_mvcc(key, in_flight.op.mvcc, response);
+            self.history[index] = None;
+            self.finish_op(client);
+            return;
+        }
         let ret = match self.register_ret(&in_flight.op.op.clone(), &response) {
             Ok(ret) => ret,
             Err(error) => {
@@ -385,6 +459,33 @@ impl Simulation {
         }
     }
 
+    /// A read at an older revision is kept for the history checker; a compaction is
+    /// counted when it took effect (an error — already compacted — is a fine answer too).
+    fn record_mvcc(&mut self, key: u64, mvcc: Mvcc, response: Response) {
+        match mvcc {
+            Mvcc::ReadAt(revision) => {
+                self.report.coverage.revision_reads += 1;
+                let result = response.result.map(|result| match result {
+                    OpResponse::Range(range) => range.kvs.first().map(|kv| kv.value.clone()),
+                    _ => None,
+                });
+                self.revision_reads.push(RevisionRead {
+                    key,
+                    revision,
+                    served_at: response.revision,
+                    result,
+                });
+            }
+            Mvcc::Compact(_) => {
+                if response.result == Ok(OpResponse::Compact) {
+                    self.report.coverage.mvcc_compactions += 1;
+                }
+            }
+            Mvcc::Latest => {}
+        }
+        self.report.ops_ok += 1;
+    }
+
     fn finish_op(&mut self, client: usize) {
         let state = &mut self.clients[client];
         state.in_flight = None;
@@ -418,6 +519,12 @@ impl Simulation {
     /// The KV operation that implements a register operation on one key.
     fn kv_op(&self, op: &ClientOp) -> Op {
         let key = key_bytes(op.key);
+        if let Mvcc::Compact(revision) = op.mvcc {
+            return Op::Compact(synod_kv::CompactRequest {
+                revision,
+                physical: false,
+            });
+        }
         match &op.op {
             RegisterOp::Read => Op::Range(range(key)),
             RegisterOp::Write(value) => Op::Put(put(key, self.value_bytes(*value))),

@@ -71,6 +71,11 @@ pub struct Coverage {
     /// within two election timeouts, with no other fault in between: a returning node
     /// deposed it. Pre-vote keeps this at 0.
     pub leader_changes_after_heal: u64,
+    /// Reads at an older revision of the KV history answered (checked against the
+    /// committed history).
+    pub revision_reads: u64,
+    /// `Compact` commands that took effect.
+    pub mvcc_compactions: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -90,6 +95,8 @@ impl Coverage {
         self.chunked_promises += other.chunked_promises;
         self.long_delays += other.long_delays;
         self.leader_changes_after_heal += other.leader_changes_after_heal;
+        self.revision_reads += other.revision_reads;
+        self.mvcc_compactions += other.mvcc_compactions;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -298,6 +305,8 @@ pub struct Simulation {
     pub(crate) history: Vec<Option<ClientOperation>>,
     /// Serializable reads: (key, value read), checked for plausibility only.
     pub(crate) serializable_reads: Vec<(u64, Option<u64>)>,
+    /// Reads at older revisions, checked against the committed history at the end.
+    pub(crate) revision_reads: Vec<crate::clients::RevisionRead>,
     /// Values written, their padded sizes decided by value (see `clients::value_bytes`);
     /// the ones made too large on purpose.
     pub(crate) oversized: BTreeSet<u64>,
@@ -341,6 +350,7 @@ impl Simulation {
             healed_at: None,
             history: Vec::new(),
             serializable_reads: Vec::new(),
+            revision_reads: Vec::new(),
             oversized: BTreeSet::new(),
             checker: Checker::default(),
             heal_watch: None,
@@ -899,6 +909,9 @@ impl Simulation {
             self.report.violations.extend(lost);
         }
         if let Some(violation) = self.check_serializable_reads() {
+            self.report.violations.push(violation);
+        }
+        if let Some(violation) = self.checker.check_revision_reads(&self.revision_reads) {
             self.report.violations.push(violation);
         }
         if self.options.check_linearizability {

@@ -138,6 +138,11 @@ pub struct SimOptions {
     pub oversize_percent: u32,
     /// Snapshot and compact every this many applied slots (0: never).
     pub snapshot_interval_slots: u64,
+    /// Percent of linearizable and serializable reads made at an older revision of the KV
+    /// history, and of writes replaced by a `Compact` through the log (0: neither, and no
+    /// random draws for them, so runs without them are unchanged). Not drawn by the swarm
+    /// yet: `mvcc_seeds_read_the_committed_history` sets it (see docs/simulator.md).
+    pub mvcc_percent: u32,
     /// A client gives up on one attempt and retries (same sequence number, maybe at
     /// another node) after this many ticks; during the fault phase it abandons the
     /// operation (outcome unknown) after `give_up_ticks`.
@@ -207,6 +212,7 @@ impl SimOptions {
             max_value_bytes: 0,
             oversize_percent: 0,
             snapshot_interval_slots: 0,
+            mvcc_percent: 0,
             retry_ticks: 12,
             give_up_ticks: 60,
             link_delays: BTreeMap::new(),

@@ -51,6 +51,25 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     assert!(coverage.max_drift_percent > 5.0 && coverage.max_value_bytes > 1_000);
 }
 
+/// Swarm seeds whose clients also read at older revisions and compact through the log:
+/// every check holds (the history checker included) and both happen.
+#[test]
+fn mvcc_seeds_read_the_committed_history() {
+    let mut failures = Vec::new();
+    let mut coverage = crate::cluster::Coverage::default();
+    for seed in 0..150 {
+        let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+        options.mvcc_percent = 30;
+        let report = run_options(options);
+        coverage.add(&report.coverage);
+        if !report.violations.is_empty() {
+            failures.push(describe(&report));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(coverage.revision_reads > 0 && coverage.mvcc_compactions > 0);
+}
+
 // Every seed draws its own cluster, faults and workload (`SimOptions::swarm`). Four tests
 // so the harness runs them in parallel.
 #[test]
