@@ -33,6 +33,9 @@ enum BenchCommand {
     /// disk's fdatasync latency, the loopback round trip, and a leader kill -9 under load.
     /// Prints a table; writes cluster.json, cluster.svg and a README section.
     Cluster(ClusterArgs),
+    /// Memory of the KV store's history: 1 M revisions of 100-byte values over 1, 10,000
+    /// and 1 M keys, before and after a compaction (docs/mvcc.md).
+    Mvcc(crate::bench_mvcc::MvccArgs),
 }
 
 #[derive(Args)]
@@ -168,6 +171,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
 pub fn run(args: BenchArgs) -> ExitCode {
     match args.command {
         BenchCommand::Cluster(args) => run_cluster(args),
+        BenchCommand::Mvcc(args) => crate::bench_mvcc::run(args),
         BenchCommand::Storage {
             dir,
             writers,

@@ -1,6 +1,7 @@
 //! `synod`: the one binary. See `synod --help`.
 
 mod bench;
+mod bench_mvcc;
 mod sim;
 
 use clap::{Parser, Subcommand};
