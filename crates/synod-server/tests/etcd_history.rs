@@ -161,12 +161,7 @@ async fn over_the_quota_writes_fail_until_compaction_and_disarm() {
     // The follower may apply the refused put a moment after the leader answered.
     let deadline = Instant::now() + Duration::from_secs(10);
     let alarms = loop {
-        let alarms = maintenance
-            .alarm(get.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .alarms;
+        let alarms = maintenance.alarm(get).await.unwrap().into_inner().alarms;
         if !alarms.is_empty() || Instant::now() > deadline {
             break alarms;
         }

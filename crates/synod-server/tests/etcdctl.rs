@@ -255,13 +255,19 @@ async fn etcdctl_reads_history_compacts_and_disarms_nospace() {
     );
     let again = etcdctl(&one(0), &["compaction", "3"], "").await;
     assert!(
-        !again.success && again.stderr.contains("required revision has been compacted"),
+        !again.success
+            && again
+                .stderr
+                .contains("required revision has been compacted"),
         "{}",
         again.stderr
     );
     let future = etcdctl(&one(0), &["compaction", "99"], "").await;
     assert!(
-        !future.success && future.stderr.contains("required revision is a future revision"),
+        !future.success
+            && future
+                .stderr
+                .contains("required revision is a future revision"),
         "{}",
         future.stderr
     );
