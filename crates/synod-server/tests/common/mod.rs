@@ -192,6 +192,11 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     pub async fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, |_| {}).await
+    }
+
+    /// Like `start`, with each member's configuration adjusted first.
+    pub async fn start_with(size: usize, tweak: impl Fn(&mut ServerConfig)) -> EtcdCluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temporary directory");
         let (peers, peer_addrs) = bind_listeners(size).await;
@@ -202,6 +207,7 @@ impl EtcdCluster {
         for (index, (peer, client)) in peers.into_iter().zip(clients).enumerate() {
             let mut config = test_config(index as u64 + 1, &cluster, dir.path());
             config.client_urls = vec![format!("http://{}", client_addrs[index])];
+            tweak(&mut config);
             let node = synod_server::EtcdNode::start(
                 config.clone(),
                 synod_server::Listeners {
