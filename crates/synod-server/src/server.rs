@@ -16,7 +16,7 @@ use std::time::Duration;
 use synod_core::{Ballot, NodeId, Role, Slot};
 use synod_kv::StateMachine;
 use synod_replica::{Replica, Restored};
-use synod_storage::{GroupCommit, SnapshotStore, Wal, WalOptions};
+use synod_storage::{GroupCommit, SnapshotStore, Wal, WalIdentity, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -253,6 +253,10 @@ impl<S: StateMachine> Server<S> {
             WalOptions {
                 segment_bytes: config.wal_segment_bytes,
                 sync: config.wal_sync,
+                identity: WalIdentity {
+                    cluster_id: config.cluster.cluster_id,
+                    node_id: config.node_id,
+                },
             },
         )
         .map_err(|error| ServerError::Recovery(error.to_string()))?;
