@@ -6,6 +6,7 @@
 use crate::config::{resolve_url, Cluster, ServerConfig};
 use crate::node::{EtcdNode, Listeners};
 use anyhow::{anyhow, bail, Context};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,8 +91,8 @@ pub struct NodeArgs {
     /// replica has many cores to itself. The write-ahead log syncs on its own thread.
     #[arg(long, env = "SYNOD_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
-    /// error, warn, info or debug (RUST_LOG, when set, wins).
-    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    /// error, warn, info, debug, trace or off (RUST_LOG, when set, wins).
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 }
 
@@ -108,8 +109,8 @@ pub struct DevArgs {
     /// Skip fdatasync in the members (faster, unsafe).
     #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
-    /// Passed to the members.
-    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    /// Passed to the members: error, warn, info, debug, trace or off.
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 }
 
@@ -175,6 +176,33 @@ impl NodeArgs {
     }
 }
 
+/// The levels `--log-level` takes. Anything else is refused: the log filter would read
+/// an unknown word (`verbose`) as a module name and silence every log.
+fn parse_log_level(level: &str) -> Result<String, String> {
+    let level = level.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" | "off" => Ok(level),
+        _ => Err(format!(
+            "unknown log level {level:?}: use error, warn, info, debug, trace or off"
+        )),
+    }
+}
+
+/// Why peers would not reach this node where it listens: they dial its
+/// `--initial-cluster` URL. Listening on every interface (`0.0.0.0`, `[::]`) at that
+/// URL's port is fine.
+pub fn peer_url_mismatch(listen: SocketAddr, member: &crate::config::Member) -> Option<String> {
+    let same_port = listen.port() == member.peer_addr.port();
+    if listen == member.peer_addr || (same_port && listen.ip().is_unspecified()) {
+        return None;
+    }
+    Some(format!(
+        "--listen-peer-urls is {listen}, but --initial-cluster tells the peers to dial {} \
+         at {} ({}): they will not reach this member there",
+        member.name, member.peer_url, member.peer_addr
+    ))
+}
+
 fn parse_read_mode(mode: &str) -> Result<synod_core::ReadMode, String> {
     match mode {
         "lease" => Ok(synod_core::ReadMode::Lease),
@@ -196,6 +224,11 @@ async fn bind(url: &str, what: &str) -> anyhow::Result<TcpListener> {
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level);
     let config = args.server_config()?;
+    if let (Ok(listen), Ok(member)) = (resolve_url(&args.listen_peer_urls), config.member()) {
+        if let Some(warning) = peer_url_mismatch(listen, member) {
+            tracing::warn!("{warning}");
+        }
+    }
     let mut builder = if args.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -245,7 +278,9 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM/SIGINT (with the signal's name); fails if the replica died.
+/// Resolves on SIGTERM, SIGINT or SIGHUP (with the signal's name); fails if the
+/// replica died. SIGHUP (the terminal went away) stops gracefully too, rather than the
+/// default of dying on the spot.
 async fn wait_for_stop(node: &mut EtcdNode) -> anyhow::Result<&'static str> {
     #[cfg(unix)]
     {
@@ -253,9 +288,11 @@ async fn wait_for_stop(node: &mut EtcdNode) -> anyhow::Result<&'static str> {
         let mut terminate =
             signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         tokio::select! {
             _ = terminate.recv() => Ok("SIGTERM"),
             _ = interrupt.recv() => Ok("SIGINT"),
+            _ = hangup.recv() => Ok("SIGHUP"),
             result = node.server_mut().stopped() => match result {
                 Ok(()) => Ok("the replica stopped"),
                 Err(error) => Err(anyhow!("the replica failed: {error}")),
@@ -536,6 +573,49 @@ mod tests {
         .unwrap();
         let error = format!("{:#}", cli.args.server_config().unwrap_err());
         assert!(error.contains("heartbeat"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        // Before, `verbose` was taken as a module name and silenced every log.
+        let error = NodeCli::try_parse_from(["synod", "--log-level=verbose"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("unknown log level"), "{error}");
+        let cli = NodeCli::try_parse_from(["synod", "--log-level=DEBUG"]).unwrap();
+        assert_eq!(cli.args.log_level, "debug");
+        assert!(DevCli::try_parse_from(["synod", "--log-level=loud"]).is_err());
+    }
+
+    #[test]
+    fn a_listen_peer_url_other_than_the_members_own_is_flagged() {
+        let cluster = Cluster::parse("n1=http://127.0.0.1:12380", "t").unwrap();
+        let member = cluster.member_named("n1").unwrap();
+        let at = |addr: &str| addr.parse::<SocketAddr>().unwrap();
+        assert_eq!(peer_url_mismatch(at("127.0.0.1:12380"), member), None);
+        assert_eq!(peer_url_mismatch(at("0.0.0.0:12380"), member), None);
+        let warning = peer_url_mismatch(at("127.0.0.1:2380"), member).expect("flagged");
+        assert!(
+            warning.contains("dial n1 at http://127.0.0.1:12380"),
+            "{warning}"
+        );
+        assert!(peer_url_mismatch(at("0.0.0.0:2380"), member).is_some());
+    }
+
+    #[test]
+    fn https_urls_and_a_zero_heartbeat_are_refused() {
+        let cli =
+            NodeCli::try_parse_from(["synod", "--initial-cluster=default=https://127.0.0.1:2380"])
+                .unwrap();
+        let error = format!("{:#}", cli.args.server_config().unwrap_err());
+        assert!(error.contains("https:// is not supported"), "{error}");
+        let cli = NodeCli::try_parse_from(["synod", "--heartbeat-interval=0"]).unwrap();
+        let error = format!("{:#}", cli.args.server_config().unwrap_err());
+        assert!(
+            error.contains("heartbeat interval must be positive"),
+            "{error}"
+        );
     }
 
     #[test]
