@@ -1,7 +1,8 @@
 //! What an operator meets around the replica itself: the data directory lock, the
-//! command line's refusals and warnings, and SIGHUP. Every process a test starts it
-//! stops, by pid.
+//! command line's refusals and warnings, SIGHUP, and `synod dev` members that die with
+//! their parent. Every process a test starts it stops, by pid.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -26,6 +27,16 @@ fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status();
+}
+
+/// True once `pid` no longer runs (gone, or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
 }
 
 /// Waits for `child` to exit within `timeout`; kills it (and fails) otherwise.
@@ -224,4 +235,127 @@ fn bad_command_lines_are_refused_with_the_reason() {
     }
     // Nothing was created for a refused command line.
     assert!(!data_dir.join("wal").exists());
+}
+
+/// A base client port whose whole dev layout (client, peer and metrics ports of three
+/// members) is free right now.
+fn free_dev_base_port() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 3000 + (seed.wrapping_add(attempt.wrapping_mul(151))) % 30_000;
+        let ports = [
+            base,
+            base + 10_001,
+            base + 2,
+            base + 20_000,
+            base + 20_001,
+            base + 20_002,
+            base + 30_000,
+            base + 30_001,
+            base + 30_002,
+        ];
+        if ports
+            .iter()
+            .all(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free port layout found");
+}
+
+/// Kills `synod dev` and the member pids it printed if the test ends early.
+struct DevGuard {
+    dev: Child,
+    members: Vec<u32>,
+}
+
+impl Drop for DevGuard {
+    fn drop(&mut self) {
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+        for pid in &self.members {
+            if !gone(*pid) {
+                signal(*pid, "KILL");
+            }
+        }
+    }
+}
+
+#[test]
+fn killing_synod_dev_with_sigkill_takes_its_members_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_dev_base_port();
+    let dev = synod()
+        .args(["dev", "--unsafe-no-fsync", "--log-level=warn"])
+        .arg(format!("--client-port={base}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("synod dev starts");
+    let mut guard = DevGuard {
+        dev,
+        members: Vec::new(),
+    };
+    // Read the banner on a thread, so a silent `synod dev` cannot hang the test.
+    let stdout = guard.dev.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !banner
+        .iter()
+        .any(|line: &String| line.starts_with("Ctrl-C"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => banner.push(line),
+            Err(_) => panic!("no banner from synod dev: {banner:?}"),
+        }
+    }
+    // "  n1  pid 1234  client ..." for each member, printed once it serves.
+    let pids: Vec<u32> = banner
+        .iter()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            (name.starts_with('n') && words.next() == Some("pid"))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    guard.members = pids.clone();
+    assert_eq!(pids.len(), 3, "{banner:?}");
+    for (index, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let restart = banner
+            .iter()
+            .find(|line| line.trim_start().starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no restart command for {name}: {banner:?}"));
+        assert!(restart.contains(" node "), "{restart}");
+        assert!(restart.contains(&format!("--name={name}")), "{restart}");
+        assert!(!gone(pids[index]), "{name} is not running");
+    }
+
+    signal(guard.dev.id(), "KILL");
+    let _ = guard.dev.wait();
+    let start = Instant::now();
+    while !pids.iter().all(|pid| gone(*pid)) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivors: Vec<u32> = pids.iter().copied().filter(|pid| !gone(*pid)).collect();
+    for pid in &survivors {
+        signal(*pid, "KILL");
+    }
+    assert!(
+        survivors.is_empty(),
+        "members {survivors:?} still ran 20 s after synod dev was killed"
+    );
 }
