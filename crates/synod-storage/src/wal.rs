@@ -232,6 +232,77 @@ fn durable_length(file_bytes: u64, step: u64) -> u64 {
     (file_bytes / step * step).max(header)
 }
 
+/// The segment's header, checked against its file name. A last segment whose header is
+/// torn and which holds no record was being created when the process died: it is
+/// started afresh (`bytes` becomes the new header).
+fn verified_header(
+    path: &Path,
+    bytes: &mut Vec<u8>,
+    first_seq: u64,
+    is_last: bool,
+    options: &WalOptions,
+    recovery: &mut RecoveryReport,
+) -> Result<SegmentHeader, StorageError> {
+    match decode_segment_header(bytes) {
+        Ok(header) if header.first_seq == first_seq => Ok(header),
+        Ok(header) => {
+            let reason = format!(
+                "segment header says first seq {}, file name says {first_seq}",
+                header.first_seq
+            );
+            Err(StorageError::corrupt(path, 0, reason))
+        }
+        Err(HeaderError::Unsupported { version }) => Err(StorageError::UnsupportedFormat {
+            file: path.to_path_buf(),
+            version,
+        }),
+        Err(HeaderError::Damaged(reason)) => {
+            if !is_last || find_valid_record(bytes, 0).is_some() {
+                return Err(StorageError::corrupt(path, 0, reason));
+            }
+            // Nothing in it was ever acknowledged.
+            let header = new_segment_header(first_seq, options);
+            let encoded = encode_segment_header(&header);
+            rewrite_file(path, &encoded, options.sync)?;
+            recovery.truncated = Some(TruncatedTail {
+                file: path.to_path_buf(),
+                offset: 0,
+                bytes_cut: bytes.len() as u64,
+                reason,
+            });
+            *bytes = encoded.to_vec();
+            Ok(header)
+        }
+    }
+}
+
+/// Replay starts at the newest segment that begins with a checkpoint: anything older is
+/// superseded (a compaction was interrupted before deleting it) and is deleted here.
+fn discard_superseded(
+    dir: &Path,
+    found: &mut Vec<(u64, PathBuf)>,
+    options: &WalOptions,
+    recovery: &mut RecoveryReport,
+) -> Result<(), StorageError> {
+    let mut start = 0;
+    for index in (0..found.len()).rev() {
+        if starts_with_checkpoint(&found[index].1)? {
+            start = index;
+            break;
+        }
+    }
+    if start > 0 {
+        for (_, path) in found.drain(..start) {
+            fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
+            recovery.discarded_segments.push(path);
+        }
+        if options.sync == SyncMode::Fsync {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Where the records of one segment end.
 enum SegmentEnd {
     /// At end of file, or where only zeros (unused preallocation) follow.
@@ -261,40 +332,7 @@ impl Replay {
         recovery: &mut RecoveryReport,
     ) -> Result<Segment, StorageError> {
         let mut bytes = fs::read(&path).map_err(|error| StorageError::io(&path, error))?;
-        let header = match decode_segment_header(&bytes) {
-            Ok(header) if header.first_seq == first_seq => header,
-            Ok(header) => {
-                let reason = format!(
-                    "segment header says first seq {}, file name says {first_seq}",
-                    header.first_seq
-                );
-                return Err(StorageError::corrupt(&path, 0, reason));
-            }
-            Err(HeaderError::Unsupported { version }) => {
-                return Err(StorageError::UnsupportedFormat {
-                    file: path,
-                    version,
-                })
-            }
-            Err(HeaderError::Damaged(reason)) => {
-                if !is_last || find_valid_record(&bytes, 0).is_some() {
-                    return Err(StorageError::corrupt(&path, 0, reason));
-                }
-                // The segment was being created when the process died: nothing in it
-                // was ever acknowledged. Start it afresh.
-                let header = new_segment_header(first_seq, options);
-                let encoded = encode_segment_header(&header);
-                rewrite_file(&path, &encoded, options.sync)?;
-                recovery.truncated = Some(TruncatedTail {
-                    file: path.clone(),
-                    offset: 0,
-                    bytes_cut: bytes.len() as u64,
-                    reason,
-                });
-                bytes = encoded.to_vec();
-                header
-            }
-        };
+        let header = verified_header(&path, &mut bytes, first_seq, is_last, options, recovery)?;
         if let Some(expected) = self.next_seq.filter(|expected| *expected != first_seq) {
             return Err(StorageError::corrupt(
                 &path,
@@ -528,24 +566,7 @@ impl Wal {
             check_segment_identity(path, options.identity)?;
         }
 
-        // Replay starts at the newest segment that begins with a checkpoint: anything
-        // older is superseded (a compaction was interrupted before deleting it).
-        let mut start = 0;
-        for index in (0..found.len()).rev() {
-            if starts_with_checkpoint(&found[index].1)? {
-                start = index;
-                break;
-            }
-        }
-        if start > 0 {
-            for (_, path) in found.drain(..start) {
-                fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
-                recovery.discarded_segments.push(path);
-            }
-            if options.sync == SyncMode::Fsync {
-                sync_dir(dir)?;
-            }
-        }
+        discard_superseded(dir, &mut found, &options, &mut recovery)?;
 
         let mut replay = Replay::default();
         let mut segments = Vec::with_capacity(found.len());
