@@ -109,7 +109,7 @@ pub fn amnesia_error(config: &ServerConfig, wal_dir: &Path) -> ServerError {
         "{} says this directory belongs to node {} of cluster {:016x}, but its write-ahead \
          log {} is missing or empty. Starting would make this acceptor forget its promises \
          and accepted values (unsafe for Paxos), so it does not start. Restore {} from a \
-         copy taken while the node was stopped; if there is none, see docs/operations.md \
+         copy taken after the node last ran (an older copy is partial amnesia); if there is none, see docs/operations.md \
          (\"a member lost its log\")",
         config.data_dir.join(MEMBER_FILE).display(),
         config.node_id,

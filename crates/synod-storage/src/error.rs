@@ -150,12 +150,14 @@ impl fmt::Display for StorageError {
                 durable_bytes,
             } => write!(
                 f,
-                "{} was cut: its records end at offset {offset} and the file is {file_bytes} bytes, \
-                 but every write to it made at least {durable_bytes} bytes durable before it was \
-                 acknowledged, so acknowledged records are missing (the file was truncated or \
-                 newer segments were deleted). This is not a torn write and was not repaired; \
-                 do not start this member from it: restore its data directory from a copy taken \
-                 while it was stopped, or see docs/operations.md",
+                "{} was cut short: it is {file_bytes} bytes and its records end at offset \
+                 {offset}, past the {durable_bytes} bytes a file of that length held durably \
+                 (the log grows in whole preallocation steps, each synced before a record in \
+                 it is acknowledged, so a crash never leaves it shorter than its records). \
+                 Acknowledged records may be missing: the file was truncated or newer segments \
+                 were deleted. This is not a torn write and nothing was repaired. Do not start \
+                 this member from it: restore its data directory from a copy taken after it \
+                 last ran (docs/operations.md)",
                 file.display()
             ),
             StorageError::UnsupportedFormat { file, version } => write!(
