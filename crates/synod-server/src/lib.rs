@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 mod driver;
 pub mod etcd;
 pub mod metrics;
