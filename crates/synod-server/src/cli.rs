@@ -94,6 +94,10 @@ pub struct NodeArgs {
     /// error, warn, info, debug, trace or off (RUST_LOG, when set, wins).
     #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// `text` (human-readable lines) or `json` (one JSON object per line, for log
+    /// collectors; etcd's `--log-format` default is json, ours is text).
+    #[arg(long, env = "SYNOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -112,6 +116,25 @@ pub struct DevArgs {
     /// Passed to the members: error, warn, info, debug, trace or off.
     #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// Passed to the members: `text` or `json`.
+    #[arg(long, env = "SYNOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 fn split_urls(urls: &str) -> Vec<String> {
@@ -122,16 +145,24 @@ fn split_urls(urls: &str) -> Vec<String> {
         .collect()
 }
 
-/// Installs a tracing subscriber (RUST_LOG wins over `level`); a no-op when the program
-/// already installed one.
-pub fn init_logging(level: &str) {
+/// Installs a tracing subscriber writing to stderr (RUST_LOG wins over `level`); a
+/// no-op when the program already installed one.
+pub fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 impl NodeArgs {
@@ -222,7 +253,7 @@ async fn bind(url: &str, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Runs one replica until SIGTERM or SIGINT (graceful stop), or until storage fails.
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_level);
+    init_logging(&args.log_level, args.log_format);
     let config = args.server_config()?;
     if let (Ok(listen), Ok(member)) = (resolve_url(&args.listen_peer_urls), config.member()) {
         if let Some(warning) = peer_url_mismatch(listen, member) {
@@ -334,6 +365,7 @@ pub fn dev_member_args(args: &DevArgs, index: usize) -> anyhow::Result<Vec<Strin
         format!("--initial-cluster={initial_cluster}"),
         "--initial-cluster-token=synod-dev".to_string(),
         format!("--log-level={}", args.log_level),
+        format!("--log-format={}", args.log_format.as_str()),
     ];
     if args.unsafe_no_fsync {
         member.push("--unsafe-no-fsync".to_string());

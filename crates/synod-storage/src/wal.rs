@@ -502,12 +502,12 @@ fn cut_torn_tail(
         bytes_cut: (torn_end - offset) as u64,
         reason,
     };
-    eprintln!(
-        "synod-storage: cut a torn tail of {} bytes from {} at offset {}: {}",
-        cut.bytes_cut,
-        cut.file.display(),
-        cut.offset,
-        cut.reason
+    tracing::warn!(
+        file = %cut.file.display(),
+        offset = cut.offset,
+        bytes = cut.bytes_cut,
+        reason = %cut.reason,
+        "cut a torn tail of the write-ahead log"
     );
     Ok(cut)
 }

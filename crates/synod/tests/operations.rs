@@ -157,6 +157,26 @@ fn sighup_stops_a_node_gracefully() {
 }
 
 #[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("n1");
+    let mut node = Node::start(&data_dir, &["--log-format=json".to_string()]);
+    node.wait_until_up(&data_dir);
+    let output = node.stop_with("TERM");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "too few log lines: {stderr}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {line}\n{stderr}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["message"].is_string(), "{line}");
+        assert!(object["timestamp"].is_string(), "{line}");
+    }
+    assert!(stderr.contains("stopping gracefully"), "{stderr}");
+}
+
+#[test]
 fn a_listen_peer_url_other_than_the_members_own_is_warned_about() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("n1");
