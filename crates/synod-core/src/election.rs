@@ -11,12 +11,13 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Backoff, Mode};
 use crate::leader::Leader;
 use crate::message::{Entry, Message, Value};
+use crate::mutant::mutant;
 use crate::node::{Node, RoleState};
 use crate::persist::PersistOp;
 use crate::ready::Event;
 use std::collections::BTreeMap;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct Candidate {
     pub ballot: Ballot,
     pub from_slot: Slot,
@@ -27,7 +28,7 @@ pub(crate) struct Candidate {
 
 /// One chunk of a promise: the entries the acceptor held in `first_slot..=last_slot`
 /// and its commit point when it sent them.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct PromiseChunk {
     pub first_slot: Slot,
     pub last_slot: Slot,
@@ -191,6 +192,9 @@ impl Node {
                     let chosen = entry.slot <= chunk.commit_index;
                     let better = match adopted.get(&entry.slot) {
                         None => true,
+                        Some((was_chosen, was_ballot, _)) if mutant!(self, AdoptLowestBallot) => {
+                            !was_chosen && (chosen || entry.ballot < *was_ballot)
+                        }
                         Some((was_chosen, was_ballot, _)) => {
                             !was_chosen && (chosen || entry.ballot > *was_ballot)
                         }

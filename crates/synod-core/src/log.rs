@@ -10,14 +10,14 @@ use crate::message::{Entry, Value};
 use crate::ready::Committed;
 use std::collections::BTreeMap;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct LogEntry {
     pub ballot: Ballot,
     pub value: Value,
     pub chosen: bool,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub(crate) struct Log {
     entries: BTreeMap<Slot, LogEntry>,
     commit_index: Slot,
