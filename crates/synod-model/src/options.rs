@@ -1,0 +1,141 @@
+//! The bounds of one model-checking run and the timing the nodes run with.
+
+use crate::mutant::Mutant;
+use serde::Serialize;
+use synod_core::{Backoff, Config, NodeId};
+
+/// What the checker explores. Every bound is a count, so the state space is finite.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelOptions {
+    /// Cluster size (node ids 1..=nodes).
+    pub nodes: u64,
+    /// States where a node's log reaches past this slot are not explored.
+    pub slots: u64,
+    /// Ballots (Phase 1 runs) started in all, by every node together: states past it
+    /// are not explored.
+    pub max_ballot: u64,
+    /// Explore paths of at most this many actions (None: no bound but the others).
+    pub depth: Option<usize>,
+    /// Real-time ticks per node.
+    pub ticks: u8,
+    /// How far apart two nodes' clocks may be, in ticks (bounded clock drift).
+    pub max_skew: u8,
+    /// Distinct client values proposed, each once (at any node).
+    pub values: u8,
+    /// Linearizable reads asked for.
+    pub reads: u8,
+    /// Deliveries that leave the message in flight (network duplication), in all.
+    pub duplicates: u8,
+    /// Slow-disk episodes in all: outside them a persist request is durable at once.
+    pub slow_disks: u8,
+    /// Crashes in all (each node may restart after its crash).
+    pub crashes: u8,
+    /// Log compactions in all.
+    pub compactions: u8,
+    /// Node timing, in ticks (see `synod_core::Config`).
+    pub election_timeout_ticks: u64,
+    /// A leader heartbeats a peer it sent nothing for this long.
+    pub heartbeat_interval_ticks: u64,
+    /// Unanswered Prepare, Accept and CatchUp are resent after this long.
+    pub retransmit_ticks: u64,
+    /// The acceptor's lease on a leader.
+    pub lease_ticks: u64,
+    /// The clock-drift margin of the leader's read lease.
+    pub max_clock_drift_percent: u64,
+    /// Check with this many threads.
+    pub threads: usize,
+    /// The deliberate bug to run, if any.
+    #[serde(serialize_with = "serialize_mutant")]
+    pub mutant: Option<Mutant>,
+}
+
+fn serialize_mutant<S: serde::Serializer>(
+    mutant: &Option<Mutant>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match mutant {
+        Some(mutant) => serializer.serialize_str(mutant.name()),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl Default for ModelOptions {
+    /// The default run of `synod model-check` (see docs/model-checking.md for its figures).
+    fn default() -> ModelOptions {
+        ModelOptions {
+            nodes: 3,
+            slots: 2,
+            max_ballot: 3,
+            depth: None,
+            ticks: 8,
+            max_skew: 1,
+            values: 2,
+            reads: 1,
+            duplicates: 1,
+            slow_disks: 2,
+            crashes: 1,
+            compactions: 1,
+            election_timeout_ticks: 3,
+            heartbeat_interval_ticks: 2,
+            retransmit_ticks: 3,
+            lease_ticks: 3,
+            max_clock_drift_percent: 10,
+            threads: 2,
+            mutant: None,
+        }
+    }
+}
+
+impl ModelOptions {
+    /// A configuration small enough for `cargo test` (seconds), that still reaches every
+    /// `sometimes` property.
+    pub fn bounded() -> ModelOptions {
+        ModelOptions {
+            ticks: 6,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// The ids of the nodes.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        (1..=self.nodes).collect()
+    }
+
+    /// The core configuration of node `id`.
+    pub fn config(&self, id: NodeId) -> Config {
+        let mut config = Config::new(id, self.node_ids());
+        config.election_timeout_ticks = self.election_timeout_ticks;
+        config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
+        config.retransmit_ticks = self.retransmit_ticks;
+        config.lease_ticks = self.lease_ticks;
+        config.max_clock_drift_percent = self.max_clock_drift_percent;
+        config.backoff = Backoff::Randomized;
+        config
+    }
+
+    /// A quorum of the cluster.
+    pub fn quorum(&self) -> usize {
+        self.nodes as usize / 2 + 1
+    }
+
+    /// Checks the bounds and the node configuration.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=7).contains(&self.nodes) {
+            return Err(format!("--nodes must be 1 to 7, not {}", self.nodes));
+        }
+        if self.slots == 0 || self.max_ballot == 0 {
+            return Err("--slots and --max-ballot must be positive".into());
+        }
+        if self.threads == 0 {
+            return Err("--threads must be positive".into());
+        }
+        if let Some(mutant) = self.mutant {
+            if !mutant.available() {
+                return Err(format!(
+                    "mutant {mutant} lives in synod-core: build with `--features mutants`"
+                ));
+            }
+        }
+        self.config(1).validate()
+    }
+}
