@@ -139,7 +139,11 @@ impl Node {
         // crashed with its promise unsynced could otherwise win, get a value chosen, come
         // back without the ballot and run it again, choosing another value in it.
         for node in self.config.nodes.clone() {
-            self.send_after_persist(node, Message::Prepare { ballot, from_slot });
+            if mutant!(self, PrepareBeforeDurable) {
+                self.send(node, Message::Prepare { ballot, from_slot });
+            } else {
+                self.send_after_persist(node, Message::Prepare { ballot, from_slot });
+            }
         }
     }
 
@@ -221,7 +225,8 @@ impl Node {
             if self.log.is_chosen(slot) {
                 continue;
             }
-            if slot <= max_commit.0 {
+            let reverted = mutant!(self, NoVoteForCompactedSlotCheck) && adopted.contains_key(&slot);
+            if slot <= max_commit.0 && !reverted {
                 missing_chosen = true;
                 continue;
             }

@@ -13,6 +13,11 @@ pub enum Mutant {
     AdoptLowestBallot,
     /// The acceptor accepts an Accept whose ballot is below its promise.
     SkipPromiseCheck,
+    /// A candidate's Prepare leaves before its own promise of the ballot is durable.
+    PrepareBeforeDurable,
+    /// The compaction fix reverted: an acceptor votes for a slot it compacted, and a new
+    /// leader re-proposes a value it holds for a slot a promiser reports chosen.
+    NoVoteForCompactedSlotCheck,
 }
 
 /// `mutant!(node, Name)`: true when `node` runs the mutant `Name` (always false without

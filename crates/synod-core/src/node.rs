@@ -226,6 +226,7 @@ impl Node {
     #[cfg(feature = "mutants")]
     pub fn set_mutant(&mut self, mutant: Option<crate::mutant::Mutant>) {
         self.mutant = mutant;
+        self.log.mutant = mutant;
     }
 
     pub fn id(&self) -> NodeId {
