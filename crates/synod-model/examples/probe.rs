@@ -12,12 +12,47 @@ fn main() {
     if let Some(v) = env("VALUES") { options.values = v.parse().unwrap(); }
     if let Some(v) = env("READS") { options.reads = v.parse().unwrap(); }
     if let Some(v) = env("DUPS") { options.duplicates = v.parse().unwrap(); }
+    if let Some(v) = env("E") { options.election_timeout_ticks = v.parse().unwrap(); options.lease_ticks = v.parse().unwrap(); }
+    if let Some(v) = env("HB") { options.heartbeat_interval_ticks = v.parse().unwrap(); }
+    if let Some(v) = env("RT") { options.retransmit_ticks = v.parse().unwrap(); }
+    if let Some(v) = env("DRIFT") { options.max_clock_drift_percent = v.parse().unwrap(); }
+    if let Some(v) = env("DELAY") { options.max_delay = Some(v.parse().unwrap()); }
+    if let Some(v) = env("PUNTIL") { options.propose_until = Some(v.parse().unwrap()); }
+    if let Some(v) = env("ANYTIME") { options.faults_at_ticks = v != "1"; }
+    if let Some(v) = env("SKEW") { options.max_skew = v.parse().unwrap(); }
     if let Some(v) = env("SLOW") { options.slow_disks = v.parse().unwrap(); }
     if let Some(v) = env("CRASHES") { options.crashes = v.parse().unwrap(); }
     if let Some(v) = env("COMPACTIONS") { options.compactions = v.parse().unwrap(); }
     if let Some(v) = env("NODES") { options.nodes = v.parse().unwrap(); }
     if let Some(v) = env("MUTANT") { options.mutant = Some(v.parse::<Mutant>().unwrap()); }
     options.validate().unwrap();
+    if let Some(limit) = env("CENSUS") {
+        use stateright::Model;
+        use std::collections::{HashMap, HashSet};
+        use synod_model::hashed::hash_of;
+        let limit: usize = limit.parse().unwrap();
+        let model = synod_model::SynodModel::new(options.clone());
+        let mut seen = HashSet::new();
+        let mut stack = model.init_states();
+        let mut parts: Vec<HashSet<u64>> = vec![HashSet::new(); 6];
+        let mut examples: HashMap<u64, String> = HashMap::new();
+        while let Some(state) = stack.pop() {
+            if !seen.insert(hash_of(&state)) || seen.len() > limit { continue; }
+            for (i, r) in state.replicas.iter().enumerate() {
+                let h = hash_of(&**r);
+                if parts[i].insert(h) && i == 2 && examples.len() < 3000 { examples.insert(h, format!("{:?}", r.node)); }
+            }
+            parts[3].insert(hash_of(&*state.network));
+            parts[4].insert(hash_of(&*state.ghost));
+            parts[5].insert(hash_of(&(state.budget, state.happened)));
+            let mut actions = Vec::new();
+            model.actions(&state, &mut actions);
+            for a in actions { if let Some(n) = model.next_state(&state, a) { if model.within_boundary(&n) { stack.push(n); } } }
+        }
+        println!("states {} n1 {} n2 {} n3 {} network {} ghost {} budget {}", seen.len(), parts[0].len(), parts[1].len(), parts[2].len(), parts[3].len(), parts[4].len(), parts[5].len());
+        if let Some(path) = env("DUMP") { let v: Vec<&String> = examples.values().collect(); std::fs::write(path, v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")).unwrap(); }
+        return;
+    }
     if let Some(steps) = env("WALK") {
         use stateright::Model;
         let model = synod_model::SynodModel::new(options.clone());

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use synod_core::{
     Ballot, Committed, DurableState, Entry, Envelope, Event, Message, Node, NodeId, PersistOp,
-    PersistRequest, Role, Slot, Value,
+    PersistRequest, ReadPath, Slot, Value,
 };
 
 /// One replica and what its runtime holds around it.
@@ -63,6 +63,16 @@ pub enum Packet {
         /// The state machine through slot `values.len()`.
         values: Vec<Value>,
     },
+}
+
+/// A packet in the network and when it was sent (0 when delays are unbounded, so that
+/// copies of one message sent at different times are one packet).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct InFlight {
+    /// The packet.
+    pub packet: Packet,
+    /// The time it was sent, with `max_delay`.
+    pub sent: u8,
 }
 
 impl Packet {
@@ -144,27 +154,34 @@ pub struct Cluster {
     /// The packets in flight, sorted, each once (a copy of one already in flight adds
     /// nothing a duplication could not). Delivery takes a packet out, except a
     /// duplicating one.
-    pub network: Arc<Vec<Hashed<Packet>>>,
+    pub network: Arc<Vec<Hashed<InFlight>>>,
     /// See [`Ghost`].
     pub ghost: Hashed<Ghost>,
     /// See [`Budget`].
     pub budget: Budget,
     /// See [`happened`].
     pub happened: u8,
+    /// Nothing but node-local faults (crash, restart, compaction, a slow disk) happened
+    /// since the cluster's last tick: with `faults_at_ticks`, those happen only then.
+    pub at_tick_start: bool,
 }
 
 /// One step of the checker.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Action {
     /// Deliver the packet, taking it out of the network.
-    Deliver(Hashed<Packet>),
+    Deliver(Hashed<InFlight>),
     /// Deliver the packet and leave it in the network: the network duplicated it.
-    Duplicate(Hashed<Packet>),
+    Duplicate(Hashed<InFlight>),
     /// Real time advances one tick at the node, and the core ticks.
     Tick(NodeId),
-    /// Real time advances at the node but its runtime stalls: the core does not hear of
-    /// it until the next `Tick` (`stale-lease-clock` only; a correct runtime advances the
-    /// core's clock before every input, which is `Tick`).
+    /// Real time advances one tick everywhere (clocks in lockstep, `max_skew` 0): every
+    /// node's core ticks, in id order.
+    TickAll,
+    /// Real time advances at the node (in lockstep: everywhere) but the node's runtime
+    /// stalls: its core does not hear of it until the next tick (`stale-lease-clock`
+    /// only; a correct runtime advances the core's clock before every input, which is
+    /// what a tick does).
     Stall(NodeId),
     /// The node's disk turns slow: its next persist requests stay pending until
     /// `Persist` completes them (or a crash loses them).
@@ -228,6 +245,7 @@ impl Cluster {
             }),
             budget: Budget::default(),
             happened: 0,
+            at_tick_start: true,
         }
     }
 
@@ -257,7 +275,7 @@ impl Cluster {
         }
         let options = &model.options;
         for packet in self.network.iter() {
-            if self.replica(packet.to()).node.is_some() {
+            if self.replica(packet.packet.to()).node.is_some() {
                 actions.push(Action::Deliver(packet.clone()));
                 if self.budget.duplicates < options.duplicates {
                     actions.push(Action::Duplicate(packet.clone()));
@@ -266,36 +284,54 @@ impl Cluster {
         }
         let slowest = self.replicas.iter().map(|r| r.clock).min().unwrap_or(0);
         let stale_clock = options.mutant == Some(Mutant::StaleLeaseClock);
+        let lockstep = options.max_skew == 0;
+        if lockstep && slowest < options.ticks {
+            actions.push(Action::TickAll);
+            if stale_clock {
+                for replica in self.replicas.iter().filter(|r| r.node.is_some()) {
+                    actions.push(Action::Stall(replica.id));
+                }
+            }
+        }
+        let faults_now = !options.faults_at_ticks || self.at_tick_start;
         for replica in &self.replicas {
             let id = replica.id;
-            if replica.clock < options.ticks && replica.clock < slowest + options.max_skew {
+            if !lockstep
+                && replica.clock < options.ticks
+                && replica.clock < slowest + options.max_skew
+            {
                 actions.push(Action::Tick(id));
                 if stale_clock && replica.node.is_some() {
                     actions.push(Action::Stall(id));
                 }
             }
             let Some(node) = &replica.node else {
-                actions.push(Action::Restart(id));
+                if faults_now {
+                    actions.push(Action::Restart(id));
+                }
                 continue;
             };
             if replica.disk.len() > replica.written {
                 actions.push(Action::Persist(id));
             }
-            if !replica.disk_slow && self.budget.slow_disks < options.slow_disks {
+            if faults_now && !replica.disk_slow && self.budget.slow_disks < options.slow_disks {
                 actions.push(Action::SlowDisk(id));
             }
-            if self.budget.crashes < options.crashes {
+            if faults_now && self.budget.crashes < options.crashes {
                 for surviving in 0..=replica.disk.len() {
                     actions.push(Action::Crash { node: id, surviving });
                 }
             }
-            if self.budget.proposed < options.values {
+            if self.budget.proposed < options.values
+                && options.propose_until.is_none_or(|until| self.time() <= until)
+            {
                 actions.push(Action::Propose(id));
             }
             if self.budget.reads < options.reads && node.status().leader.is_some() {
                 actions.push(Action::Read(id));
             }
-            if self.budget.compactions < options.compactions
+            if faults_now
+                && self.budget.compactions < options.compactions
                 && replica.applied.len() as Slot >= node.first_log_slot()
             {
                 actions.push(Action::Compact(id));
@@ -318,11 +354,21 @@ impl Cluster {
     /// into a violation.
     pub fn apply(&mut self, model: &SynodModel, action: &Action) {
         self.happened = 0;
+        self.at_tick_start = matches!(
+            action,
+            Action::TickAll
+                | Action::Stall(_)
+                | Action::Crash { .. }
+                | Action::Restart(_)
+                | Action::Compact(_)
+                | Action::SlowDisk(_)
+        ) && (self.at_tick_start || matches!(action, Action::TickAll | Action::Stall(_)));
         let touched = match action {
-            Action::Deliver(packet) | Action::Duplicate(packet) => {
-                let Ok(at) = self.network.binary_search(packet) else {
-                    panic!("the packet is not in flight: {packet:?}");
+            Action::Deliver(flight) | Action::Duplicate(flight) => {
+                let Ok(at) = self.network.binary_search(flight) else {
+                    panic!("the packet is not in flight: {flight:?}");
                 };
+                let packet = &flight.packet;
                 if matches!(action, Action::Duplicate(_)) {
                     self.budget.duplicates += 1;
                 } else {
@@ -336,11 +382,27 @@ impl Cluster {
                 self.on_replica(model, id, |step| step.tick());
                 id
             }
+            Action::TickAll => {
+                for id in model.options.node_ids() {
+                    self.on_replica(model, id, |step| step.tick());
+                    self.check_promise(id);
+                }
+                self.expire_packets(model);
+                1
+            }
             &Action::Stall(id) => {
+                if model.options.max_skew == 0 {
+                    // The cluster's tick, with this node's runtime stalled.
+                    for other in model.options.node_ids().into_iter().filter(|o| *o != id) {
+                        self.on_replica(model, other, |step| step.tick());
+                        self.check_promise(other);
+                    }
+                }
                 self.replicas[index(id)].update(|replica| {
                     replica.clock += 1;
                     replica.lag += 1;
                 });
+                self.expire_packets(model);
                 id
             }
             &Action::SlowDisk(id) => {
@@ -393,8 +455,6 @@ impl Cluster {
             ghost: &mut ghost,
             sent: Vec::new(),
             happened: 0,
-            heartbeat_sent: false,
-            reads_ready: Vec::new(),
             ballots_started: 0,
         };
         change(&mut step);
@@ -407,9 +467,16 @@ impl Cluster {
         self.happened |= happened;
         self.budget.ballots = self.budget.ballots.saturating_add(ballots_started);
         if !sent.is_empty() {
+            let stamp = match model.options.max_delay {
+                Some(_) => self.time(),
+                None => 0,
+            };
             let network = Arc::make_mut(&mut self.network);
             for packet in sent {
-                let packet = Hashed::new(packet);
+                let packet = Hashed::new(InFlight {
+                    packet,
+                    sent: stamp,
+                });
                 if let Err(at) = network.binary_search(&packet) {
                     network.insert(at, packet);
                 }
@@ -417,6 +484,28 @@ impl Cluster {
         }
         self.replicas[index(id)] = Hashed::new(replica);
         self.ghost = Hashed::new(ghost);
+    }
+
+    /// Real time: the fastest node's clock (every node's, in lockstep; during the
+    /// cluster's tick, the new time).
+    pub fn time(&self) -> u8 {
+        self.replicas.iter().map(|r| r.clock).max().unwrap_or(0)
+    }
+
+    /// With `max_delay`, packets in flight longer than that are lost.
+    fn expire_packets(&mut self, model: &SynodModel) {
+        let Some(max_delay) = model.options.max_delay else {
+            return;
+        };
+        let now = self.time();
+        if self
+            .network
+            .iter()
+            .any(|flight| flight.sent.saturating_add(max_delay) < now)
+        {
+            Arc::make_mut(&mut self.network)
+                .retain(|flight| flight.sent.saturating_add(max_delay) >= now);
+        }
     }
 
     /// "Promised ballot monotone": a node's promise never falls below a ballot it has
@@ -477,8 +566,6 @@ struct Step<'a> {
     /// Packets to add to the network.
     sent: Vec<Packet>,
     happened: u8,
-    heartbeat_sent: bool,
-    reads_ready: Vec<u64>,
     ballots_started: u8,
 }
 
@@ -499,9 +586,8 @@ impl Step<'_> {
         if self.replica.node.is_none() {
             return;
         }
-        for _ in 0..ticks {
-            self.node().tick();
-        }
+        let now = self.node().now() + u64::from(ticks);
+        self.node().advance_to(now);
         self.drain();
     }
 
@@ -553,10 +639,6 @@ impl Step<'_> {
             .insert(request, (id, self.ghost.delivered_high));
         self.node().read_index(request);
         self.drain();
-        let leads = self.node().status().role == Role::Leader;
-        if leads && !self.heartbeat_sent && self.reads_ready.contains(&request) {
-            self.happened |= happened::LEASE_READ;
-        }
     }
 
     fn compact(&mut self) {
@@ -748,11 +830,8 @@ impl Step<'_> {
                 }
                 Some(*ballot)
             }
-            Message::Heartbeat { ballot, .. } => {
-                self.heartbeat_sent = true;
-                Some(*ballot)
-            }
-            Message::Prepare { ballot, .. }
+            Message::Heartbeat { ballot, .. }
+            | Message::Prepare { ballot, .. }
             | Message::Promise { ballot, .. }
             | Message::Accepted { ballot, .. }
             | Message::HeartbeatAck { ballot, .. } => Some(*ballot),
@@ -810,8 +889,11 @@ impl Step<'_> {
             Event::ReadReady {
                 request,
                 read_index,
+                path,
             } => {
-                self.reads_ready.push(request);
+                if path == ReadPath::Lease {
+                    self.happened |= happened::LEASE_READ;
+                }
                 if let Some((_, acknowledged)) = self.ghost.reads.remove(&request) {
                     if read_index < acknowledged {
                         let detail = format!(

@@ -16,6 +16,11 @@ pub enum Mutant {
     AdoptLowestBallot,
     /// The acceptor accepts an Accept whose ballot is below its promise.
     SkipPromiseCheck,
+    /// A candidate's Prepare leaves before its own promise of the ballot is durable.
+    PrepareBeforeDurable,
+    /// The compaction fix reverted: an acceptor votes for a slot it compacted, and a new
+    /// leader re-proposes a value it holds for a slot a promiser reports chosen.
+    NoVoteForCompactedSlotCheck,
     /// The runtime hands the core inputs without advancing its clock first: after a
     /// stall the leader's lease looks valid when it has run out.
     StaleLeaseClock,
@@ -23,9 +28,11 @@ pub enum Mutant {
 
 impl Mutant {
     /// Every mutant, in the order `--mutant list` prints them.
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::AdoptLowestBallot,
         Mutant::SkipPromiseCheck,
+        Mutant::PrepareBeforeDurable,
+        Mutant::NoVoteForCompactedSlotCheck,
         Mutant::StaleLeaseClock,
     ];
 
@@ -34,6 +41,8 @@ impl Mutant {
         match self {
             Mutant::AdoptLowestBallot => "adopt-lowest-ballot",
             Mutant::SkipPromiseCheck => "skip-promise-check",
+            Mutant::PrepareBeforeDurable => "prepare-before-durable",
+            Mutant::NoVoteForCompactedSlotCheck => "no-vote-for-compacted-slot-check",
             Mutant::StaleLeaseClock => "stale-lease-clock",
         }
     }
@@ -45,6 +54,12 @@ impl Mutant {
                 "Phase 1 adopts the value accepted at the lowest ballot, not the highest"
             }
             Mutant::SkipPromiseCheck => "an acceptor accepts an Accept below its promise",
+            Mutant::PrepareBeforeDurable => {
+                "a candidate's Prepare leaves before its own promise is durable"
+            }
+            Mutant::NoVoteForCompactedSlotCheck => {
+                "the compaction fix reverted: votes for compacted slots, stale values re-proposed over them"
+            }
             Mutant::StaleLeaseClock => {
                 "the runtime hands the core inputs without advancing its clock to real time first"
             }
@@ -67,6 +82,10 @@ impl Mutant {
         match self {
             Mutant::AdoptLowestBallot => Some(synod_core::Mutant::AdoptLowestBallot),
             Mutant::SkipPromiseCheck => Some(synod_core::Mutant::SkipPromiseCheck),
+            Mutant::PrepareBeforeDurable => Some(synod_core::Mutant::PrepareBeforeDurable),
+            Mutant::NoVoteForCompactedSlotCheck => {
+                Some(synod_core::Mutant::NoVoteForCompactedSlotCheck)
+            }
             Mutant::StaleLeaseClock => None,
         }
     }

@@ -18,16 +18,25 @@ pub struct ModelOptions {
     pub depth: Option<usize>,
     /// Real-time ticks per node.
     pub ticks: u8,
-    /// How far apart two nodes' clocks may be, in ticks (bounded clock drift).
+    /// How far apart two nodes' clocks may be, in ticks (bounded clock drift); 0: the
+    /// clocks tick in lockstep, one action ticking every node.
     pub max_skew: u8,
+    /// A packet not delivered within this many ticks of being sent is lost (None: it may
+    /// arrive at any later time).
+    pub max_delay: Option<u8>,
     /// Distinct client values proposed, each once (at any node).
     pub values: u8,
+    /// Clients propose only until this time (None: at any time).
+    pub propose_until: Option<u8>,
     /// Linearizable reads asked for.
     pub reads: u8,
     /// Deliveries that leave the message in flight (network duplication), in all.
     pub duplicates: u8,
     /// Slow-disk episodes in all: outside them a persist request is durable at once.
     pub slow_disks: u8,
+    /// Crashes, restarts, compactions and slow disks happen only at the start of a tick
+    /// (before anything else of the tick), not between any two deliveries.
+    pub faults_at_ticks: bool,
     /// Crashes in all (each node may restart after its crash).
     pub crashes: u8,
     /// Log compactions in all.
@@ -67,17 +76,20 @@ impl Default for ModelOptions {
             slots: 2,
             max_ballot: 3,
             depth: None,
-            ticks: 8,
-            max_skew: 1,
+            ticks: 6,
+            max_skew: 0,
+            max_delay: Some(0),
             values: 2,
+            propose_until: Some(0),
             reads: 1,
-            duplicates: 1,
-            slow_disks: 2,
+            duplicates: 0,
+            slow_disks: 1,
+            faults_at_ticks: true,
             crashes: 1,
             compactions: 1,
             election_timeout_ticks: 3,
             heartbeat_interval_ticks: 2,
-            retransmit_ticks: 3,
+            retransmit_ticks: 20,
             lease_ticks: 3,
             max_clock_drift_percent: 10,
             threads: 2,

@@ -1,7 +1,7 @@
 //! Counterexamples as readable message traces: one line per action, then what it caused
 //! (messages sent, slots delivered, role changes), and the violation at the end.
 
-use crate::cluster::{Action, Cluster, Packet};
+use crate::cluster::{Action, Cluster, InFlight, Packet};
 use crate::model::SynodModel;
 use stateright::Model;
 use std::collections::BTreeSet;
@@ -33,6 +33,8 @@ pub fn message(message: &Message) -> String {
         Message::Prepare { ballot, from_slot } => format!("Prepare {ballot:?} from slot {from_slot}"),
         Message::Promise {
             ballot,
+            first_slot,
+            last_slot,
             entries,
             commit_index,
             ..
@@ -41,8 +43,13 @@ pub fn message(message: &Message) -> String {
                 .iter()
                 .map(|e| format!("{}@{:?}={}", e.slot, e.ballot, value(&e.value)))
                 .collect();
+            let last = if *last_slot == u64::MAX {
+                "…".to_string()
+            } else {
+                last_slot.to_string()
+            };
             format!(
-                "Promise {ballot:?} commit {commit_index} [{}]",
+                "Promise {ballot:?} slots {first_slot}..{last} commit {commit_index} [{}]",
                 entries.join(", ")
             )
         }
@@ -71,8 +78,14 @@ pub fn message(message: &Message) -> String {
             ballot,
             commit_index,
             sent_at,
-        } => format!("Heartbeat {ballot:?} commit {commit_index} t{sent_at}"),
-        Message::HeartbeatAck { ballot, echo, .. } => format!("HeartbeatAck {ballot:?} t{echo}"),
+            round,
+        } => format!("Heartbeat {ballot:?} commit {commit_index} t{sent_at} round {round}"),
+        Message::HeartbeatAck {
+            ballot,
+            echo,
+            round,
+            commit_index,
+        } => format!("HeartbeatAck {ballot:?} t{echo} round {round} commit {commit_index}"),
         Message::Forward { commands } => {
             let commands: Vec<String> = commands
                 .iter()
@@ -80,10 +93,11 @@ pub fn message(message: &Message) -> String {
                 .collect();
             format!("Forward [{}]", commands.join(", "))
         }
-        Message::ReadIndex { request } => format!("ReadIndex #{request}"),
+        Message::ReadIndex { request, .. } => format!("ReadIndex #{request}"),
         Message::ReadIndexReply {
             request,
             read_index,
+            ..
         } => format!("ReadIndexReply #{request} {read_index:?}"),
         Message::CatchUp { from_slot } => format!("CatchUp from slot {from_slot}"),
         Message::Chosen {
@@ -121,8 +135,8 @@ fn packet(packet: &Packet) -> String {
 /// What `action` does, seen from the state it is taken in.
 pub fn describe_action(state: &Cluster, action: &Action) -> String {
     match action {
-        Action::Deliver(p) => format!("deliver {}", packet(p)),
-        Action::Duplicate(p) => format!("deliver a duplicate of {}", packet(p)),
+        Action::Deliver(p) => format!("deliver {}", packet(&p.packet)),
+        Action::Duplicate(p) => format!("deliver a duplicate of {}", packet(&p.packet)),
         Action::Tick(id) => {
             let clock = state.replica(*id).clock + 1;
             let lag = state.replica(*id).lag;
@@ -130,6 +144,20 @@ pub fn describe_action(state: &Cluster, action: &Action) -> String {
                 format!("n{id} ticks (real time {clock}; the core catches up {lag} stalled tick(s))")
             } else {
                 format!("n{id} ticks (real time {clock})")
+            }
+        }
+        Action::TickAll => {
+            let clock = state.replicas[0].clock + 1;
+            let stalled: Vec<String> = state
+                .replicas
+                .iter()
+                .filter(|r| r.lag > 0 && r.node.is_some())
+                .map(|r| format!("n{} catches up {} stalled tick(s)", r.id, r.lag))
+                .collect();
+            if stalled.is_empty() {
+                format!("every node ticks (time {clock})")
+            } else {
+                format!("every node ticks (time {clock}; {})", stalled.join(", "))
             }
         }
         Action::Stall(id) => format!(
@@ -164,10 +192,10 @@ pub fn describe_action(state: &Cluster, action: &Action) -> String {
 /// What changed between two states, one line each.
 fn consequences(before: &Cluster, after: &Cluster) -> Vec<String> {
     let mut lines = Vec::new();
-    let known: BTreeSet<&Packet> = before.network.iter().map(|p| &**p).collect();
+    let known: BTreeSet<&InFlight> = before.network.iter().map(|p| &**p).collect();
     for p in after.network.iter() {
         if !known.contains(&**p) {
-            lines.push(format!("sends {}", packet(p)));
+            lines.push(format!("sends {}", packet(&p.packet)));
         }
     }
     for (old, new) in before.replicas.iter().zip(after.replicas.iter()) {
