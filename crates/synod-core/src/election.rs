@@ -225,7 +225,8 @@ impl Node {
             if self.log.is_chosen(slot) {
                 continue;
             }
-            let reverted = mutant!(self, NoVoteForCompactedSlotCheck) && adopted.contains_key(&slot);
+            let reverted =
+                mutant!(self, NoVoteForCompactedSlotCheck) && adopted.contains_key(&slot);
             if slot <= max_commit.0 && !reverted {
                 missing_chosen = true;
                 continue;

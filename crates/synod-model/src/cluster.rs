@@ -319,11 +319,16 @@ impl Cluster {
             }
             if faults_now && self.budget.crashes < options.crashes {
                 for surviving in 0..=replica.disk.len() {
-                    actions.push(Action::Crash { node: id, surviving });
+                    actions.push(Action::Crash {
+                        node: id,
+                        surviving,
+                    });
                 }
             }
             if self.budget.proposed < options.values
-                && options.propose_until.is_none_or(|until| self.time() <= until)
+                && options
+                    .propose_until
+                    .is_none_or(|until| self.time() <= until)
             {
                 actions.push(Action::Propose(id));
             }
@@ -343,11 +348,11 @@ impl Cluster {
     pub fn within_bounds(&self, model: &SynodModel) -> bool {
         u64::from(self.budget.ballots) <= model.options.max_ballot
             && self.replicas.iter().all(|replica| {
-            replica.node.as_ref().is_none_or(|node| {
-                let status = node.status();
-                status.last_slot <= model.options.slots
+                replica.node.as_ref().is_none_or(|node| {
+                    let status = node.status();
+                    status.last_slot <= model.options.slots
+                })
             })
-        })
     }
 
     /// Applies `action`. The core may panic on a broken invariant; the caller turns that
@@ -362,7 +367,8 @@ impl Cluster {
                 | Action::Restart(_)
                 | Action::Compact(_)
                 | Action::SlowDisk(_)
-        ) && (self.at_tick_start || matches!(action, Action::TickAll | Action::Stall(_)));
+        ) && (self.at_tick_start
+            || matches!(action, Action::TickAll | Action::Stall(_)));
         let touched = match action {
             Action::Deliver(flight) | Action::Duplicate(flight) => {
                 let Ok(at) = self.network.binary_search(flight) else {
@@ -520,7 +526,9 @@ impl Cluster {
         if promised < vouched {
             self.set_violation(
                 property::PROMISE_MONOTONE,
-                format!("n{id} promises {promised:?} but has sent messages vouching for {vouched:?}"),
+                format!(
+                    "n{id} promises {promised:?} but has sent messages vouching for {vouched:?}"
+                ),
             );
         }
     }
@@ -555,7 +563,10 @@ fn holds_durably(replica: &Replica, slot: Slot, value: &Value) -> bool {
     if durable.snapshot_slot >= slot {
         return replica.snapshot.get(slot as usize - 1) == Some(value);
     }
-    durable.entries.get(&slot).is_some_and(|(_, held)| held == value)
+    durable
+        .entries
+        .get(&slot)
+        .is_some_and(|(_, held)| held == value)
 }
 
 /// One action at one replica: the runtime's work around the core.
@@ -571,7 +582,10 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn node(&mut self) -> &mut Node {
-        self.replica.node.as_mut().expect("the action needs a live node")
+        self.replica
+            .node
+            .as_mut()
+            .expect("the action needs a live node")
     }
 
     fn violation(&mut self, property: &'static str, detail: String) {

@@ -78,7 +78,8 @@ pub fn check(
     let model = SynodModel::new(options.clone());
     let properties = model.properties();
     let mut builder = SynodModel::new(options.clone())
-        .checker().threads(options.threads);
+        .checker()
+        .threads(options.threads);
     if let Some(depth) = options.depth {
         builder = builder.target_max_depth(depth);
     }

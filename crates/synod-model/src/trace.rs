@@ -30,7 +30,9 @@ fn values(values: &[Value]) -> String {
 /// A message in one short line.
 pub fn message(message: &Message) -> String {
     match message {
-        Message::Prepare { ballot, from_slot } => format!("Prepare {ballot:?} from slot {from_slot}"),
+        Message::Prepare { ballot, from_slot } => {
+            format!("Prepare {ballot:?} from slot {from_slot}")
+        }
         Message::Promise {
             ballot,
             first_slot,
@@ -126,8 +128,16 @@ fn envelope(envelope: &Envelope) -> String {
 fn packet(packet: &Packet) -> String {
     match packet {
         Packet::Message(e) => envelope(e),
-        Packet::Snapshot { from, to, values: v } => {
-            format!("n{from} → n{to}: snapshot through slot {} {}", v.len(), values(v))
+        Packet::Snapshot {
+            from,
+            to,
+            values: v,
+        } => {
+            format!(
+                "n{from} → n{to}: snapshot through slot {} {}",
+                v.len(),
+                values(v)
+            )
         }
     }
 }
@@ -141,7 +151,9 @@ pub fn describe_action(state: &Cluster, action: &Action) -> String {
             let clock = state.replica(*id).clock + 1;
             let lag = state.replica(*id).lag;
             if lag > 0 {
-                format!("n{id} ticks (real time {clock}; the core catches up {lag} stalled tick(s))")
+                format!(
+                    "n{id} ticks (real time {clock}; the core catches up {lag} stalled tick(s))"
+                )
             } else {
                 format!("n{id} ticks (real time {clock})")
             }
@@ -168,7 +180,10 @@ pub fn describe_action(state: &Cluster, action: &Action) -> String {
         Action::Persist(id) => {
             let replica = state.replica(*id);
             match replica.disk.get(replica.written) {
-                Some(request) => format!("n{id} disk: persist #{} durable {:?}", request.id, request.ops),
+                Some(request) => format!(
+                    "n{id} disk: persist #{} durable {:?}",
+                    request.id, request.ops
+                ),
                 None => format!("n{id} disk: nothing to persist"),
             }
         }
@@ -224,11 +239,17 @@ fn consequences(before: &Cluster, after: &Cluster) -> Vec<String> {
     }
     for (slot, v) in &after.ghost.chosen {
         if !before.ghost.chosen.contains_key(slot) {
-            lines.push(format!("slot {slot} is chosen: a quorum durably accepted {}", value(v)));
+            lines.push(format!(
+                "slot {slot} is chosen: a quorum durably accepted {}",
+                value(v)
+            ));
         }
     }
     if let (None, Some(violation)) = (before.violated(), after.violated()) {
-        lines.push(format!("VIOLATION of \"{}\": {}", violation.property, violation.detail));
+        lines.push(format!(
+            "VIOLATION of \"{}\": {}",
+            violation.property, violation.detail
+        ));
     }
     lines
 }
@@ -238,7 +259,12 @@ pub fn render(model: &SynodModel, actions: &[Action]) -> String {
     let mut state = model.init_states().remove(0);
     let mut out = String::new();
     for (number, action) in actions.iter().enumerate() {
-        let _ = writeln!(out, "{:>3}. {}", number + 1, describe_action(&state, action));
+        let _ = writeln!(
+            out,
+            "{:>3}. {}",
+            number + 1,
+            describe_action(&state, action)
+        );
         let Some(next) = model.next_state(&state, action.clone()) else {
             break;
         };

@@ -17,7 +17,10 @@ fn run(options: ModelOptions) -> synod_model::Report {
             synod_model::trace::render(&model, &discovery.actions)
         );
     }
-    eprintln!("{}", serde_json::to_string(&report).expect("report serializes"));
+    eprintln!(
+        "{}",
+        serde_json::to_string(&report).expect("report serializes")
+    );
     report
 }
 
