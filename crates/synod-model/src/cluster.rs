@@ -381,7 +381,7 @@ impl Cluster {
                     Arc::make_mut(&mut self.network).remove(at);
                 }
                 let to = packet.to();
-                self.on_replica(model, to, |step| step.deliver(&packet));
+                self.on_replica(model, to, |step| step.deliver(packet));
                 to
             }
             &Action::Tick(id) => {

@@ -20,7 +20,7 @@ pub struct Hashed<T> {
 /// A hash with fixed keys: the same state gets the same fingerprint in every run.
 pub fn hash_of<T: Hash + ?Sized>(value: &T) -> u64 {
     #[allow(deprecated)]
-    let mut hasher = std::hash::SipHasher::new_with_keys(0x5eed_0f_5700d, 0x0dd_ba11);
+    let mut hasher = std::hash::SipHasher::new_with_keys(0x05ee_d0f5_700d, 0x0ddb_a110);
     value.hash(&mut hasher);
     hasher.finish()
 }
