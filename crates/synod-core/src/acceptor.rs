@@ -18,7 +18,7 @@ pub(crate) const RESTART_QUIET: NodeId = 0;
 impl Node {
     /// True while this node heard a live leader other than `candidate` recently enough
     /// that it must not promise anyone else (the leader lease).
-    fn lease_blocks(&self, candidate: NodeId) -> bool {
+    pub(crate) fn lease_blocks(&self, candidate: NodeId) -> bool {
         if candidate != self.config.id && matches!(self.role, RoleState::Leader(_)) {
             // A live leader does not vote its own lease away.
             return true;
@@ -61,8 +61,11 @@ impl Node {
         if ballot > self.promised {
             self.raise_promise(ballot);
             if from != self.config.id {
-                // Give the candidate time to win before competing with it.
+                // Give the candidate time to win before competing with it, and do not
+                // encourage anyone else to compete with it either (pre-vote).
                 self.set_leader(None);
+                self.pre_vote = None;
+                self.backing = Some((from, self.now + self.config.election_timeout_ticks));
                 self.reset_election_timer();
             }
         }
@@ -104,6 +107,8 @@ impl Node {
         // Accepting at a ballot implies promising it.
         self.raise_promise(ballot);
         if from != self.config.id {
+            // A live leader: no election to prepare.
+            self.pre_vote = None;
             self.set_leader(Some(from));
             self.lease = Some((from, self.now + self.config.lease_ticks));
             self.reset_election_timer_after_leader();

@@ -74,6 +74,9 @@ pub struct Config {
     pub max_pending_bytes: usize,
     /// How linearizable reads are confirmed.
     pub read_mode: ReadMode,
+    /// Ask a quorum before a Phase 1 (Multi-Paxos): a node that cannot reach one never
+    /// raises its ballot. Off only to show what it prevents.
+    pub pre_vote: bool,
     /// Differs in every life of the node (the runtime draws it at start-up): replies to
     /// requests of an earlier life (read-index) are told apart from this life's.
     pub incarnation: u64,
@@ -103,6 +106,7 @@ impl Config {
             max_inflight_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
             read_mode: ReadMode::Lease,
+            pre_vote: true,
             incarnation: id,
             seed: id,
         }

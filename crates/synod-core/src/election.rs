@@ -36,6 +36,26 @@ pub(crate) struct PromiseChunk {
     pub commit_index: Slot,
 }
 
+/// A pre-vote under way: the ballot it would prepare, and who said they would promise
+/// it, with the tick of the question they answered.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct PreVoting {
+    pub ballot: Ballot,
+    pub grants: BTreeMap<NodeId, u64>,
+    pub last_sent: u64,
+}
+
+impl PreVoting {
+    /// Grants to questions asked within the last `window` ticks, our own included.
+    fn fresh_grants(&self, now: u64, window: u64) -> usize {
+        1 + self
+            .grants
+            .values()
+            .filter(|asked| **asked + window >= now)
+            .count()
+    }
+}
+
 impl Candidate {
     /// True once `promiser`'s chunks cover every slot from `from_slot` on.
     fn has_whole_promise(&self, promiser: NodeId) -> bool {
@@ -83,9 +103,14 @@ impl Node {
             }
         }
         if self.now >= self.election_deadline {
-            self.start_phase1();
+            if self.config.pre_vote && self.config.nodes.len() > 1 {
+                self.start_pre_vote();
+            } else {
+                self.start_phase1();
+            }
             return;
         }
+        self.resend_pre_votes();
         let resend_to: Vec<NodeId> = match &self.role {
             RoleState::Candidate(candidate)
                 if self.now >= candidate.last_sent + self.config.retransmit_ticks =>
@@ -113,6 +138,101 @@ impl Node {
         }
     }
 
+    /// The election timer ran out: ask every peer whether it would promise a ballot above
+    /// all we have seen, before raising anyone's promise (our own included). Phase 1 runs
+    /// only once a quorum says yes; until then the question is repeated at the
+    /// retransmit interval to those that have not, so a failover is not held up a whole
+    /// timeout by a peer whose lease had a moment left.
+    pub(crate) fn start_pre_vote(&mut self) {
+        let ballot = self
+            .highest_seen
+            .max(self.promised)
+            .next_for(self.config.id);
+        let round = self.now;
+        self.pre_vote = Some(PreVoting {
+            ballot,
+            grants: BTreeMap::new(),
+            last_sent: self.now,
+        });
+        self.reset_election_timer();
+        for peer in self.peers().collect::<Vec<_>>() {
+            self.send(peer, Message::PreVote { ballot, round });
+        }
+    }
+
+    fn resend_pre_votes(&mut self) {
+        let retransmit = self.config.retransmit_ticks;
+        let now = self.now;
+        let Some(pre_vote) = self.pre_vote.as_mut() else {
+            return;
+        };
+        if now < pre_vote.last_sent + retransmit {
+            return;
+        }
+        pre_vote.last_sent = now;
+        let ballot = pre_vote.ballot;
+        let window = self.pre_vote_window();
+        let stale: Vec<NodeId> = self
+            .peers()
+            .filter(|peer| {
+                self.pre_vote
+                    .as_ref()
+                    .and_then(|p| p.grants.get(peer))
+                    .is_none_or(|asked| asked + window < now + retransmit)
+            })
+            .collect();
+        for peer in stale {
+            self.send(peer, Message::PreVote { ballot, round: now });
+        }
+    }
+
+    /// How old a pre-vote grant may be, in ticks of the question it answered: two
+    /// retransmit intervals (a question is repeated every one).
+    fn pre_vote_window(&self) -> u64 {
+        2 * self.config.retransmit_ticks
+    }
+
+    /// Would we promise `ballot` to `from` now? Changes nothing either way.
+    pub(crate) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, round: u64) {
+        // A candidate this node just promised is given its chance: no encouragement to
+        // a rival until it won, or had an election timeout to.
+        let backing_another = self
+            .backing
+            .is_some_and(|(candidate, until)| candidate != from && self.now < until);
+        let granted = ballot > self.promised && !self.lease_blocks(from) && !backing_another;
+        self.send(
+            from,
+            Message::PreVoteReply {
+                ballot,
+                round,
+                granted,
+            },
+        );
+    }
+
+    pub(crate) fn on_pre_vote_reply(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        round: u64,
+        granted: bool,
+    ) {
+        let quorum = self.config.quorum();
+        let (now, window) = (self.now, self.pre_vote_window());
+        let Some(pre_vote) = self.pre_vote.as_mut() else {
+            return;
+        };
+        if pre_vote.ballot != ballot || !granted || round + window < now {
+            return;
+        }
+        let asked = pre_vote.grants.entry(from).or_default();
+        *asked = (*asked).max(round);
+        if pre_vote.fresh_grants(now, window) >= quorum && matches!(self.role, RoleState::Follower)
+        {
+            self.start_phase1();
+        }
+    }
+
     /// Becomes a candidate: Phase 1a to every acceptor, this node's own included.
     pub(crate) fn start_phase1(&mut self) {
         let ballot = self
@@ -121,6 +241,7 @@ impl Node {
             .next_for(self.config.id);
         let from_slot = self.log.commit_index() + 1;
         self.phase1_runs += 1;
+        self.pre_vote = None;
         // A candidate is the first acceptor of its own ballot.
         self.role = RoleState::Follower;
         self.promised = ballot;

@@ -91,6 +91,21 @@ pub enum Message {
         leader: Option<NodeId>,
     },
 
+    /// Pre-vote: "would you promise `ballot` if I prepared it?" — asked before a Phase 1
+    /// that would raise promises. The receiver changes nothing. A node that cannot reach
+    /// a quorum (cut off, or back from a pause) never raises its ballot, so it cannot
+    /// depose a live leader when it returns (Raft's pre-vote).
+    /// `round` is the asker's tick when it asked: only answers to recent questions
+    /// count, so a quorum of grants shows a quorum reachable now, not once.
+    PreVote { ballot: Ballot, round: u64 },
+    /// `granted`: the sender holds no lease for a live leader and has promised below
+    /// `ballot`.
+    PreVoteReply {
+        ballot: Ballot,
+        round: u64,
+        granted: bool,
+    },
+
     // ---- Multi-Paxos, Phase 2 (one round per command batch) ----
     /// 2a for the contiguous slots `first_slot..first_slot + values.len()`. Carries the
     /// leader's commit point so followers learn chosen slots without a message of its own.
@@ -211,6 +226,8 @@ impl Message {
                     value, decided: d, ..
                 } => decided(d) + value.size_bytes(),
                 Message::Prepare { .. }
+                | Message::PreVote { .. }
+                | Message::PreVoteReply { .. }
                 | Message::Preempted { .. }
                 | Message::Accepted { .. }
                 | Message::Heartbeat { .. }
@@ -227,6 +244,8 @@ impl Message {
             Message::Prepare { .. } => "prepare",
             Message::Promise { .. } => "promise",
             Message::Preempted { .. } => "preempted",
+            Message::PreVote { .. } => "pre_vote",
+            Message::PreVoteReply { .. } => "pre_vote_reply",
             Message::Accept { .. } => "accept",
             Message::Accepted { .. } => "accepted",
             Message::Heartbeat { .. } => "heartbeat",

@@ -147,6 +147,11 @@ pub struct Node {
     pub(crate) next_proposal_id: ProposalId,
     /// When the last CatchUp left, and to whom.
     pub(crate) catch_up_sent: Option<(NodeId, Tick)>,
+    /// A pre-vote under way (a follower whose election timer ran out).
+    pub(crate) pre_vote: Option<crate::election::PreVoting>,
+    /// The candidate this acceptor last promised, and until when it refuses to tell
+    /// others it would promise them (it gives that candidate time to win).
+    pub(crate) backing: Option<(NodeId, Tick)>,
     /// The highest commit point each peer reported (where to catch up from).
     pub(crate) peer_commits: std::collections::BTreeMap<NodeId, Slot>,
     /// Bytes of the commands in `pending`.
@@ -198,6 +203,8 @@ impl Node {
             pending: VecDeque::new(),
             next_proposal_id: 1,
             catch_up_sent: None,
+            pre_vote: None,
+            backing: None,
             peer_commits: Default::default(),
             pending_bytes: 0,
             per_slot: PerSlot::recover(state.slot_promised),
@@ -280,6 +287,12 @@ impl Node {
         }
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::PreVote { ballot, round } => self.on_pre_vote(from, ballot, round),
+            Message::PreVoteReply {
+                ballot,
+                round,
+                granted,
+            } => self.on_pre_vote_reply(from, ballot, round, granted),
             Message::Promise {
                 ballot,
                 from_slot: _,
@@ -786,6 +799,7 @@ fn initial_election_deadline(config: &Config, rng: &mut Rng) -> Tick {
 fn owned_ballot(message: &Message) -> Option<Ballot> {
     match message {
         Message::Prepare { ballot, .. }
+        | Message::PreVote { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Heartbeat { ballot, .. }
         | Message::SlotPrepare { ballot, .. }

@@ -1395,3 +1395,38 @@ fn per_slot_anti_entropy_announces_a_compacted_commit_point() {
     cluster.tick(80);
     assert_eq!(cluster.node(3).status().commit_index, 2);
 }
+
+/// A follower cut off from everyone for five election timeouts times out again and
+/// again. Without pre-vote it prepared ever higher ballots alone, raising its own
+/// promise, and on its return answered the leader's next heartbeat with `Preempted`: the
+/// healthy leader stepped down. With pre-vote it never gets a quorum's yes, so it never
+/// raises its ballot, and simply follows the leader when it hears it again.
+#[test]
+fn a_returning_node_does_not_depose_a_healthy_leader() {
+    for pre_vote in [true, false] {
+        let mut cluster = Cluster::with(3, |id| {
+            let mut config = config(id, 3, Mode::MultiPaxos);
+            config.pre_vote = pre_vote;
+            config
+        });
+        let leader = cluster.elect();
+        let ballot = cluster.node(leader).status().promised;
+        let returning = (1..=3).find(|id| *id != leader).unwrap();
+        cluster.isolate(returning);
+        cluster.tick(50);
+        cluster.heal();
+        cluster.tick(20);
+        let deposed = cluster.node(leader).status().role != Role::Leader
+            || cluster.node(leader).status().promised != ballot;
+        if pre_vote {
+            assert!(!deposed, "the returning node deposed the leader");
+            assert_eq!(cluster.node(returning).status().leader, Some(leader));
+            assert_eq!(cluster.node(returning).status().phase1_runs, 0);
+        } else {
+            assert!(
+                deposed,
+                "without pre-vote the returning node deposes the leader"
+            );
+        }
+    }
+}

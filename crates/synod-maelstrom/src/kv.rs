@@ -3,13 +3,17 @@
 //!
 //! A log command is a small JSON document: either a `multi_paxos_propose` value, or a
 //! lin-kv request with the identity of the client request it answers (the node that
-//! received it, the client, the client's `msg_id`). Every replica applies every
-//! command; only the node that received the request replies to the client.
+//! received it, the client, the client's `msg_id`: for the log's readers; the replica's
+//! client sessions are what make a retried command apply once). In the log each command
+//! travels inside a `synod_replica::Proposal`. [`KvStore`] is the
+//! [`synod_kv::StateMachine`] the replica applies them to; its response is a
+//! [`KvResult`], encoded, which the replica hands back to the node that proposed it.
 
 use crate::errors::{KEY_DOES_NOT_EXIST, MALFORMED_REQUEST, PRECONDITION_FAILED};
 use crate::json::Json;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use synod_kv::{Slot, SnapshotError, StateMachine};
 
 /// A lin-kv operation, as Maelstrom's workload sends it.
 #[derive(Clone, PartialEq, Debug)]
@@ -171,20 +175,76 @@ pub enum KvResult {
     Error { code: u64, text: String },
 }
 
+impl KvResult {
+    /// The state machine's response bytes: the reply body's `type` and fields, as JSON.
+    pub fn encode(&self) -> Bytes {
+        let (kind, fields) = self.reply();
+        let mut pairs = vec![("type".to_string(), Json::str(kind))];
+        pairs.extend(fields);
+        Bytes::from(Json::Object(pairs).to_python_string())
+    }
+
+    /// Reads a response made by [`KvResult::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<KvResult, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+        let json = Json::parse(text).map_err(|e| format!("not JSON: {e}"))?;
+        match json.get("type").and_then(Json::as_str) {
+            Some("read_ok") => Ok(KvResult::ReadOk(
+                json.get("value")
+                    .cloned()
+                    .ok_or("read_ok without `value`")?,
+            )),
+            Some("write_ok") => Ok(KvResult::WriteOk),
+            Some("cas_ok") => Ok(KvResult::CasOk),
+            Some("error") => Ok(KvResult::Error {
+                code: json
+                    .get("code")
+                    .and_then(Json::as_u64)
+                    .ok_or("error without `code`")?,
+                text: json
+                    .get("text")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+            other => Err(format!("unknown response type {other:?}")),
+        }
+    }
+
+    /// The reply body: its `type` and the fields after `in_reply_to`.
+    pub fn reply(&self) -> (&'static str, Vec<(String, Json)>) {
+        match self {
+            KvResult::ReadOk(value) => ("read_ok", vec![("value".to_string(), value.clone())]),
+            KvResult::WriteOk => ("write_ok", vec![]),
+            KvResult::CasOk => ("cas_ok", vec![]),
+            KvResult::Error { code, text } => (
+                "error",
+                vec![
+                    ("code".to_string(), Json::UInt(*code)),
+                    ("text".to_string(), Json::str(text.clone())),
+                ],
+            ),
+        }
+    }
+}
+
+/// The format byte in front of a [`KvStore`] snapshot.
+pub const SNAPSHOT_FORMAT: u8 = 1;
+
 /// The lin-kv state machine: a map from JSON keys to JSON values.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Default, Debug, PartialEq)]
 pub struct KvStore {
     /// Keyed by the key's canonical rendering, so `1` and `"1"` are different keys.
     values: BTreeMap<String, Json>,
+    /// The last slot applied.
+    applied: Slot,
 }
 
 impl KvStore {
-    pub fn apply(&mut self, op: &KvOp) -> KvResult {
+    /// Applies one operation.
+    pub fn execute(&mut self, op: &KvOp) -> KvResult {
         match op {
-            KvOp::Read { key } => match self.values.get(&canonical(key)) {
-                Some(value) => KvResult::ReadOk(value.clone()),
-                None => missing(key),
-            },
+            KvOp::Read { key } => self.read(key),
             KvOp::Write { key, value } => {
                 self.values.insert(canonical(key), value.clone());
                 KvResult::WriteOk
@@ -212,8 +272,96 @@ impl KvStore {
         }
     }
 
+    /// A read against the current state (the replica says when that is linearizable).
+    pub fn read(&self, key: &Json) -> KvResult {
+        match self.get(key) {
+            Some(value) => KvResult::ReadOk(value.clone()),
+            None => missing(key),
+        }
+    }
+
     pub fn get(&self, key: &Json) -> Option<&Json> {
         self.values.get(&canonical(key))
+    }
+}
+
+/// The replica applies the log through this: lin-kv commands change the map and answer
+/// with their [`KvResult`]; a `multi_paxos_propose` value changes nothing (empty
+/// response); bytes that are no command answer with code 12.
+impl StateMachine for KvStore {
+    fn apply(&mut self, slot: Slot, command: &[u8]) -> Bytes {
+        self.applied = self.applied.max(slot);
+        match Command::decode(command) {
+            Ok(Command::Kv { op, .. }) => self.execute(&op).encode(),
+            Ok(Command::Propose { .. }) => Bytes::new(),
+            Err(error) => KvResult::Error {
+                code: MALFORMED_REQUEST,
+                text: format!("undecodable log command: {error}"),
+            }
+            .encode(),
+        }
+    }
+
+    fn applied(&self) -> Slot {
+        self.applied
+    }
+
+    /// [`SNAPSHOT_FORMAT`], then `{"applied": slot, "values": [[canonical key, value], ...]}`.
+    fn snapshot(&self) -> Bytes {
+        let values = self
+            .values
+            .iter()
+            .map(|(key, value)| Json::Array(vec![Json::str(key.clone()), value.clone()]))
+            .collect();
+        let image = Json::object([
+            ("applied", Json::UInt(self.applied)),
+            ("values", Json::Array(values)),
+        ]);
+        let mut bytes = vec![SNAPSHOT_FORMAT];
+        bytes.extend_from_slice(image.to_python_string().as_bytes());
+        Bytes::from(bytes)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let (&format, body) = snapshot.split_first().ok_or(SnapshotError::Empty)?;
+        if format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::UnknownVersion(format));
+        }
+        let malformed = |what: String| SnapshotError::Malformed(what);
+        let text = std::str::from_utf8(body).map_err(|e| malformed(e.to_string()))?;
+        let image = Json::parse(text).map_err(|e| malformed(e.to_string()))?;
+        let applied = image
+            .get("applied")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| malformed("no `applied` slot".into()))?;
+        let pairs = image
+            .get("values")
+            .and_then(Json::as_array)
+            .ok_or_else(|| malformed("no `values` list".into()))?;
+        let mut values = BTreeMap::new();
+        for pair in pairs {
+            let (Some(Json::Str(key)), Some(value), 2) = (
+                pair.as_array().and_then(|p| p.first()),
+                pair.as_array().and_then(|p| p.get(1)),
+                pair.as_array().map_or(0, <[Json]>::len),
+            ) else {
+                return Err(malformed(format!("not a [key, value] pair: {pair}")));
+            };
+            // The key is stored as its canonical rendering: it must be one.
+            let canonical_key = Json::parse(key).map(|k| canonical(&k));
+            if canonical_key.as_deref().ok() != Some(key.as_str()) {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "key {key:?} is not a canonical JSON rendering"
+                )));
+            }
+            values.insert(key.clone(), value.clone());
+        }
+        *self = KvStore { values, applied };
+        Ok(())
+    }
+
+    fn empty_like(&self) -> Self {
+        KvStore::default()
     }
 }
 
@@ -271,36 +419,36 @@ mod tests {
     fn read_write_cas_follow_maelstrom_semantics() {
         let mut store = KvStore::default();
         assert!(matches!(
-            store.apply(&op(r#"{"type":"read","key":1}"#)),
+            store.execute(&op(r#"{"type":"read","key":1}"#)),
             KvResult::Error { code: 20, .. }
         ));
         assert!(matches!(
-            store.apply(&op(r#"{"type":"cas","key":1,"from":1,"to":2}"#)),
+            store.execute(&op(r#"{"type":"cas","key":1,"from":1,"to":2}"#)),
             KvResult::Error { code: 20, .. }
         ));
         assert_eq!(
-            store.apply(&op(r#"{"type":"write","key":1,"value":3}"#)),
+            store.execute(&op(r#"{"type":"write","key":1,"value":3}"#)),
             KvResult::WriteOk
         );
         assert!(matches!(
-            store.apply(&op(r#"{"type":"cas","key":1,"from":1,"to":2}"#)),
+            store.execute(&op(r#"{"type":"cas","key":1,"from":1,"to":2}"#)),
             KvResult::Error { code: 22, .. }
         ));
         assert_eq!(
-            store.apply(&op(r#"{"type":"cas","key":1,"from":3,"to":4}"#)),
+            store.execute(&op(r#"{"type":"cas","key":1,"from":3,"to":4}"#)),
             KvResult::CasOk
         );
         assert_eq!(
-            store.apply(&op(r#"{"type":"read","key":1}"#)),
+            store.execute(&op(r#"{"type":"read","key":1}"#)),
             KvResult::ReadOk(Json::UInt(4))
         );
         // "1" is another key than 1.
         assert!(matches!(
-            store.apply(&op(r#"{"type":"read","key":"1"}"#)),
+            store.execute(&op(r#"{"type":"read","key":"1"}"#)),
             KvResult::Error { code: 20, .. }
         ));
         assert_eq!(
-            store.apply(&op(
+            store.execute(&op(
                 r#"{"type":"cas","key":9,"from":0,"to":1,"create_if_not_exists":true}"#
             )),
             KvResult::CasOk
@@ -326,6 +474,79 @@ mod tests {
         }
         assert!(Command::decode(b"\xff").is_err());
         assert!(Command::decode(br#"{"kind":"other"}"#).is_err());
+    }
+
+    fn kv(text: &str) -> Bytes {
+        Command::Kv {
+            origin: "n1".into(),
+            client: "c1".into(),
+            msg_id: 1,
+            op: op(text),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn the_replica_applies_log_commands_and_gets_encoded_results_back() {
+        let mut store = KvStore::default();
+        let written = store.apply(
+            1,
+            &kv(r#"{"type":"write","key":1,"value":{"b":1,"a":2.5}}"#),
+        );
+        assert_eq!(KvResult::decode(&written), Ok(KvResult::WriteOk));
+        let read = store.apply(2, &kv(r#"{"type":"read","key":1}"#));
+        assert_eq!(
+            KvResult::decode(&read),
+            Ok(KvResult::ReadOk(Json::parse(r#"{"b":1,"a":2.5}"#).unwrap()))
+        );
+        let mismatch = store.apply(3, &kv(r#"{"type":"cas","key":1,"from":0,"to":1}"#));
+        assert!(matches!(
+            KvResult::decode(&mismatch),
+            Ok(KvResult::Error { code: 22, .. })
+        ));
+        // A multi_paxos_propose value changes nothing; garbage is answered, not applied.
+        let proposed = Command::Propose {
+            value: Json::str("cmd"),
+        };
+        assert!(store.apply(4, &proposed.encode()).is_empty());
+        let garbage = store.apply(5, b"\xff");
+        assert!(matches!(
+            KvResult::decode(&garbage),
+            Ok(KvResult::Error { code: 12, .. })
+        ));
+        assert_eq!(store.applied(), 5);
+        assert_eq!(store.read(&Json::UInt(2)), missing(&Json::UInt(2)));
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_refuse_garbage() {
+        let mut store = KvStore::default();
+        store.apply(3, &kv(r#"{"type":"write","key":1,"value":[1.5,"é",null]}"#));
+        store.apply(
+            4,
+            &kv(r#"{"type":"write","key":"1","value":{"z":1,"a":-2}}"#),
+        );
+        let mut restored = store.empty_like();
+        restored.restore(&store.snapshot()).unwrap();
+        assert_eq!(restored, store);
+        assert_eq!(restored.applied(), 4);
+        assert_eq!(restored.snapshot(), store.snapshot());
+
+        let mut untouched = store.clone();
+        assert_eq!(untouched.restore(b""), Err(SnapshotError::Empty));
+        assert_eq!(
+            untouched.restore(&[9, b'{', b'}']),
+            Err(SnapshotError::UnknownVersion(9))
+        );
+        assert!(matches!(
+            untouched.restore(b"\x01{\"applied\": 1}"),
+            Err(SnapshotError::Malformed(_))
+        ));
+        assert!(matches!(
+            untouched.restore(b"\x01{\"applied\": 1, \"values\": [[\"{\\\"a\\\":1}\", 2]]}"),
+            Err(SnapshotError::Inconsistent(_))
+        ));
+        assert_eq!(untouched, store, "a refused snapshot changes nothing");
     }
 
     #[test]

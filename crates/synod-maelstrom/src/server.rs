@@ -1,22 +1,32 @@
-//! The Maelstrom node, without I/O: lines in ([`Server::handle_line`]), clock ticks in
-//! ([`Server::tick`]), lines out ([`Server::take_output`]). The binary wraps it in a
-//! stdin reader thread and a real clock; tests drive it directly.
+//! The Maelstrom node, without I/O: lines in ([`Server::handle_line`]), the clock in
+//! ([`Server::tick`], [`Server::advance_to`]), lines out ([`Server::take_output`]). The
+//! binary wraps it in a stdin reader thread and a real clock; tests drive it directly.
 //!
-//! The node runs a `synod_core::Node` in Multi-Paxos mode. Persistence is in memory (a
-//! `DurableState` updated before `on_persisted`, as the core's contract asks). Peers
-//! talk through Maelstrom envelopes whose body is `{"type": "paxos", "msg": <Message>}`.
-//! Client requests never enter the core before a leader is known, so a request refused
-//! with code 11 ("no leader") has certainly not been applied.
+//! The node runs `synod_replica::Replica` — the replica the server and the simulator
+//! run — over the lin-kv store ([`KvStore`]); what is here is glue: Maelstrom requests
+//! become the replica's inputs, its `ReplicaReady` becomes lines. Persistence is in
+//! memory (each persist request is applied to a `DurableState`, then reported with
+//! `on_persisted`). Peers talk through envelopes whose body is
+//! `{"type": "paxos", "msg": <Message>}`. Client requests reach the replica only once a
+//! leader is known, so a request refused with code 11 ("no leader") has certainly not
+//! been applied.
 
 use crate::errors::{MALFORMED_REQUEST, NOT_SUPPORTED, TEMPORARILY_UNAVAILABLE, TIMEOUT};
 use crate::json::Json;
 use crate::kv::{Command, KvOp, KvResult, KvStore};
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use synod_core::{
-    Config, DurableState, Envelope, Event, Message, Node, NodeId, ProposalId, ProposeError, Slot,
-    Value,
+    Config, DurableState, Envelope, Event, Message, NodeId, ProposeError, Slot, Value,
 };
+use synod_replica::{
+    Nanos, Proposal, ReadHow, Replica, ReplicaConfig, ReplicaEvent, ReplicaReady, ReplicaStats,
+    RequestError, RequestId,
+};
+
+/// Length of one tick of the node's clock, in nanoseconds: the binary's clock ticks
+/// every 10 ms, and the replica counts time in these.
+pub const TICK_NANOS: Nanos = 10_000_000;
 
 /// Timing of the node, in ticks of its clock (the binary ticks every 10 ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +48,10 @@ pub struct ServerOptions {
     pub max_forward_hops: u64,
     /// Mixed into each node's random seed (election timeouts).
     pub seed: u64,
+    /// Differs in every run of the process (the binary draws it at random): the
+    /// replica's client-session id and the core's incarnation derive from it, so a
+    /// restarted process's requests are never taken for its previous life's.
+    pub life: u64,
 }
 
 impl Default for ServerOptions {
@@ -50,6 +64,7 @@ impl Default for ServerOptions {
             request_timeout_ticks: 200,
             max_forward_hops: 3,
             seed: 0x5eed,
+            life: 0,
         }
     }
 }
@@ -85,13 +100,31 @@ struct Waiting {
     deadline: u64,
 }
 
+/// A lin-kv request handed to the replica, until it is answered.
+#[derive(Clone, PartialEq, Debug)]
+enum InFlight {
+    /// A `write` or `cas`: answered with the state machine's response when the replica
+    /// applied it (or with code 0 when the replica gave up waiting).
+    Update { client: String, msg_id: u64 },
+    /// A `read`: served from the store once the replica released it (`released`) and
+    /// every earlier update of the same client is answered, so a client that pipelines
+    /// its requests reads its own writes.
+    Read {
+        client: String,
+        msg_id: u64,
+        key: Json,
+        released: bool,
+    },
+}
+
 /// A `multi_paxos_propose` waiting for its slot to be chosen.
 #[derive(Clone, PartialEq, Debug)]
 struct SlotWaiter {
     slot: Slot,
     reply_to: ReplyTo,
-    /// The core's id for our proposal (None: the slot was already taken; we only wait).
-    proposal: Option<ProposalId>,
+    /// The replica's request id of our proposal (None: the slot was already taken; we
+    /// only wait).
+    request: Option<RequestId>,
     phase1_skipped: Option<bool>,
     deadline: u64,
 }
@@ -151,20 +184,21 @@ pub struct Server {
     out: Out,
     /// Ticks since start.
     now: u64,
-    replica: Option<Replica>,
+    member: Option<Member>,
 }
 
-/// The node's state once `init` arrived.
-struct Replica {
+/// The node once `init` arrived: the replica, and the requests it serves for clients.
+struct Member {
     me: String,
     /// Maelstrom ids in `init` order; `ids[i]` is core node `i + 1`.
     ids: Vec<String>,
-    node: Node,
+    replica: Replica<KvStore>,
+    /// The replica's storage, in memory.
     durable: DurableState,
-    store: KvStore,
     waiting: VecDeque<Waiting>,
-    /// lin-kv requests this node put into the log: (client, msg_id) → deadline.
-    kv_inflight: BTreeMap<(String, u64), u64>,
+    /// lin-kv requests handed to the replica, by request id (in arrival order).
+    in_flight: BTreeMap<RequestId, InFlight>,
+    next_request: RequestId,
     slot_waiters: Vec<SlotWaiter>,
     /// `multi_paxos_propose` passed on to the leader: request id → (answer to, deadline).
     forwarded: BTreeMap<u64, (ReplyTo, u64)>,
@@ -183,7 +217,7 @@ impl Server {
             options,
             out: Out::default(),
             now: 0,
-            replica: None,
+            member: None,
         }
     }
 
@@ -194,36 +228,57 @@ impl Server {
 
     /// The Maelstrom id of this node, once initialized.
     pub fn node_id(&self) -> Option<&str> {
-        self.replica.as_ref().map(|replica| replica.me.as_str())
+        self.member.as_ref().map(|member| member.me.as_str())
     }
 
     /// The node this one believes leads (its Maelstrom id), if any.
     pub fn leader(&self) -> Option<String> {
-        let replica = self.replica.as_ref()?;
-        let leader = replica.node.status().leader?;
-        replica.name_of(leader).map(str::to_string)
+        let member = self.member.as_ref()?;
+        let leader = member.replica.node().status().leader?;
+        member.name_of(leader).map(str::to_string)
     }
 
     /// True while some request has not been answered yet.
     pub fn has_pending_requests(&self) -> bool {
-        self.replica.as_ref().is_some_and(|replica| {
-            !replica.waiting.is_empty()
-                || !replica.kv_inflight.is_empty()
-                || !replica.slot_waiters.is_empty()
-                || !replica.forwarded.is_empty()
+        self.member.as_ref().is_some_and(|member| {
+            !member.waiting.is_empty()
+                || !member.in_flight.is_empty()
+                || !member.slot_waiters.is_empty()
+                || !member.forwarded.is_empty()
         })
     }
 
-    /// One tick of the clock: the core's timers, then request deadlines.
+    /// The replica's counters (reads by path, retries, leader changes), once initialized.
+    pub fn stats(&self) -> Option<ReplicaStats> {
+        self.member.as_ref().map(|member| member.replica.stats())
+    }
+
+    /// The clock's ticks since start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// One tick of the clock.
     pub fn tick(&mut self) {
-        self.now += 1;
-        let now = self.now;
-        let Some(replica) = self.replica.as_mut() else {
+        self.advance_to(self.now + 1);
+    }
+
+    /// The clock reads `ticks` since start: the replica's timers and request deadlines
+    /// catch up in one step, however long the stall. The binary passes the real time
+    /// elapsed, so a process that was descheduled sees its leases run out as they did in
+    /// real time (a lease read is never decided on a clock that stood still). Earlier
+    /// readings change nothing.
+    pub fn advance_to(&mut self, ticks: u64) {
+        if ticks <= self.now {
+            return;
+        }
+        self.now = ticks;
+        let Some(member) = self.member.as_mut() else {
             return;
         };
-        replica.node.tick();
-        replica.expire(now, &mut self.out);
-        replica.drive(now, &self.options, &mut self.out);
+        member.replica.tick(nanos(ticks));
+        member.expire(ticks, &mut self.out);
+        member.drive(ticks, &self.options, &mut self.out);
     }
 
     /// One input line (a JSON envelope). Bad input gets an error reply when there is
@@ -276,10 +331,10 @@ impl Server {
             }
             return;
         };
-        if let Some(replica) = &self.replica {
+        if let Some(member) = &self.member {
             if let Some(dest) = envelope.get("dest").and_then(Json::as_str) {
-                if dest != replica.me {
-                    eprintln!("message for {dest} arrived at {}, dropped", replica.me);
+                if dest != member.me {
+                    eprintln!("message for {dest} arrived at {}, dropped", member.me);
                     return;
                 }
             }
@@ -323,7 +378,7 @@ impl Server {
             return;
         }
         let now = self.now;
-        let Some(replica) = self.replica.as_mut() else {
+        let Some(member) = self.member.as_mut() else {
             if is_request {
                 self.out.error(
                     me,
@@ -337,11 +392,11 @@ impl Server {
         };
         let msg_id_or_zero = msg_id.unwrap_or_default();
         match kind {
-            "paxos" => replica.on_paxos(src, body),
+            "paxos" => member.on_paxos(src, body, now),
             "forward_propose" => {
-                replica.on_forward_propose(src, body, now, &self.options, &mut self.out)
+                member.on_forward_propose(src, body, now, &self.options, &mut self.out)
             }
-            "forward_reply" => replica.on_forward_reply(body, &mut self.out),
+            "forward_reply" => member.on_forward_reply(body, &mut self.out),
             "multi_paxos_propose" => {
                 let slot = body.get("slot").and_then(Json::as_u64).filter(|s| *s >= 1);
                 let (Some(slot), Some(value)) = (slot, body.get("value")) else {
@@ -358,7 +413,7 @@ impl Server {
                     client: src.to_string(),
                     msg_id: msg_id_or_zero,
                 };
-                replica.request(
+                member.request(
                     Request::ProposeAt {
                         slot,
                         value: value.clone(),
@@ -371,7 +426,7 @@ impl Server {
                 );
             }
             "multi_paxos_log" => {
-                let log = replica.log_json();
+                let log = member.log_json();
                 self.out.reply(
                     me,
                     src,
@@ -381,7 +436,7 @@ impl Server {
                 );
             }
             _ => match crate::kv::parse_request(body) {
-                Ok(op) => replica.request(
+                Ok(op) => member.request(
                     Request::Kv {
                         client: src.to_string(),
                         msg_id: msg_id_or_zero,
@@ -394,8 +449,8 @@ impl Server {
                 Err((code, text)) => self.out.error(me, src, msg_id, code, &text),
             },
         }
-        if let Some(replica) = self.replica.as_mut() {
-            replica.drive(now, &self.options, &mut self.out);
+        if let Some(member) = self.member.as_mut() {
+            member.drive(now, &self.options, &mut self.out);
         }
     }
 
@@ -419,8 +474,8 @@ impl Server {
             );
             return;
         };
-        if let Some(replica) = &self.replica {
-            if replica.me == node_id && replica.ids == node_ids {
+        if let Some(member) = &self.member {
+            if member.me == node_id && member.ids == node_ids {
                 self.out
                     .reply(node_id, src, Some(msg_id), "init_ok", vec![]);
             } else {
@@ -429,15 +484,15 @@ impl Server {
                     src,
                     Some(msg_id),
                     MALFORMED_REQUEST,
-                    &format!("already initialized as {} of {:?}", replica.me, replica.ids),
+                    &format!("already initialized as {} of {:?}", member.me, member.ids),
                 );
             }
             return;
         }
-        match Replica::new(node_id, node_ids, &self.options) {
-            Ok(replica) => {
-                eprintln!("{node_id}: initialized, cluster {:?}", replica.ids);
-                self.replica = Some(replica);
+        match Member::new(node_id, node_ids, &self.options, self.now) {
+            Ok(member) => {
+                eprintln!("{node_id}: initialized, cluster {:?}", member.ids);
+                self.member = Some(member);
                 self.out
                     .reply(node_id, src, Some(msg_id), "init_ok", vec![]);
             }
@@ -450,8 +505,8 @@ impl Server {
     /// Our id for the `src` of a reply: the node id once known, else the `dest` the
     /// sender used.
     fn reply_source(&self, dest: Option<&str>) -> String {
-        match (&self.replica, dest) {
-            (Some(replica), _) => replica.me.clone(),
+        match (&self.member, dest) {
+            (Some(member), _) => member.me.clone(),
             (None, Some(dest)) => dest.to_string(),
             (None, None) => "unknown".to_string(),
         }
@@ -502,8 +557,21 @@ fn after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.strip_prefix(':')?.trim_start())
 }
 
-impl Replica {
-    fn new(me: &str, ids: Vec<String>, options: &ServerOptions) -> Result<Replica, String> {
+/// The replica's clock reading at `ticks` ticks since start.
+fn nanos(ticks: u64) -> Nanos {
+    ticks * TICK_NANOS
+}
+
+/// Node ids must fit below the life's bits in the client-session id.
+const CLIENT_ID_NODE_BITS: u32 = 20;
+
+impl Member {
+    fn new(
+        me: &str,
+        ids: Vec<String>,
+        options: &ServerOptions,
+        now: u64,
+    ) -> Result<Member, String> {
         let position = ids
             .iter()
             .position(|id| id == me)
@@ -514,29 +582,48 @@ impl Replica {
         if unique.len() != ids.len() {
             return Err(format!("duplicate ids in node_ids {ids:?}"));
         }
+        if ids.len() >= 1 << CLIENT_ID_NODE_BITS {
+            return Err(format!("too many nodes: {}", ids.len()));
+        }
         let id = position as NodeId + 1;
-        let mut config = Config::new(id, (1..=ids.len() as NodeId).collect());
+        let mut core = Config::new(id, (1..=ids.len() as NodeId).collect());
         let election = if ids.len() == 1 {
             options.single_node_election_timeout_ticks
         } else {
             options.election_timeout_ticks
         };
-        config.election_timeout_ticks = election.max(2);
-        config.heartbeat_interval_ticks = options
+        core.election_timeout_ticks = election.max(2);
+        core.heartbeat_interval_ticks = options
             .heartbeat_interval_ticks
-            .clamp(1, config.election_timeout_ticks - 1);
-        config.lease_ticks = config.election_timeout_ticks;
-        config.retransmit_ticks = (config.election_timeout_ticks / 4).max(1);
-        config.seed = options.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let node = Node::new(config)?;
-        Ok(Replica {
+            .clamp(1, core.election_timeout_ticks - 1);
+        core.lease_ticks = core.election_timeout_ticks;
+        core.retransmit_ticks = (core.election_timeout_ticks / 4).max(1);
+        core.seed = options.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        core.incarnation = options.life;
+        let mut config = ReplicaConfig::new(core, 1);
+        // Unique per node (sessions are per client id) and per life.
+        config.client_id = (options.life << CLIENT_ID_NODE_BITS) | id;
+        config.tick_nanos = TICK_NANOS;
+        config.request_timeout_nanos = nanos(options.request_timeout_ticks);
+        config.retry_after_nanos = nanos(config.core.election_timeout_ticks);
+        // Storage is in memory and `multi_paxos_log` lists every slot: no compaction.
+        config.snapshot_interval_slots = 0;
+        let replica = Replica::recover(
+            config,
+            DurableState::default(),
+            None,
+            KvStore::default(),
+            nanos(now),
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(Member {
             me: me.to_string(),
             ids,
-            node,
+            replica,
             durable: DurableState::default(),
-            store: KvStore::default(),
             waiting: VecDeque::new(),
-            kv_inflight: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            next_request: 1,
             slot_waiters: Vec::new(),
             forwarded: BTreeMap::new(),
             next_forward_id: 1,
@@ -556,7 +643,7 @@ impl Replica {
     }
 
     fn my_core_id(&self) -> NodeId {
-        self.node.id()
+        self.replica.id()
     }
 
     fn answer(&self, out: &mut Out, reply_to: &ReplyTo, kind: &str, fields: Vec<(String, Json)>) {
@@ -588,7 +675,7 @@ impl Replica {
     fn request(&mut self, request: Request, now: u64, options: &ServerOptions, out: &mut Out) {
         if let Request::ProposeAt { slot, reply_to, .. } = &request {
             // Already chosen here: answer at once, no proposal (so no Phase 1 either).
-            if let Some((value, true)) = self.node.slot_value(*slot) {
+            if let Some((value, true)) = self.replica.node().slot_value(*slot) {
                 let fields = propose_ok_fields(*slot, true, render_value(&value));
                 self.answer(out, reply_to, "multi_paxos_propose_ok", fields);
                 return;
@@ -600,36 +687,17 @@ impl Replica {
         });
     }
 
-    /// Hands waiting requests to the core (or the leader) once a leader is known.
-    /// Returns true after a `propose_at`, so that the caller drains the core before the
-    /// next one: each proposal then sees whether the leader's first batch already ran.
+    /// Hands waiting requests to the replica (or the leader) once a leader is known.
+    /// Returns true after a `propose_at`, so that the caller drains the replica before
+    /// the next one: each proposal then sees whether the leader's first batch already
+    /// ran.
     fn dispatch(&mut self, now: u64, options: &ServerOptions, out: &mut Out) -> bool {
-        while let Some(leader) = self.node.status().leader {
+        while let Some(leader) = self.replica.node().status().leader {
             let Some(waiting) = self.waiting.pop_front() else {
                 return false;
             };
             match waiting.request {
-                Request::Kv { client, msg_id, op } => {
-                    let command = Command::Kv {
-                        origin: self.me.clone(),
-                        client: client.clone(),
-                        msg_id,
-                        op,
-                    };
-                    match self.node.propose(command.encode()) {
-                        Ok(_) => {
-                            self.kv_inflight
-                                .insert((client, msg_id), now + options.request_timeout_ticks);
-                        }
-                        Err(error) => out.error(
-                            &self.me,
-                            &client,
-                            Some(msg_id),
-                            TEMPORARILY_UNAVAILABLE,
-                            &error.to_string(),
-                        ),
-                    }
-                }
+                Request::Kv { client, msg_id, op } => self.submit_kv(client, msg_id, op, now),
                 Request::ProposeAt {
                     slot,
                     value,
@@ -651,6 +719,37 @@ impl Replica {
         false
     }
 
+    /// A lin-kv request goes to the replica: `write` and `cas` are proposed (the
+    /// replica forwards them to the leader, and proposes them again through a failover:
+    /// its client sessions apply each once); a `read` asks for a linearizable read (a
+    /// lease or a read index confirmed by the leader).
+    fn submit_kv(&mut self, client: String, msg_id: u64, op: KvOp, now: u64) {
+        let request = self.next_request;
+        self.next_request += 1;
+        if let KvOp::Read { key } = op {
+            self.in_flight.insert(
+                request,
+                InFlight::Read {
+                    client,
+                    msg_id,
+                    key,
+                    released: false,
+                },
+            );
+            self.replica.read(nanos(now), request, true);
+            return;
+        }
+        let command = Command::Kv {
+            origin: self.me.clone(),
+            client: client.clone(),
+            msg_id,
+            op,
+        };
+        self.in_flight
+            .insert(request, InFlight::Update { client, msg_id });
+        self.replica.propose(nanos(now), request, command.encode());
+    }
+
     /// The leader serves a `multi_paxos_propose`. Returns true if it proposed.
     #[allow(clippy::too_many_arguments)]
     fn propose_here(
@@ -664,7 +763,7 @@ impl Replica {
         out: &mut Out,
     ) -> bool {
         let deadline = now + options.request_timeout_ticks;
-        match self.node.slot_value(slot) {
+        match self.replica.node().slot_value(slot) {
             Some((value, true)) => {
                 let fields = propose_ok_fields(slot, true, render_value(&value));
                 self.answer(out, &reply_to, "multi_paxos_propose_ok", fields);
@@ -675,7 +774,7 @@ impl Replica {
                 self.slot_waiters.push(SlotWaiter {
                     slot,
                     reply_to,
-                    proposal: None,
+                    request: None,
                     phase1_skipped: Some(true),
                     deadline,
                 });
@@ -686,12 +785,17 @@ impl Replica {
         let command = Command::Propose {
             value: value.clone(),
         };
-        match self.node.propose_at(slot, command.encode()) {
-            Ok(id) => {
+        let request = self.next_request;
+        self.next_request += 1;
+        match self
+            .replica
+            .propose_at(nanos(now), request, slot, command.encode())
+        {
+            Ok(()) => {
                 self.slot_waiters.push(SlotWaiter {
                     slot,
                     reply_to,
-                    proposal: Some(id),
+                    request: Some(request),
                     phase1_skipped: None,
                     deadline,
                 });
@@ -813,7 +917,7 @@ impl Replica {
         self.answer(out, &reply_to, &kind, fields);
     }
 
-    fn on_paxos(&mut self, src: &str, body: &Json) {
+    fn on_paxos(&mut self, src: &str, body: &Json, now: u64) {
         let Some(from) = self.core_id(src) else {
             eprintln!("{}: paxos message from non-member {src}, dropped", self.me);
             return;
@@ -828,7 +932,7 @@ impl Replica {
                     to: self.my_core_id(),
                     message,
                 };
-                if let Err(error) = self.node.step(envelope) {
+                if let Err(error) = self.replica.step(nanos(now), envelope) {
                     eprintln!("{}: refused a message from {src}: {error}", self.me);
                 }
             }
@@ -839,44 +943,45 @@ impl Replica {
         }
     }
 
-    /// Runs the core until it has nothing more to hand out: persist, then send, then
-    /// apply what was chosen, then answer whoever waited for it.
+    /// Runs the replica until it has nothing more to hand out, dispatching waiting
+    /// requests between rounds.
     fn drive(&mut self, now: u64, options: &ServerOptions, out: &mut Out) {
         loop {
             let proposed = self.dispatch(now, options, out);
-            if !self.node.has_ready() {
+            if !self.replica.has_ready() {
                 if proposed {
                     continue;
                 }
                 break;
             }
-            let ready = self.node.take_ready();
-            if let Some(persist) = ready.persist {
-                self.durable.apply_all(&persist.ops);
-                self.node.on_persisted(persist.id);
-            }
-            let me = self.my_core_id();
-            let mut loopback = Vec::new();
-            for envelope in ready.messages {
-                if envelope.to == me {
-                    loopback.push(envelope);
-                } else {
-                    self.send_paxos(envelope, out);
-                }
-            }
-            for envelope in loopback {
-                if let Err(error) = self.node.step(envelope) {
-                    eprintln!("{}: refused own message: {error}", self.me);
-                }
-            }
-            for event in ready.events {
-                self.on_event(event);
-            }
-            for committed in ready.committed {
-                self.apply(&committed.value, out);
-            }
-            self.answer_chosen_slots(out);
+            let ready = self.replica.take_ready();
+            self.carry_out(ready, now, out);
         }
+    }
+
+    /// One `ReplicaReady`: persist (in memory) and report it, send, then answer.
+    fn carry_out(&mut self, ready: ReplicaReady, now: u64, out: &mut Out) {
+        for request in &ready.persist {
+            self.durable.apply_all(&request.ops);
+            self.replica.on_persisted(nanos(now), request.id);
+        }
+        for envelope in ready.messages {
+            self.send_paxos(envelope, out);
+        }
+        for event in ready.events {
+            self.on_event(event);
+        }
+        for (request, result) in ready.replies {
+            self.on_reply(request, result, out);
+        }
+        for (request, result) in ready.reads {
+            self.on_read(request, result, out);
+        }
+        self.serve_released_reads(out);
+        self.answer_chosen_slots(out);
+        // Snapshots are off (`snapshot_interval_slots` 0), so the log is never compacted
+        // and no peer ever needs one.
+        debug_assert!(ready.save_snapshot.is_none() && ready.send_snapshots.is_empty());
     }
 
     fn send_paxos(&self, envelope: Envelope, out: &mut Out) {
@@ -898,17 +1003,17 @@ impl Replica {
         );
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: ReplicaEvent) {
         match event {
-            Event::ProposalAssigned {
-                id,
+            ReplicaEvent::Assigned {
+                request,
                 slot,
                 phase1_skipped,
             } => {
                 if let Some(waiter) = self
                     .slot_waiters
                     .iter_mut()
-                    .find(|waiter| waiter.proposal == Some(id))
+                    .find(|waiter| waiter.request == Some(request))
                 {
                     if waiter.slot != slot {
                         eprintln!(
@@ -919,47 +1024,104 @@ impl Replica {
                     waiter.phase1_skipped = Some(phase1_skipped);
                 }
             }
-            Event::BecameLeader { ballot, .. } => eprintln!("{}: leading at {ballot}", self.me),
-            Event::LeaderChanged { leader } => {
+            ReplicaEvent::Core(Event::BecameLeader { ballot, .. }) => {
+                eprintln!("{}: leading at {ballot}", self.me)
+            }
+            ReplicaEvent::Core(Event::LeaderChanged { leader }) => {
                 let name = leader.and_then(|id| self.name_of(id)).unwrap_or("none");
                 eprintln!("{}: leader is now {name}", self.me);
             }
-            Event::SteppedDown { ballot } => eprintln!("{}: stepped down from {ballot}", self.me),
+            ReplicaEvent::Core(Event::SteppedDown { ballot }) => {
+                eprintln!("{}: stepped down from {ballot}", self.me)
+            }
+            ReplicaEvent::UndecodableCommand { slot, error } => {
+                eprintln!(
+                    "{}: skipped an undecodable command in slot {slot}: {error}",
+                    self.me
+                )
+            }
             _ => {}
         }
     }
 
-    /// Applies one chosen slot to the lin-kv store; answers the requests this node
-    /// received.
-    fn apply(&mut self, value: &Value, out: &mut Out) {
-        for bytes in value.commands() {
-            let command = match Command::decode(bytes) {
-                Ok(command) => command,
-                Err(error) => {
-                    eprintln!("{}: skipping an undecodable log command: {error}", self.me);
-                    continue;
+    /// The outcome of a proposal. A `multi_paxos_propose` is answered by its slot
+    /// waiter instead (when the slot it asked for is chosen), so only lin-kv updates
+    /// are answered here.
+    fn on_reply(&mut self, request: RequestId, result: Result<Bytes, RequestError>, out: &mut Out) {
+        let Some(InFlight::Update { client, msg_id }) = self.in_flight.get(&request).cloned()
+        else {
+            return;
+        };
+        self.in_flight.remove(&request);
+        let (kind, fields) = match result.map(|bytes| KvResult::decode(&bytes)) {
+            Ok(Ok(result)) => result.reply(),
+            Ok(Err(error)) => (
+                "error",
+                error_fields(TIMEOUT, &format!("unreadable response: {error}")),
+            ),
+            Err(error) => ("error", request_error_fields(&error)),
+        };
+        out.reply(&self.me, &client, Some(msg_id), kind, fields);
+    }
+
+    /// A linearizable read may now be served (or failed).
+    fn on_read(
+        &mut self,
+        request: RequestId,
+        result: Result<ReadHow, RequestError>,
+        out: &mut Out,
+    ) {
+        match result {
+            Ok(_) => {
+                if let Some(InFlight::Read { released, .. }) = self.in_flight.get_mut(&request) {
+                    *released = true;
                 }
-            };
-            let Command::Kv {
-                origin,
+            }
+            Err(error) => {
+                if let Some(InFlight::Read { client, msg_id, .. }) = self.in_flight.remove(&request)
+                {
+                    out.reply(
+                        &self.me,
+                        &client,
+                        Some(msg_id),
+                        "error",
+                        request_error_fields(&error),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Serves released reads from the store, each once no earlier update of its client
+    /// is waiting. The store may have applied more than the read index by then, which
+    /// is still linearizable: every slot it applied was chosen before the read is served.
+    fn serve_released_reads(&mut self, out: &mut Out) {
+        let mut writing: BTreeSet<&str> = BTreeSet::new();
+        let mut ready = Vec::new();
+        for (request, in_flight) in &self.in_flight {
+            match in_flight {
+                InFlight::Update { client, .. } => {
+                    writing.insert(client);
+                }
+                InFlight::Read {
+                    client,
+                    released: true,
+                    ..
+                } if !writing.contains(client.as_str()) => ready.push(*request),
+                InFlight::Read { .. } => {}
+            }
+        }
+        for request in ready {
+            if let Some(InFlight::Read {
                 client,
                 msg_id,
-                op,
-            } = command
-            else {
-                continue;
-            };
-            let result = self.store.apply(&op);
-            if origin != self.me || self.kv_inflight.remove(&(client.clone(), msg_id)).is_none() {
-                continue;
+                key,
+                ..
+            }) = self.in_flight.remove(&request)
+            {
+                let (kind, fields) = self.replica.state_machine().read(&key).reply();
+                out.reply(&self.me, &client, Some(msg_id), kind, fields);
             }
-            let (kind, fields) = match result {
-                KvResult::ReadOk(value) => ("read_ok", vec![("value".to_string(), value)]),
-                KvResult::WriteOk => ("write_ok", vec![]),
-                KvResult::CasOk => ("cas_ok", vec![]),
-                KvResult::Error { code, text } => ("error", error_fields(code, &text)),
-            };
-            out.reply(&self.me, &client, Some(msg_id), kind, fields);
         }
     }
 
@@ -967,7 +1129,7 @@ impl Replica {
         let mut index = 0;
         while index < self.slot_waiters.len() {
             let slot = self.slot_waiters[index].slot;
-            match self.node.slot_value(slot) {
+            match self.replica.node().slot_value(slot) {
                 Some((value, true)) => {
                     let waiter = self.slot_waiters.remove(index);
                     // Unknown only if the proposal left this node during a leader
@@ -982,7 +1144,8 @@ impl Replica {
     }
 
     /// Answers the requests whose deadline passed: code 11 for those that never
-    /// entered the log, code 0 (indefinite) for those that did.
+    /// reached the replica, code 0 (indefinite) for `multi_paxos_propose` that did.
+    /// (The replica times out lin-kv requests itself: see `on_reply` and `on_read`.)
     fn expire(&mut self, now: u64, out: &mut Out) {
         let (expired, kept): (VecDeque<Waiting>, VecDeque<Waiting>) =
             std::mem::take(&mut self.waiting)
@@ -1005,16 +1168,6 @@ impl Replica {
             }
         }
         let text = "timed out: the request may or may not have been applied";
-        let expired: Vec<(String, u64)> = self
-            .kv_inflight
-            .iter()
-            .filter(|(_, deadline)| **deadline <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for (client, msg_id) in expired {
-            self.kv_inflight.remove(&(client.clone(), msg_id));
-            out.error(&self.me, &client, Some(msg_id), TIMEOUT, text);
-        }
         let (expired, kept): (Vec<SlotWaiter>, Vec<SlotWaiter>) =
             std::mem::take(&mut self.slot_waiters)
                 .into_iter()
@@ -1038,10 +1191,11 @@ impl Replica {
 
     /// `multi_paxos_log_ok`'s log: every slot this node holds, in slot order.
     fn log_json(&self) -> Json {
-        let last = self.node.status().last_slot;
+        let node = self.replica.node();
+        let last = node.status().last_slot;
         let mut entries = Vec::new();
-        for slot in self.node.first_log_slot()..=last {
-            if let Some((value, chosen)) = self.node.slot_value(slot) {
+        for slot in node.first_log_slot()..=last {
+            if let Some((value, chosen)) = node.slot_value(slot) {
                 entries.push(Json::object([
                     ("slot", Json::UInt(slot)),
                     ("value", render_value(&value)),
@@ -1056,6 +1210,19 @@ impl Replica {
     }
 }
 
+/// The error reply of a request the replica gave up on: a request too large was never
+/// proposed (12, definite); anything else — a timeout above all — may still take effect
+/// (0, indefinite).
+fn request_error_fields(error: &RequestError) -> Vec<(String, Json)> {
+    match error {
+        RequestError::TooLarge { .. } => error_fields(MALFORMED_REQUEST, &error.to_string()),
+        _ => error_fields(
+            TIMEOUT,
+            &format!("{error}: the request may or may not have been applied"),
+        ),
+    }
+}
+
 fn propose_ok_fields(slot: Slot, phase1_skipped: bool, value: Json) -> Vec<(String, Json)> {
     vec![
         ("slot".to_string(), Json::UInt(slot)),
@@ -1066,11 +1233,16 @@ fn propose_ok_fields(slot: Slot, phase1_skipped: bool, value: Json) -> Vec<(Stri
 }
 
 /// How a slot's value is shown: a no-op as `null`, one command as its value, a batch
-/// of lin-kv commands as a list.
+/// of lin-kv commands as a list. Each command in the log is wrapped in the replica's
+/// `Proposal` (its client session); the command is its payload.
 pub fn render_value(value: &Value) -> Json {
-    let render = |bytes: &Bytes| match Command::decode(bytes) {
-        Ok(command) => command.display_value(),
-        Err(_) => Json::Str(String::from_utf8_lossy(bytes).into_owned()),
+    let render = |bytes: &Bytes| {
+        let payload = Proposal::decode(bytes).map(|proposal| proposal.payload);
+        let command = payload.as_ref().map_or(&bytes[..], |payload| &payload[..]);
+        match Command::decode(command) {
+            Ok(command) => command.display_value(),
+            Err(_) => Json::Str(String::from_utf8_lossy(command).into_owned()),
+        }
     };
     match value {
         Value::Noop => Json::Null,

@@ -37,10 +37,10 @@ fn one_value() -> ModelOptions {
     }
 }
 
-/// Three ticks, no value: the first election with a slow disk and a crash.
+/// Four ticks, no value: the first election (pre-vote, then Phase 1) with a slow disk and a crash.
 fn crash_in_election() -> ModelOptions {
     ModelOptions {
-        ticks: 3,
+        ticks: 4,
         values: 0,
         reads: 0,
         compactions: 0,

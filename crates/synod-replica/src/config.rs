@@ -29,7 +29,8 @@ pub struct ReplicaConfig {
     /// [`crate::RequestError::TooLarge`] (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
     /// This life's client id in the session table: random per life, never 0 (a restarted
-    /// replica's sequence numbers start again at 1).
+    /// replica's sequence numbers start again at 1). Two lives, or two members, must never
+    /// share one.
     pub client_id: u64,
     /// Hand every applied slot out in `ReplicaReady::applied` (for checkers; costs a
     /// copy of each value).
@@ -52,7 +53,7 @@ impl ReplicaConfig {
             snapshot_interval_slots: 10_000,
             snapshot_send_timeout_nanos: 120_000_000_000,
             max_request_bytes: 3 << 19,
-            client_id: client_id | 1,
+            client_id: client_id.max(1),
             observe_applied: false,
         }
     }

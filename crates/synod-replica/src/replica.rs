@@ -680,12 +680,8 @@ impl<S: StateMachine> Replica<S> {
             completed_below,
             payload: waiter.payload.clone(),
         };
-        waiter.proposed_at = match self.node.propose(proposal.encode()) {
-            Ok(_) => Some(now),
-            // Queue full: try again at the next maintenance pass.
-            Err(ProposeError::Busy { .. }) => None,
-            Err(_) => None,
-        };
+        // Refused (queue full): try again at the next maintenance pass.
+        waiter.proposed_at = self.node.propose(proposal.encode()).ok().map(|_| now);
     }
 
     fn apply(&mut self, committed: Vec<Committed>) {

@@ -67,6 +67,10 @@ pub struct Coverage {
     pub requests_too_large: u64,
     pub chunked_promises: u64,
     pub long_delays: u64,
+    /// Heals after which a leader that a quorum could still reach lost its leadership
+    /// within two election timeouts, with no other fault in between: a returning node
+    /// deposed it. Pre-vote keeps this at 0.
+    pub leader_changes_after_heal: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -85,6 +89,7 @@ impl Coverage {
         self.requests_too_large += other.requests_too_large;
         self.chunked_promises += other.chunked_promises;
         self.long_delays += other.long_delays;
+        self.leader_changes_after_heal += other.leader_changes_after_heal;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -297,6 +302,9 @@ pub struct Simulation {
     /// the ones made too large on purpose.
     pub(crate) oversized: BTreeSet<u64>,
     pub(crate) checker: Checker,
+    /// After a heal: the leader that a quorum reached, its ballot, and until when a
+    /// loss of its leadership counts against the heal.
+    pub(crate) heal_watch: Option<(NodeId, synod_core::Ballot, u64)>,
     pub(crate) report: SimReport,
     pub(crate) latencies: Vec<u64>,
 }
@@ -335,6 +343,7 @@ impl Simulation {
             serializable_reads: Vec::new(),
             oversized: BTreeSet::new(),
             checker: Checker::default(),
+            heal_watch: None,
             report: SimReport {
                 seed: options.seed,
                 ..SimReport::default()
@@ -768,6 +777,15 @@ impl Simulation {
         match &event {
             ReplicaEvent::Core(CoreEvent::BecameLeader { .. }) => {
                 self.report.coverage.leader_changes += 1;
+            }
+            ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
+                if let Some((leader, watched, until)) = self.heal_watch {
+                    if leader == id && *ballot == watched && self.now <= until {
+                        self.report.coverage.leader_changes_after_heal += 1;
+                        self.heal_watch = None;
+                        self.trace(|| format!("n{id} lost its leadership after a heal"));
+                    }
+                }
             }
             ReplicaEvent::UndecodableCommand { slot, error } => {
                 self.report.violations.push(Violation::Refused {

@@ -10,13 +10,15 @@ use synod_replica::{Replica, Restored};
 
 impl Simulation {
     pub(crate) fn inject_fault(&mut self) {
+        // Any new fault may legitimately cost the leader its leadership.
+        self.heal_watch = None;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let f = (self.options.nodes - 1) / 2;
         let roll = self.rng.gen_range(0..14);
         let faults = self.options.faults.clone();
         match roll {
             0..=3 if faults.partitions => self.new_partition(&ids),
-            4 if faults.partitions => self.blocked.clear(),
+            4 if faults.partitions => self.heal_network(),
             5..=6 if faults.crashes => {
                 let down = self.nodes.values().filter(|n| !n.is_up()).count() as u64;
                 if down < f {
@@ -83,7 +85,7 @@ impl Simulation {
                     }
                 }
             }
-            Scripted::HealNetwork => self.blocked.clear(),
+            Scripted::HealNetwork => self.heal_network(),
             Scripted::SetClockRates {
                 leader_ppm,
                 others_ppm,
@@ -260,9 +262,41 @@ impl Simulation {
         self.with_replica(id, |replica, now| replica.tick(now));
     }
 
+    /// Every partition ends. The leader, if a quorum could reach it through the
+    /// partition, is watched: it must keep its leadership (a returning node must not
+    /// depose it).
+    fn heal_network(&mut self) {
+        let quorum = self.options.nodes as usize / 2 + 1;
+        if let Some(leader) = self.leader() {
+            let reachable = self
+                .nodes
+                .keys()
+                .filter(|id| {
+                    let node = &self.nodes[*id];
+                    let running = node.is_up() && node.paused_until.is_none();
+                    running
+                        && (**id == leader
+                            || (!self.blocked.contains(&(leader, **id))
+                                && !self.blocked.contains(&(**id, leader))))
+                })
+                .count();
+            let ballot = self.nodes[&leader]
+                .replica
+                .as_ref()
+                .map(|r| r.status().node.promised);
+            let live = self.nodes[&leader].paused_until.is_none();
+            let was_cut = !self.blocked.is_empty();
+            if let (true, Some(ballot)) = (live && was_cut && reachable >= quorum, ballot) {
+                let until = self.now + 2 * crate::cluster::LEASE_TICKS * TICK_UNITS;
+                self.heal_watch = Some((leader, ballot, until));
+            }
+        }
+        self.blocked.clear();
+    }
+
     pub(crate) fn heal(&mut self) {
         self.faulty = false;
-        self.blocked.clear();
+        self.heal_network();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             if self.nodes[&id].paused_until.is_some() {

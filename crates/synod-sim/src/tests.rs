@@ -44,6 +44,10 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     .map(|(name, _)| name)
     .collect();
     assert!(never.is_empty(), "seeds {seeds:?} never saw: {never:?}");
+    assert_eq!(
+        coverage.leader_changes_after_heal, 0,
+        "returning nodes deposed healthy leaders"
+    );
     assert!(coverage.max_drift_percent > 5.0 && coverage.max_value_bytes > 1_000);
 }
 
