@@ -265,6 +265,14 @@ impl Node {
         self.check_invariants();
     }
 
+    /// The election timer runs out now, whatever its random draw said: the next tick
+    /// campaigns (pre-vote first) exactly as a timeout would. For model checkers, which
+    /// explore every timeout this way rather than one random draw per path. A leader has
+    /// no election timer; it ignores this.
+    pub fn expire_election_timer(&mut self) {
+        self.election_deadline = self.election_deadline.min(self.now);
+    }
+
     /// The logical clock: ticks since this node started.
     pub fn now(&self) -> Tick {
         self.now

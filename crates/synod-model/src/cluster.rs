@@ -10,7 +10,7 @@
 
 use crate::hashed::Hashed;
 use crate::model::SynodModel;
-use crate::mutant::Mutant;
+use crate::options::ModelOptions;
 use crate::properties as property;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,16 +65,6 @@ pub enum Packet {
     },
 }
 
-/// A packet in the network and when it was sent (0 when delays are unbounded, so that
-/// copies of one message sent at different times are one packet).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct InFlight {
-    /// The packet.
-    pub packet: Packet,
-    /// The time it was sent, with `max_delay`.
-    pub sent: u8,
-}
-
 impl Packet {
     /// The node the packet is for.
     pub fn to(&self) -> NodeId {
@@ -126,12 +116,16 @@ pub struct Budget {
     pub crashes: u8,
     /// Compactions.
     pub compactions: u8,
-    /// Duplicated deliveries.
-    pub duplicates: u8,
     /// Slow-disk episodes.
     pub slow_disks: u8,
     /// Ballots started (Phase 1 runs), by all nodes.
     pub ballots: u8,
+    /// Ticks a runtime stalled through.
+    pub stalls: u8,
+    /// Duplicated deliveries.
+    pub duplicates: u8,
+    /// Early election timeouts.
+    pub timeouts: u8,
 }
 
 /// Bits of [`Cluster::happened`]: what the last action did, for `sometimes` properties.
@@ -151,10 +145,12 @@ pub mod happened {
 pub struct Cluster {
     /// Replica of node `i + 1` at index `i`.
     pub replicas: Vec<Hashed<Replica>>,
-    /// The packets in flight, sorted, each once (a copy of one already in flight adds
-    /// nothing a duplication could not). Delivery takes a packet out, except a
-    /// duplicating one.
-    pub network: Arc<Vec<Hashed<InFlight>>>,
+    /// The packets in flight, sorted, each once. With `max_delay` 0 (the default) a
+    /// delivery takes a packet out (a duplicating one leaves it in) and the cluster's
+    /// tick loses what is left; with no `max_delay` every packet ever sent stays in: any
+    /// packet can be delivered at any later time, any number of times, or never
+    /// (docs/model-checking.md).
+    pub network: Arc<Vec<Hashed<Packet>>>,
     /// See [`Ghost`].
     pub ghost: Hashed<Ghost>,
     /// See [`Budget`].
@@ -169,20 +165,26 @@ pub struct Cluster {
 /// One step of the checker.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Action {
-    /// Deliver the packet, taking it out of the network.
-    Deliver(Hashed<InFlight>),
-    /// Deliver the packet and leave it in the network: the network duplicated it.
-    Duplicate(Hashed<InFlight>),
+    /// Deliver the packet. With `max_delay` it leaves the network; without, it stays in
+    /// (it may be delivered again).
+    Deliver(Hashed<Packet>),
+    /// Deliver the packet and leave it in the network: the network duplicated it (with
+    /// `max_delay` only, bounded by `duplicates`).
+    Duplicate(Hashed<Packet>),
     /// Real time advances one tick at the node, and the core ticks.
     Tick(NodeId),
     /// Real time advances one tick everywhere (clocks in lockstep, `max_skew` 0): every
     /// node's core ticks, in id order.
     TickAll,
     /// Real time advances at the node (in lockstep: everywhere) but the node's runtime
-    /// stalls: its core does not hear of it until the next tick (`stale-lease-clock`
-    /// only; a correct runtime advances the core's clock before every input, which is
-    /// what a tick does).
+    /// stalls: its core does not hear of it until the runtime's next input, before which
+    /// a correct runtime advances the core's clock (`Node::advance_to`), as
+    /// `synod-replica` does. The `stale-lease-clock` runtime does not: the core handles
+    /// inputs on its stale clock until the next tick.
     Stall(NodeId),
+    /// The node's election timer runs out at the next tick, whatever its random draw
+    /// (`Node::expire_election_timer`): an early timeout, at a tick's start.
+    Timeout(NodeId),
     /// The node's disk turns slow: its next persist requests stay pending until
     /// `Persist` completes them (or a crash loses them).
     SlowDisk(NodeId),
@@ -205,6 +207,30 @@ pub enum Action {
     Compact(NodeId),
 }
 
+/// Where clients proposed before the first tick, in each initial state (see
+/// [`Cluster::initial`]): the node of the first value, of the second, … With
+/// `propose_until` other than 0 there is one initial state, and proposals are actions.
+pub fn placements(options: &ModelOptions) -> Vec<Vec<NodeId>> {
+    let mut all = vec![Vec::new()];
+    if options.propose_until != Some(0) {
+        return all;
+    }
+    let mut last = all.clone();
+    for _ in 0..options.values {
+        let mut longer = Vec::new();
+        for placement in &last {
+            for id in options.node_ids() {
+                let mut placement = placement.clone();
+                placement.push(id);
+                longer.push(placement);
+            }
+        }
+        all.extend(longer.iter().cloned());
+        last = longer;
+    }
+    all
+}
+
 /// The value a client proposes `k`-th: "a", "b", …
 pub fn client_value(k: u8) -> Bytes {
     Bytes::from(vec![b'a' + k])
@@ -215,38 +241,61 @@ fn index(id: NodeId) -> usize {
 }
 
 impl Cluster {
-    /// Every node fresh, nothing sent.
-    pub fn initial(model: &SynodModel) -> Cluster {
-        let replicas = model
-            .options
+    /// The initial states: every node fresh, its clock at the last tick before any
+    /// election timer can fire (nothing can happen earlier but client requests, which
+    /// queue), nothing sent. With `propose_until` 0, clients have proposed the first `k`
+    /// values (for every `k` up to `values`) at any nodes: one initial state per
+    /// placement, in a fixed order.
+    pub fn initial(model: &SynodModel) -> Vec<Cluster> {
+        let options = &model.options;
+        let quiet = options.quiet_ticks();
+        let replicas: Vec<Hashed<Replica>> = options
             .node_ids()
             .into_iter()
             .map(|id| {
+                let mut node = model.boot(id, DurableState::default());
+                node.advance_to(u64::from(quiet));
+                assert!(
+                    !node.has_ready(),
+                    "no timer fires in the first {quiet} ticks"
+                );
                 Hashed::new(Replica {
                     id,
-                    node: Some(model.boot(id, DurableState::default())),
+                    node: Some(node),
                     durable: DurableState::default(),
                     disk: Vec::new(),
                     written: 0,
                     applied: Vec::new(),
                     snapshot: Vec::new(),
-                    clock: 0,
+                    clock: quiet,
                     lag: 0,
                     disk_slow: false,
                 })
             })
             .collect();
-        Cluster {
+        let fresh = Cluster {
             replicas,
             network: Arc::new(Vec::new()),
             ghost: Hashed::new(Ghost {
-                vouched: vec![Ballot::ZERO; model.options.nodes as usize],
+                vouched: vec![Ballot::ZERO; options.nodes as usize],
                 ..Ghost::default()
             }),
             budget: Budget::default(),
             happened: 0,
             at_tick_start: true,
-        }
+        };
+        placements(options)
+            .into_iter()
+            .map(|placement| {
+                let mut state = fresh.clone();
+                for id in placement {
+                    state.apply(model, &Action::Propose(id));
+                }
+                state.happened = 0;
+                state.at_tick_start = true;
+                state
+            })
+            .collect()
     }
 
     /// The replica of node `id`.
@@ -274,20 +323,22 @@ impl Cluster {
             return;
         }
         let options = &model.options;
+        let can_duplicate =
+            options.max_delay.is_some() && self.budget.duplicates < options.duplicates;
         for packet in self.network.iter() {
-            if self.replica(packet.packet.to()).node.is_some() {
+            if self.replica(packet.to()).node.is_some() {
                 actions.push(Action::Deliver(packet.clone()));
-                if self.budget.duplicates < options.duplicates {
+                if can_duplicate {
                     actions.push(Action::Duplicate(packet.clone()));
                 }
             }
         }
         let slowest = self.replicas.iter().map(|r| r.clock).min().unwrap_or(0);
-        let stale_clock = options.mutant == Some(Mutant::StaleLeaseClock);
+        let can_stall = self.budget.stalls < options.stalls;
         let lockstep = options.max_skew == 0;
         if lockstep && slowest < options.ticks {
             actions.push(Action::TickAll);
-            if stale_clock {
+            if can_stall {
                 for replica in self.replicas.iter().filter(|r| r.node.is_some()) {
                     actions.push(Action::Stall(replica.id));
                 }
@@ -301,7 +352,7 @@ impl Cluster {
                 && replica.clock < slowest + options.max_skew
             {
                 actions.push(Action::Tick(id));
-                if stale_clock && replica.node.is_some() {
+                if can_stall && replica.node.is_some() {
                     actions.push(Action::Stall(id));
                 }
             }
@@ -313,6 +364,12 @@ impl Cluster {
             };
             if replica.disk.len() > replica.written {
                 actions.push(Action::Persist(id));
+            }
+            if faults_now
+                && self.budget.timeouts < options.timeouts
+                && node.status().role != synod_core::Role::Leader
+            {
+                actions.push(Action::Timeout(id));
             }
             if faults_now && !replica.disk_slow && self.budget.slow_disks < options.slow_disks {
                 actions.push(Action::SlowDisk(id));
@@ -328,7 +385,7 @@ impl Cluster {
             if self.budget.proposed < options.values
                 && options
                     .propose_until
-                    .is_none_or(|until| self.time() <= until)
+                    .is_none_or(|until| until > 0 && self.time() <= until)
             {
                 actions.push(Action::Propose(id));
             }
@@ -367,18 +424,20 @@ impl Cluster {
                 | Action::Restart(_)
                 | Action::Compact(_)
                 | Action::SlowDisk(_)
+                | Action::Timeout(_)
         ) && (self.at_tick_start
             || matches!(action, Action::TickAll | Action::Stall(_)));
         let touched = match action {
-            Action::Deliver(flight) | Action::Duplicate(flight) => {
-                let Ok(at) = self.network.binary_search(flight) else {
-                    panic!("the packet is not in flight: {flight:?}");
-                };
-                let packet = &flight.packet;
-                if matches!(action, Action::Duplicate(_)) {
-                    self.budget.duplicates += 1;
-                } else {
-                    Arc::make_mut(&mut self.network).remove(at);
+            Action::Deliver(packet) | Action::Duplicate(packet) => {
+                if model.options.max_delay.is_some() {
+                    if matches!(action, Action::Duplicate(_)) {
+                        self.budget.duplicates += 1;
+                    } else {
+                        let Ok(at) = self.network.binary_search(packet) else {
+                            panic!("the packet is not in flight: {packet:?}");
+                        };
+                        Arc::make_mut(&mut self.network).remove(at);
+                    }
                 }
                 let to = packet.to();
                 self.on_replica(model, to, |step| step.deliver(packet));
@@ -389,15 +448,17 @@ impl Cluster {
                 id
             }
             Action::TickAll => {
+                self.expire_packets(model);
                 for id in model.options.node_ids() {
                     self.on_replica(model, id, |step| step.tick());
                     self.check_promise(id);
                 }
-                self.expire_packets(model);
                 1
             }
             &Action::Stall(id) => {
+                self.budget.stalls += 1;
                 if model.options.max_skew == 0 {
+                    self.expire_packets(model);
                     // The cluster's tick, with this node's runtime stalled.
                     for other in model.options.node_ids().into_iter().filter(|o| *o != id) {
                         self.on_replica(model, other, |step| step.tick());
@@ -408,7 +469,15 @@ impl Cluster {
                     replica.clock += 1;
                     replica.lag += 1;
                 });
-                self.expire_packets(model);
+                id
+            }
+            &Action::Timeout(id) => {
+                self.budget.timeouts += 1;
+                self.replicas[index(id)].update(|replica| {
+                    if let Some(node) = replica.node.as_mut() {
+                        node.expire_election_timer();
+                    }
+                });
                 id
             }
             &Action::SlowDisk(id) => {
@@ -473,16 +542,9 @@ impl Cluster {
         self.happened |= happened;
         self.budget.ballots = self.budget.ballots.saturating_add(ballots_started);
         if !sent.is_empty() {
-            let stamp = match model.options.max_delay {
-                Some(_) => self.time(),
-                None => 0,
-            };
             let network = Arc::make_mut(&mut self.network);
             for packet in sent {
-                let packet = Hashed::new(InFlight {
-                    packet,
-                    sent: stamp,
-                });
+                let packet = Hashed::new(packet);
                 if let Err(at) = network.binary_search(&packet) {
                     network.insert(at, packet);
                 }
@@ -492,26 +554,18 @@ impl Cluster {
         self.ghost = Hashed::new(ghost);
     }
 
+    /// With `max_delay` 0, a packet not delivered by the end of the tick it was sent in is
+    /// lost: the cluster's tick starts with an empty network.
+    fn expire_packets(&mut self, model: &SynodModel) {
+        if model.options.max_delay == Some(0) && !self.network.is_empty() {
+            self.network = Arc::new(Vec::new());
+        }
+    }
+
     /// Real time: the fastest node's clock (every node's, in lockstep; during the
     /// cluster's tick, the new time).
     pub fn time(&self) -> u8 {
         self.replicas.iter().map(|r| r.clock).max().unwrap_or(0)
-    }
-
-    /// With `max_delay`, packets in flight longer than that are lost.
-    fn expire_packets(&mut self, model: &SynodModel) {
-        let Some(max_delay) = model.options.max_delay else {
-            return;
-        };
-        let now = self.time();
-        if self
-            .network
-            .iter()
-            .any(|flight| flight.sent.saturating_add(max_delay) < now)
-        {
-            Arc::make_mut(&mut self.network)
-                .retain(|flight| flight.sent.saturating_add(max_delay) >= now);
-        }
     }
 
     /// "Promised ballot monotone": a node's promise never falls below a ballot it has
@@ -605,7 +659,20 @@ impl Step<'_> {
         self.drain();
     }
 
+    /// Before any input, a runtime brings its core's clock up to real time (what
+    /// `synod-replica` does); the `stale-lease-clock` runtime forgets to.
+    fn catch_up(&mut self) {
+        if self.replica.lag == 0 || self.model.stale_clock() {
+            return;
+        }
+        let ticks = std::mem::take(&mut self.replica.lag);
+        let now = self.node().now() + u64::from(ticks);
+        self.node().advance_to(now);
+        self.drain();
+    }
+
     fn deliver(&mut self, packet: &Packet) {
+        self.catch_up();
         match packet {
             Packet::Message(envelope) => {
                 if let Message::Prepare { from_slot, .. } = envelope.message {
@@ -642,11 +709,13 @@ impl Step<'_> {
     }
 
     fn propose(&mut self, value: Bytes) {
+        self.catch_up();
         let _ = self.node().propose(value);
         self.drain();
     }
 
     fn read(&mut self, request: u64) {
+        self.catch_up();
         let id = self.replica.id;
         self.ghost
             .reads
@@ -656,6 +725,7 @@ impl Step<'_> {
     }
 
     fn compact(&mut self) {
+        self.catch_up();
         let through = self.replica.applied.len() as Slot;
         self.replica.snapshot = self.replica.applied.clone();
         self.node().compact(through);
@@ -663,6 +733,7 @@ impl Step<'_> {
     }
 
     fn complete_persist(&mut self) {
+        self.catch_up();
         let at = self.replica.written;
         let request = self.replica.disk[at].clone();
         if request.needs_sync() {
@@ -841,6 +912,7 @@ impl Step<'_> {
                         );
                         self.violation(property::ONE_VALUE_PER_BALLOT, detail);
                     }
+                    self.check_proposal(from, slot, *ballot, value);
                 }
                 Some(*ballot)
             }
@@ -854,6 +926,27 @@ impl Step<'_> {
         if let Some(ballot) = vouched {
             let high = &mut self.ghost.vouched[index(from)];
             *high = (*high).max(ballot);
+        }
+    }
+
+    /// Paxos's P2b: once a value is chosen at a ballot, every proposal at a higher ballot
+    /// for that slot carries it.
+    fn check_proposal(&mut self, from: NodeId, slot: Slot, ballot: Ballot, value: &Value) {
+        let chosen_below = self
+            .ghost
+            .chosen_at
+            .range((slot, Ballot::ZERO)..(slot, ballot))
+            .find_map(|key| {
+                let (chosen, _) = &self.ghost.votes[key];
+                (chosen != value).then(|| (key.1, chosen.clone()))
+            });
+        if let Some((chosen_ballot, chosen)) = chosen_below {
+            let detail = format!(
+                "n{from} proposed {} for slot {slot} at {ballot:?}, but {} was chosen at {chosen_ballot:?}",
+                crate::trace::value(value),
+                crate::trace::value(&chosen)
+            );
+            self.violation(property::PROPOSALS_KEEP_CHOSEN, detail);
         }
     }
 

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bfs;
 pub mod cluster;
 pub mod hashed;
 pub mod model;
@@ -32,4 +33,4 @@ pub mod trace;
 pub use model::SynodModel;
 pub use mutant::Mutant;
 pub use options::ModelOptions;
-pub use run::{check, Report};
+pub use run::{check, check_suite, Report, SuiteReport};

@@ -53,7 +53,7 @@ impl Model for SynodModel {
     type Action = Action;
 
     fn init_states(&self) -> Vec<Cluster> {
-        vec![Cluster::initial(self)]
+        Cluster::initial(self)
     }
 
     fn actions(&self, state: &Cluster, actions: &mut Vec<Action>) {

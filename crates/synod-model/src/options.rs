@@ -21,17 +21,25 @@ pub struct ModelOptions {
     /// How far apart two nodes' clocks may be, in ticks (bounded clock drift); 0: the
     /// clocks tick in lockstep, one action ticking every node.
     pub max_skew: u8,
-    /// A packet not delivered within this many ticks of being sent is lost (None: it may
-    /// arrive at any later time).
+    /// Some(0): a packet not delivered within the tick it was sent in is lost (delivery
+    /// takes it out of the network). None: every packet sent stays deliverable for ever,
+    /// any number of times. Other delays are not supported.
     pub max_delay: Option<u8>,
+    /// Deliveries that leave the packet in flight (network duplication), in all (with
+    /// `max_delay` only).
+    pub duplicates: u8,
     /// Distinct client values proposed, each once (at any node).
     pub values: u8,
     /// Clients propose only until this time (None: at any time).
     pub propose_until: Option<u8>,
     /// Linearizable reads asked for.
     pub reads: u8,
-    /// Deliveries that leave the message in flight (network duplication), in all.
-    pub duplicates: u8,
+    /// Ticks some node's runtime stalls through (its core hears of the time only at its
+    /// next input), in all.
+    pub stalls: u8,
+    /// Early election timeouts in all: at a tick's start a node's election timer runs
+    /// out, whatever its random draw (`Node::expire_election_timer`).
+    pub timeouts: u8,
     /// Slow-disk episodes in all: outside them a persist request is durable at once.
     pub slow_disks: u8,
     /// Crashes, restarts, compactions and slow disks happen only at the start of a tick
@@ -51,8 +59,13 @@ pub struct ModelOptions {
     pub lease_ticks: u64,
     /// The clock-drift margin of the leader's read lease.
     pub max_clock_drift_percent: u64,
+    /// The random seed of node `i + 1` at index `i` (nodes past the list: their id). It
+    /// fixes each node's random election timeouts.
+    pub seeds: Vec<u64>,
     /// Check with this many threads.
     pub threads: usize,
+    /// Give up when the checker's resident memory passes this many MiB.
+    pub memory_limit_mb: Option<u64>,
     /// The deliberate bug to run, if any.
     #[serde(serialize_with = "serialize_mutant")]
     pub mutant: Option<Mutant>,
@@ -79,10 +92,12 @@ impl Default for ModelOptions {
             ticks: 6,
             max_skew: 0,
             max_delay: Some(0),
+            duplicates: 0,
             values: 2,
             propose_until: Some(0),
             reads: 1,
-            duplicates: 0,
+            stalls: 0,
+            timeouts: 0,
             slow_disks: 1,
             faults_at_ticks: true,
             crashes: 1,
@@ -92,22 +107,17 @@ impl Default for ModelOptions {
             retransmit_ticks: 20,
             lease_ticks: 3,
             max_clock_drift_percent: 10,
+            // First election timeouts 3, 4 and 5 ticks: n1 campaigns first, and the next
+            // candidate's ballot is higher without it having heard of n1's.
+            seeds: vec![3, 1, 2],
             threads: 2,
+            memory_limit_mb: Some(6 * 1024),
             mutant: None,
         }
     }
 }
 
 impl ModelOptions {
-    /// A configuration small enough for `cargo test` (seconds), that still reaches every
-    /// `sometimes` property.
-    pub fn bounded() -> ModelOptions {
-        ModelOptions {
-            ticks: 6,
-            ..ModelOptions::default()
-        }
-    }
-
     /// The ids of the nodes.
     pub fn node_ids(&self) -> Vec<NodeId> {
         (1..=self.nodes).collect()
@@ -122,7 +132,14 @@ impl ModelOptions {
         config.lease_ticks = self.lease_ticks;
         config.max_clock_drift_percent = self.max_clock_drift_percent;
         config.backoff = Backoff::Randomized;
+        config.seed = self.seeds.get(id as usize - 1).copied().unwrap_or(id);
         config
+    }
+
+    /// Ticks at the start in which no timer can fire (an election timeout is at least
+    /// `election_timeout_ticks`): the initial states start after them.
+    pub fn quiet_ticks(&self) -> u8 {
+        u8::try_from(self.election_timeout_ticks.saturating_sub(1)).unwrap_or(u8::MAX)
     }
 
     /// A quorum of the cluster.
@@ -138,6 +155,9 @@ impl ModelOptions {
         if self.slots == 0 || self.max_ballot == 0 {
             return Err("--slots and --max-ballot must be positive".into());
         }
+        if self.max_delay.is_some_and(|delay| delay != 0) {
+            return Err("--max-delay must be 0 (or unbounded)".into());
+        }
         if self.threads == 0 {
             return Err("--threads must be positive".into());
         }
@@ -150,4 +170,60 @@ impl ModelOptions {
         }
         self.config(1).validate()
     }
+}
+
+/// The default run of `synod model-check`: configurations that each explore every
+/// schedule within their bounds, one corner of the faults each (one configuration with
+/// every budget at once is their product, and does not finish in 15 minutes; see
+/// docs/model-checking.md). Every `sometimes` property is reached in one of them, and
+/// every mutant is caught by one of them.
+pub fn default_suite() -> Vec<(&'static str, ModelOptions)> {
+    let quiet = ModelOptions {
+        values: 0,
+        reads: 0,
+        stalls: 0,
+        slow_disks: 0,
+        crashes: 0,
+        compactions: 0,
+        ..ModelOptions::default()
+    };
+    vec![
+        (
+            "election-crash",
+            ModelOptions {
+                ticks: 4,
+                crashes: 1,
+                slow_disks: 1,
+                depth: Some(16),
+                ..quiet.clone()
+            },
+        ),
+        (
+            "two-values",
+            ModelOptions {
+                ticks: 5,
+                values: 2,
+                ..quiet.clone()
+            },
+        ),
+        (
+            "compaction",
+            ModelOptions {
+                ticks: 6,
+                values: 1,
+                compactions: 1,
+                ..quiet.clone()
+            },
+        ),
+        (
+            "lease-read-stall",
+            ModelOptions {
+                ticks: 7,
+                values: 1,
+                reads: 1,
+                stalls: 2,
+                ..quiet
+            },
+        ),
+    ]
 }

@@ -14,6 +14,9 @@ use synod_core::{Role, Value};
 /// accepted by a quorum at one ballot) for a slot, and every value a node delivers (or
 /// installs from a snapshot) is the chosen one.
 pub const AGREEMENT: &str = "agreement";
+/// Paxos's P2b: a proposal (an Accept) at a ballot above one where its slot was chosen
+/// carries the chosen value.
+pub const PROPOSALS_KEEP_CHOSEN: &str = "proposals above a chosen ballot carry its value";
 /// No two Accepts (or durable accepts) carry different values for one slot and ballot.
 pub const ONE_VALUE_PER_BALLOT: &str = "one value per ballot";
 /// Each node delivers slots in order, each once, never past a gap; a snapshot it
@@ -45,6 +48,9 @@ pub const CRASH_MID_PERSIST: &str = "a crash between a persist request and its c
 pub fn all() -> Vec<Property<SynodModel>> {
     vec![
         Property::always(AGREEMENT, |_, state| holds(state, AGREEMENT)),
+        Property::always(PROPOSALS_KEEP_CHOSEN, |_, state| {
+            holds(state, PROPOSALS_KEEP_CHOSEN)
+        }),
         Property::always(ONE_VALUE_PER_BALLOT, |_, state| {
             holds(state, ONE_VALUE_PER_BALLOT)
         }),

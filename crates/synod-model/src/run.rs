@@ -1,25 +1,13 @@
 //! Runs the checker and summarises what it found.
 
+use crate::bfs::{self, Progress, Search};
 use crate::cluster::Action;
 use crate::model::SynodModel;
 use crate::options::ModelOptions;
 use serde::Serialize;
-use stateright::{Checker, Expectation, HasDiscoveries, Model, Property};
+use stateright::{Expectation, Model};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Counts while the checker runs.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    /// States generated (with repeats).
-    pub states: usize,
-    /// Distinct states.
-    pub unique_states: usize,
-    /// The deepest path explored.
-    pub depth: usize,
-    /// Since the start.
-    pub elapsed: Duration,
-}
 
 /// The outcome of one run: the JSON line `synod model-check` prints last.
 #[derive(Clone, Debug, Serialize)]
@@ -28,20 +16,28 @@ pub struct Report {
     pub states: usize,
     /// Distinct states.
     pub unique_states: usize,
-    /// The deepest path explored.
+    /// The deepest level explored: every state within this many actions of the initial
+    /// state was explored.
     pub depth: usize,
     /// `always` properties with a counterexample.
     pub violations: usize,
     /// name → "holds" | "counterexample" | "reached" | "unreached" (and "unchecked" for
     /// the `always` properties a mutant run stopped before exploring everything for).
     pub properties: BTreeMap<&'static str, &'static str>,
-    /// name → actions in the counterexample (or in the path that reached the property),
-    /// after shortening (see [`shorten`]).
+    /// name → actions in a shortest counterexample (or a shortest path that reached the
+    /// property).
     pub path_lengths: BTreeMap<&'static str, usize>,
-    /// Whether every state within the bounds was explored.
+    /// True when every state within the bounds other than the depth was explored; false
+    /// when the depth bound (or, for a mutant, its first counterexample) cut the search.
     pub complete: bool,
+    /// Distinct states first reached at each depth.
+    pub levels: Vec<usize>,
     /// Wall time.
     pub seconds: f64,
+    /// Peak resident memory of the process, MiB (Linux).
+    pub peak_memory_mb: Option<u64>,
+    /// The search gave up at `--memory-limit-mb`.
+    pub out_of_memory: bool,
     /// The bounds and timing this run used.
     pub options: ModelOptions,
 }
@@ -61,177 +57,184 @@ pub struct Discovery {
     pub property: &'static str,
     /// True for a counterexample.
     pub failure: bool,
-    /// The actions from the initial state, shortened (see [`shorten`]).
+    /// The initial state the path starts from (see [`crate::cluster::placements`]).
+    pub initial: usize,
+    /// The actions of a shortest path from the initial state.
     pub actions: Vec<Action>,
-    /// How many actions the search's own path had.
-    pub found_length: usize,
 }
 
-/// Explores the model for `options`; `progress` is called about every `interval`. A run
-/// with a mutant stops at its first counterexample (that is all it has to show).
+/// Explores the model for `options` breadth-first (see [`bfs`]); `progress` is called
+/// about every `interval`. A run with a mutant stops after the level of its first
+/// counterexample (that is all it has to show).
 pub fn check(
     options: &ModelOptions,
     interval: Duration,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> (Report, Vec<Discovery>) {
     let started = Instant::now();
     let model = SynodModel::new(options.clone());
     let properties = model.properties();
-    let mut builder = SynodModel::new(options.clone())
-        .checker()
-        .threads(options.threads);
-    if let Some(depth) = options.depth {
-        builder = builder.target_max_depth(depth);
-    }
-    if options.mutant.is_some() {
-        builder = builder.finish_when(HasDiscoveries::AnyFailures);
-    }
-    // Depth-first: the memory it needs grows with the depth, not with the state space
-    // (breadth-first keeps a frontier of whole states, gigabytes at these sizes). Its
-    // paths are long; `shorten` makes them readable.
-    let checker = builder.spawn_dfs();
-    let snapshot = |checker: &dyn CountingChecker| Progress {
-        states: checker.states(),
-        unique_states: checker.unique(),
-        depth: checker.depth(),
-        elapsed: started.elapsed(),
+    let search = Search {
+        max_depth: options.depth,
+        threads: options.threads,
+        stop_at_failure: options.mutant.is_some(),
+        memory_limit_mb: options.memory_limit_mb,
     };
-    let mut last = Instant::now();
-    while !checker.is_done() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() >= interval {
-            last = Instant::now();
-            progress(&snapshot(&checker));
-        }
-    }
-    let checker = checker.join();
-    let discoveries = checker.discoveries();
-    let done = snapshot(&checker);
+    let outcome = bfs::search(&model, search, interval, progress);
     let mut verdicts = BTreeMap::new();
     let mut path_lengths = BTreeMap::new();
     let mut found = Vec::new();
     let stopped_early = options.mutant.is_some();
     for property in &properties {
         let failure = property.expectation.discovery_is_failure();
-        let path = discoveries.get(property.name);
+        let path = outcome.discoveries.get(property.name);
         let verdict = match (&property.expectation, path.is_some()) {
             (Expectation::Sometimes, true) => "reached",
+            (Expectation::Sometimes, false) if stopped_early => "unchecked",
             (Expectation::Sometimes, false) => "unreached",
             (_, true) => "counterexample",
-            (_, false) if stopped_early => "unchecked",
+            (_, false) if stopped_early && !outcome.complete => "unchecked",
             (_, false) => "holds",
         };
         verdicts.insert(property.name, verdict);
-        if let Some(path) = path {
-            let found_length = path.clone().into_actions().len();
-            let actions = shorten(&model, property, path.clone().into_actions());
+        if let Some((initial, actions)) = path {
             path_lengths.insert(property.name, actions.len());
             found.push(Discovery {
                 property: property.name,
                 failure,
-                actions,
-                found_length,
+                initial: *initial,
+                actions: actions.clone(),
             });
         }
     }
     let violations = found.iter().filter(|d| d.failure).count();
     let report = Report {
-        states: done.states,
-        unique_states: done.unique_states,
-        depth: done.depth,
+        states: outcome.states,
+        unique_states: outcome.unique_states,
+        depth: outcome.levels.len().saturating_sub(1),
         violations,
         properties: verdicts,
         path_lengths,
-        complete: !(stopped_early && violations > 0),
+        complete: outcome.complete,
+        levels: outcome.levels,
         seconds: started.elapsed().as_secs_f64(),
+        peak_memory_mb: bfs::peak_memory_mb(),
+        out_of_memory: outcome.out_of_memory,
         options: options.clone(),
     };
     (report, found)
 }
 
-/// The counters of a running checker, behind one object-safe trait.
-trait CountingChecker {
-    fn states(&self) -> usize;
-    fn unique(&self) -> usize;
-    fn depth(&self) -> usize;
+/// The outcome of a suite of configurations (the default `synod model-check`): the
+/// figures summed, each property's verdict over all of them, and each configuration's
+/// own report.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteReport {
+    /// States generated, with repeats, in all.
+    pub states: usize,
+    /// Distinct states, summed over the configurations.
+    pub unique_states: usize,
+    /// The deepest level any configuration explored.
+    pub depth: usize,
+    /// `always` properties with a counterexample in some configuration.
+    pub violations: usize,
+    /// name → "counterexample" if any configuration found one, "reached" if any reached
+    /// it; otherwise "holds" / "unreached" (or "unchecked" where a mutant run stopped).
+    pub properties: BTreeMap<&'static str, &'static str>,
+    /// name → the shortest path any configuration found to it.
+    pub path_lengths: BTreeMap<&'static str, usize>,
+    /// Every configuration that ran was explored completely.
+    pub complete: bool,
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident memory of the process, MiB (Linux).
+    pub peak_memory_mb: Option<u64>,
+    /// The configurations, in the order they ran (a mutant run stops after the first
+    /// counterexample).
+    pub configurations: Vec<NamedReport>,
 }
 
-impl<C: Checker<SynodModel>> CountingChecker for C {
-    fn states(&self) -> usize {
-        self.state_count()
-    }
-    fn unique(&self) -> usize {
-        self.unique_state_count()
-    }
-    fn depth(&self) -> usize {
-        self.max_depth()
+/// One configuration's report, with its name.
+#[derive(Clone, Debug, Serialize)]
+pub struct NamedReport {
+    /// The configuration's name (see [`crate::options::default_suite`]).
+    pub name: &'static str,
+    /// Its report.
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+impl SuiteReport {
+    /// Every `always` property holds and every `sometimes` one was reached.
+    pub fn passed(&self) -> bool {
+        self.properties
+            .values()
+            .all(|verdict| matches!(*verdict, "holds" | "reached"))
     }
 }
 
-/// Shortens a path to `property`'s discovery: drops one action at a time, from the end,
-/// keeping the drop whenever the remaining actions (those still enabled when their turn
-/// comes) still reach the discovery, until no single action can go. Depth-first search
-/// finds long paths; what is left is a trace a person can follow.
-pub fn shorten(
-    model: &SynodModel,
-    property: &Property<SynodModel>,
-    actions: Vec<Action>,
-) -> Vec<Action> {
-    let mut best = replay(model, property, &actions).unwrap_or(actions);
-    loop {
-        let mut shorter = false;
-        let mut at = best.len();
-        while at > 0 {
-            at -= 1;
-            let mut candidate = best.clone();
-            candidate.remove(at);
-            if let Some(taken) = replay(model, property, &candidate) {
-                if taken.len() < best.len() {
-                    best = taken;
-                    shorter = true;
-                    at = at.min(best.len());
-                }
+/// Runs each configuration of `suite` in turn (with `mutant`, if any: then the suite stops
+/// at the first configuration that yields a counterexample). Returns the summary and each
+/// discovery with the name and options of the configuration that made it.
+pub fn check_suite(
+    suite: &[(&'static str, ModelOptions)],
+    interval: Duration,
+    mut progress: impl FnMut(&'static str, &Progress),
+) -> (SuiteReport, Vec<(&'static str, ModelOptions, Discovery)>) {
+    let started = Instant::now();
+    let mut configurations = Vec::new();
+    let mut found = Vec::new();
+    for (name, options) in suite {
+        let (report, discoveries) = check(options, interval, |p| progress(name, p));
+        let failed = report.violations > 0;
+        found.extend(
+            discoveries
+                .into_iter()
+                .map(|discovery| (*name, options.clone(), discovery)),
+        );
+        configurations.push(NamedReport { name, report });
+        if failed && options.mutant.is_some() {
+            break;
+        }
+    }
+    let mut properties: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+    let mut path_lengths: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let rank = |verdict: &str| match verdict {
+        "counterexample" | "reached" => 3,
+        "unchecked" => 2,
+        _ => 1,
+    };
+    for named in &configurations {
+        for (property, verdict) in &named.report.properties {
+            let entry = properties.entry(property).or_insert(verdict);
+            if rank(verdict) > rank(entry) {
+                *entry = verdict;
             }
         }
-        if !shorter {
-            return best;
+        for (property, length) in &named.report.path_lengths {
+            let entry = path_lengths.entry(property).or_insert(*length);
+            *entry = (*entry).min(*length);
         }
     }
-}
-
-/// Replays `actions` from the initial state, skipping those not enabled when their turn
-/// comes; returns the actions taken up to the first state that shows `property`'s
-/// discovery (a violation, or the sometimes-condition), if one does.
-fn replay(
-    model: &SynodModel,
-    property: &Property<SynodModel>,
-    actions: &[Action],
-) -> Option<Vec<Action>> {
-    let discovered = |state: &crate::cluster::Cluster| {
-        let condition = (property.condition)(model, state);
-        match property.expectation {
-            Expectation::Sometimes => condition,
-            _ => !condition,
-        }
+    let sum = |field: fn(&Report) -> usize| configurations.iter().map(|c| field(&c.report)).sum();
+    let report = SuiteReport {
+        states: sum(|r| r.states),
+        unique_states: sum(|r| r.unique_states),
+        depth: configurations
+            .iter()
+            .map(|c| c.report.depth)
+            .max()
+            .unwrap_or(0),
+        violations: properties
+            .values()
+            .filter(|v| **v == "counterexample")
+            .count(),
+        properties,
+        path_lengths,
+        complete: configurations.iter().all(|c| c.report.complete),
+        seconds: started.elapsed().as_secs_f64(),
+        peak_memory_mb: bfs::peak_memory_mb(),
+        configurations,
     };
-    let mut state = model.init_states().remove(0);
-    let mut taken = Vec::new();
-    let mut enabled = Vec::new();
-    for action in actions {
-        enabled.clear();
-        model.actions(&state, &mut enabled);
-        if !enabled.contains(action) {
-            continue;
-        }
-        let next = model.next_state(&state, action.clone())?;
-        if !model.within_boundary(&next) {
-            continue;
-        }
-        state = next;
-        taken.push(action.clone());
-        if discovered(&state) {
-            return Some(taken);
-        }
-    }
-    None
+    (report, found)
 }

@@ -1,7 +1,7 @@
 //! Counterexamples as readable message traces: one line per action, then what it caused
 //! (messages sent, slots delivered, role changes), and the violation at the end.
 
-use crate::cluster::{Action, Cluster, InFlight, Packet};
+use crate::cluster::{Action, Cluster, Packet};
 use crate::model::SynodModel;
 use stateright::Model;
 use std::collections::BTreeSet;
@@ -145,8 +145,9 @@ fn packet(packet: &Packet) -> String {
 /// What `action` does, seen from the state it is taken in.
 pub fn describe_action(state: &Cluster, action: &Action) -> String {
     match action {
-        Action::Deliver(p) => format!("deliver {}", packet(&p.packet)),
-        Action::Duplicate(p) => format!("deliver a duplicate of {}", packet(&p.packet)),
+        Action::Timeout(id) => format!("n{id}'s election timer runs out early"),
+        Action::Deliver(p) => format!("deliver {}", packet(p)),
+        Action::Duplicate(p) => format!("deliver a duplicate of {}", packet(p)),
         Action::Tick(id) => {
             let clock = state.replica(*id).clock + 1;
             let lag = state.replica(*id).lag;
@@ -207,10 +208,10 @@ pub fn describe_action(state: &Cluster, action: &Action) -> String {
 /// What changed between two states, one line each.
 fn consequences(before: &Cluster, after: &Cluster) -> Vec<String> {
     let mut lines = Vec::new();
-    let known: BTreeSet<&InFlight> = before.network.iter().map(|p| &**p).collect();
+    let known: BTreeSet<&Packet> = before.network.iter().map(|p| &**p).collect();
     for p in after.network.iter() {
         if !known.contains(&**p) {
-            lines.push(format!("sends {}", packet(&p.packet)));
+            lines.push(format!("sends {}", packet(p)));
         }
     }
     for (old, new) in before.replicas.iter().zip(after.replicas.iter()) {
@@ -254,10 +255,24 @@ fn consequences(before: &Cluster, after: &Cluster) -> Vec<String> {
     lines
 }
 
-/// The path of `actions` from the initial state, numbered, for a person to read.
-pub fn render(model: &SynodModel, actions: &[Action]) -> String {
-    let mut state = model.init_states().remove(0);
+/// The path of `actions` from initial state number `initial`, numbered, for a person to
+/// read.
+pub fn render(model: &SynodModel, initial: usize, actions: &[Action]) -> String {
+    let mut state = model.init_states().swap_remove(initial);
     let mut out = String::new();
+    let placement = &crate::cluster::placements(&model.options)[initial];
+    let _ = writeln!(
+        out,
+        "  0. time {}: nothing has happened (no timer can fire earlier)",
+        state.time()
+    );
+    for (k, id) in placement.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "     client proposes {:?} at n{id}",
+            String::from_utf8_lossy(&crate::cluster::client_value(k as u8))
+        );
+    }
     for (number, action) in actions.iter().enumerate() {
         let _ = writeln!(
             out,

@@ -1,8 +1,9 @@
-//! The model checker inside `cargo test`: a bounded configuration (seconds) holds every
-//! `always` property, and mutants are caught. The full configuration is a command:
+//! The model checker inside `cargo test`: bounded configurations (seconds) hold every
+//! `always` property, and a mutant is caught. The full suite is a command:
 //! `cargo run --release -p synod -- model-check` (docs/model-checking.md).
 
 use std::time::Duration;
+use synod_model::options::default_suite;
 use synod_model::properties as property;
 use synod_model::{check, ModelOptions, Mutant};
 
@@ -14,7 +15,7 @@ fn run(options: ModelOptions) -> synod_model::Report {
         eprintln!(
             "counterexample to {:?}:\n{}",
             discovery.property,
-            synod_model::trace::render(&model, &discovery.actions)
+            synod_model::trace::render(&model, discovery.initial, &discovery.actions)
         );
     }
     eprintln!(
@@ -24,7 +25,8 @@ fn run(options: ModelOptions) -> synod_model::Report {
     report
 }
 
-/// Four ticks and one value, no faults: an election and a slot chosen, every schedule.
+/// No fault: an election (pre-vote, Phase 1) and one value, every schedule of up to 10
+/// actions.
 fn one_value() -> ModelOptions {
     ModelOptions {
         ticks: 4,
@@ -33,34 +35,36 @@ fn one_value() -> ModelOptions {
         crashes: 0,
         slow_disks: 0,
         compactions: 0,
+        depth: Some(10),
         ..ModelOptions::default()
     }
 }
 
-/// Four ticks, no value: the first election (pre-vote, then Phase 1) with a slow disk and a crash.
+/// No value: the first election with a slow disk and a crash, every schedule of up to
+/// 12 actions.
 fn crash_in_election() -> ModelOptions {
     ModelOptions {
         ticks: 4,
         values: 0,
         reads: 0,
         compactions: 0,
+        depth: Some(12),
         ..ModelOptions::default()
     }
 }
 
 #[test]
-fn every_schedule_of_an_election_and_a_value_holds_every_always_property() {
+fn every_short_schedule_of_an_election_and_a_value_holds_every_always_property() {
     let report = run(one_value());
-    assert!(report.complete);
     assert_eq!(report.violations, 0, "{:?}", report.properties);
     assert_eq!(report.properties[property::LEADER_ELECTED], "reached");
-    assert!(report.unique_states > 4_000, "{}", report.unique_states);
+    assert_eq!(report.depth, 10);
+    assert!(report.unique_states > 1_000, "{}", report.unique_states);
 }
 
 #[test]
-fn every_crash_during_an_election_holds_every_always_property() {
+fn every_short_crash_during_an_election_holds_every_always_property() {
     let report = run(crash_in_election());
-    assert!(report.complete);
     assert_eq!(report.violations, 0, "{:?}", report.properties);
     for name in [property::LEADER_ELECTED, property::CRASH_MID_PERSIST] {
         assert_eq!(report.properties[name], "reached", "{name}");
@@ -68,7 +72,7 @@ fn every_crash_during_an_election_holds_every_always_property() {
 }
 
 #[test]
-fn prepare_before_durable_is_caught() {
+fn prepare_before_durable_is_caught_with_a_shortest_trace() {
     let report = run(ModelOptions {
         mutant: Some(Mutant::PrepareBeforeDurable),
         ..crash_in_election()
@@ -77,6 +81,20 @@ fn prepare_before_durable_is_caught() {
         report.properties[property::PROMISE_MONOTONE],
         "counterexample"
     );
+    assert_eq!(report.path_lengths[property::PROMISE_MONOTONE], 7);
+}
+
+#[test]
+fn every_configuration_of_the_default_suite_is_valid_and_named_once() {
+    let suite = default_suite();
+    let mut names: Vec<_> = suite.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), suite.len());
+    for (name, options) in suite {
+        assert_eq!(options.validate(), Ok(()), "{name}");
+        assert!(options.mutant.is_none(), "{name}");
+    }
 }
 
 #[test]

@@ -5,19 +5,20 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
+use synod_model::options::default_suite;
 use synod_model::{trace, ModelOptions, Mutant, SynodModel};
 
 #[derive(Args)]
 pub struct ModelCheckArgs {
     /// Cluster size.
-    #[arg(long, default_value_t = ModelOptions::default().nodes)]
-    nodes: u64,
+    #[arg(long)]
+    nodes: Option<u64>,
     /// Do not explore states where a log reaches past this slot.
-    #[arg(long, default_value_t = ModelOptions::default().slots)]
-    slots: u64,
+    #[arg(long)]
+    slots: Option<u64>,
     /// Ballots (Phase 1 runs) started in all, by every node together.
-    #[arg(long, default_value_t = ModelOptions::default().max_ballot)]
-    max_ballot: u64,
+    #[arg(long)]
+    max_ballot: Option<u64>,
     /// Explore paths of at most this many actions (default: no bound but the others).
     #[arg(long)]
     depth: Option<usize>,
@@ -26,33 +27,33 @@ pub struct ModelCheckArgs {
     #[arg(long)]
     mutant: Option<String>,
     /// Real-time ticks per node.
-    #[arg(long, default_value_t = ModelOptions::default().ticks)]
-    ticks: u8,
+    #[arg(long)]
+    ticks: Option<u8>,
     /// How far apart two nodes' clocks may be, in ticks.
-    #[arg(long, default_value_t = ModelOptions::default().max_skew)]
-    max_skew: u8,
+    #[arg(long)]
+    max_skew: Option<u8>,
     /// Distinct client values proposed.
-    #[arg(long, default_value_t = ModelOptions::default().values)]
-    values: u8,
+    #[arg(long)]
+    values: Option<u8>,
     /// Linearizable reads asked for.
-    #[arg(long, default_value_t = ModelOptions::default().reads)]
-    reads: u8,
+    #[arg(long)]
+    reads: Option<u8>,
     /// Crashes in all.
-    #[arg(long, default_value_t = ModelOptions::default().crashes)]
-    crashes: u8,
+    #[arg(long)]
+    crashes: Option<u8>,
     /// Log compactions in all.
-    #[arg(long, default_value_t = ModelOptions::default().compactions)]
-    compactions: u8,
-    /// Duplicated deliveries in all.
-    #[arg(long, default_value_t = ModelOptions::default().duplicates)]
-    duplicates: u8,
+    #[arg(long)]
+    compactions: Option<u8>,
+    /// Ticks some node's runtime stalls through (its core hears of the time only at
+    /// its next input), in all.
+    #[arg(long)]
+    stalls: Option<u8>,
     /// Slow-disk episodes in all (outside them a persist is durable at once).
-    #[arg(long, default_value_t = ModelOptions::default().slow_disks)]
-    slow_disks: u8,
-    /// A message not delivered within this many ticks is lost (default 0: delivered
-    /// within the tick it was sent in, or never).
-    #[arg(long, default_value = "0")]
-    max_delay: Option<u8>,
+    #[arg(long)]
+    slow_disks: Option<u8>,
+    /// Early election timeouts in all (at a tick's start, whatever the random draw).
+    #[arg(long)]
+    timeouts: Option<u8>,
     /// Checker threads.
     #[arg(long, default_value_t = ModelOptions::default().threads)]
     threads: usize,
@@ -73,44 +74,33 @@ pub fn run(args: ModelCheckArgs) -> ExitCode {
         },
         None => None,
     };
-    let options = ModelOptions {
-        nodes: args.nodes,
-        slots: args.slots,
-        max_ballot: args.max_ballot,
-        depth: args.depth,
-        ticks: args.ticks,
-        max_skew: args.max_skew,
-        values: args.values,
-        reads: args.reads,
-        crashes: args.crashes,
-        compactions: args.compactions,
-        duplicates: args.duplicates,
-        slow_disks: args.slow_disks,
-        max_delay: args.max_delay,
-        threads: args.threads,
-        mutant,
-        ..ModelOptions::default()
+    let threads = args.threads;
+    let suite: Vec<(&'static str, ModelOptions)> = match custom(&args) {
+        Some(options) => vec![("custom", options)],
+        None => default_suite(),
     };
-    if let Err(error) = options.validate() {
-        eprintln!("synod model-check: {error}");
-        return ExitCode::from(2);
+    let suite: Vec<(&'static str, ModelOptions)> = suite
+        .into_iter()
+        .map(|(name, options)| {
+            (
+                name,
+                ModelOptions {
+                    threads,
+                    mutant,
+                    ..options
+                },
+            )
+        })
+        .collect();
+    for (_, options) in &suite {
+        if let Err(error) = options.validate() {
+            eprintln!("synod model-check: {error}");
+            return ExitCode::from(2);
+        }
     }
-    eprintln!(
-        "[model-check] {} nodes, {} slots, {} ballots, {} ticks (skew {}, max delay {:?}), {} values, {} read(s), {} crash(es), {} compaction(s), {} duplicate(s), {} slow disk(s){}",
-        options.nodes,
-        options.slots,
-        options.max_ballot,
-        options.ticks,
-        options.max_skew,
-        options.max_delay,
-        options.values,
-        options.reads,
-        options.crashes,
-        options.compactions,
-        options.duplicates,
-        options.slow_disks,
-        mutant.map(|m| format!(", mutant {m}")).unwrap_or_default()
-    );
+    for (name, options) in &suite {
+        eprintln!("[model-check] {name}: {}", describe(options));
+    }
     let bar = spinner();
     let hidden = bar.is_hidden();
     let interval = if hidden {
@@ -118,9 +108,9 @@ pub fn run(args: ModelCheckArgs) -> ExitCode {
     } else {
         Duration::from_millis(250)
     };
-    let (report, found) = synod_model::check(&options, interval, |progress| {
+    let (report, found) = synod_model::check_suite(&suite, interval, |name, progress| {
         let line = format!(
-            "{} states, {} unique, depth {}, {:.0} s",
+            "{name}: {} states, {} unique, depth {}, {:.0} s",
             progress.states,
             progress.unique_states,
             progress.depth,
@@ -133,15 +123,27 @@ pub fn run(args: ModelCheckArgs) -> ExitCode {
         }
     });
     bar.finish_and_clear();
-    let model = SynodModel::new(options);
-    for discovery in found.iter().filter(|d| d.failure) {
+    for named in &report.configurations {
+        eprintln!(
+            "[model-check] {}: {} unique states, depth {}, complete {}, {:.1} s",
+            named.name,
+            named.report.unique_states,
+            named.report.depth,
+            named.report.complete,
+            named.report.seconds
+        );
+    }
+    for (name, options, discovery) in found.iter().filter(|(_, _, d)| d.failure) {
         println!(
-            "counterexample to \"{}\" ({} actions; the search found {}):",
+            "counterexample to \"{}\" in configuration {name} ({} actions, a shortest one):",
             discovery.property,
             discovery.actions.len(),
-            discovery.found_length
         );
-        print!("{}", trace::render(&model, &discovery.actions));
+        let model = SynodModel::new(options.clone());
+        print!(
+            "{}",
+            trace::render(&model, discovery.initial, &discovery.actions)
+        );
         println!();
     }
     println!(
@@ -153,6 +155,57 @@ pub fn run(args: ModelCheckArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// One configuration from the defaults and the bounds given, or None when no bound was
+/// given (then the default suite runs).
+fn custom(args: &ModelCheckArgs) -> Option<ModelOptions> {
+    let mut options = ModelOptions::default();
+    let mut any = false;
+    macro_rules! bound {
+        ($field:ident) => {
+            if let Some(value) = args.$field {
+                options.$field = value;
+                any = true;
+            }
+        };
+    }
+    bound!(nodes);
+    bound!(slots);
+    bound!(max_ballot);
+    bound!(ticks);
+    bound!(max_skew);
+    bound!(values);
+    bound!(reads);
+    bound!(crashes);
+    bound!(compactions);
+    bound!(stalls);
+    bound!(timeouts);
+    bound!(slow_disks);
+    if args.depth.is_some() {
+        options.depth = args.depth;
+        any = true;
+    }
+    any.then_some(options)
+}
+
+fn describe(options: &ModelOptions) -> String {
+    format!(
+        "{} nodes, {} slots, {} ballots, {} ticks (skew {}), {} values, {} read(s), {} crash(es), {} compaction(s), {} stall(s), {} slow disk(s), depth {}{}",
+        options.nodes,
+        options.slots,
+        options.max_ballot,
+        options.ticks,
+        options.max_skew,
+        options.values,
+        options.reads,
+        options.crashes,
+        options.compactions,
+        options.stalls,
+        options.slow_disks,
+        options.depth.map_or("unbounded".to_string(), |d| d.to_string()),
+        options.mutant.map(|m| format!(", mutant {m}")).unwrap_or_default()
+    )
 }
 
 fn list_mutants() {
