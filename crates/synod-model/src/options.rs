@@ -188,40 +188,47 @@ pub fn default_suite() -> Vec<(&'static str, ModelOptions)> {
         ..ModelOptions::default()
     };
     vec![
+        // The first election with a slow disk and a crash that keeps any prefix of the
+        // queued persist requests: every schedule of up to 21 actions.
         (
             "election-crash",
             ModelOptions {
                 ticks: 4,
                 crashes: 1,
                 slow_disks: 1,
-                depth: Some(16),
+                depth: Some(21),
                 ..quiet.clone()
             },
         ),
+        // Elections, heartbeats, leases and one linearizable read: every schedule.
         (
-            "two-values",
+            "lease-read",
             ModelOptions {
                 ticks: 5,
-                values: 2,
+                reads: 1,
                 ..quiet.clone()
             },
         ),
+        // One value chosen and applied, a compaction, a snapshot: up to 16 actions.
         (
-            "compaction",
+            "value-compaction",
             ModelOptions {
                 ticks: 6,
                 values: 1,
                 compactions: 1,
+                depth: Some(16),
                 ..quiet.clone()
             },
         ),
+        // Two values at any nodes and a rival candidate (an early election timeout):
+        // up to 12 actions.
         (
-            "lease-read-stall",
+            "rival-candidates",
             ModelOptions {
-                ticks: 7,
-                values: 1,
-                reads: 1,
-                stalls: 2,
+                ticks: 3,
+                values: 2,
+                timeouts: 1,
+                depth: Some(12),
                 ..quiet
             },
         ),
