@@ -1,6 +1,7 @@
 //! `synod`: the one binary. See `synod --help`.
 
 mod bench;
+mod model_check;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     MaelstromTest(synod_maelstrom::cli::HarnessArgs),
     /// Benchmarks: `synod bench storage`, `synod bench cluster`.
     Bench(bench::BenchArgs),
+    /// Exhaustive model checking of synod-core in a small cluster (`--mutant list`
+    /// names the deliberate bugs it must catch).
+    ModelCheck(model_check::ModelCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::ModelCheck(args) => model_check::run(args),
     }
 }
 
