@@ -8,6 +8,7 @@
 use crate::ballot::{Ballot, NodeId, Slot, Tick};
 use crate::log::Change;
 use crate::message::{Entry, Message, Value};
+use crate::mutant::mutant;
 use crate::node::{Node, RoleState};
 
 /// The lease holder a restarted acceptor pretends to have: it may have granted a lease
@@ -125,7 +126,11 @@ impl Node {
         commit_index: Slot,
         sent_at: Tick,
     ) {
-        if values.is_empty() || first_slot == 0 || !self.hear_leader(from, ballot) {
+        let below_promise_accepted = mutant!(self, SkipPromiseCheck) && ballot < self.promised;
+        if values.is_empty()
+            || first_slot == 0
+            || !(below_promise_accepted || self.hear_leader(from, ballot))
+        {
             return;
         }
         let last_slot = first_slot + values.len() as u64 - 1;

@@ -33,7 +33,7 @@ pub enum Backoff {
     Disabled,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub id: NodeId,
     /// Every member, this node included.

@@ -11,12 +11,13 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Backoff, Mode};
 use crate::leader::Leader;
 use crate::message::{Entry, Message, Value};
+use crate::mutant::mutant;
 use crate::node::{Node, RoleState};
 use crate::persist::PersistOp;
 use crate::ready::Event;
 use std::collections::BTreeMap;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct Candidate {
     pub ballot: Ballot,
     pub from_slot: Slot,
@@ -27,7 +28,7 @@ pub(crate) struct Candidate {
 
 /// One chunk of a promise: the entries the acceptor held in `first_slot..=last_slot`
 /// and its commit point when it sent them.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct PromiseChunk {
     pub first_slot: Slot,
     pub last_slot: Slot,
@@ -259,7 +260,11 @@ impl Node {
         // crashed with its promise unsynced could otherwise win, get a value chosen, come
         // back without the ballot and run it again, choosing another value in it.
         for node in self.config.nodes.clone() {
-            self.send_after_persist(node, Message::Prepare { ballot, from_slot });
+            if mutant!(self, PrepareBeforeDurable) {
+                self.send(node, Message::Prepare { ballot, from_slot });
+            } else {
+                self.send_after_persist(node, Message::Prepare { ballot, from_slot });
+            }
         }
     }
 
@@ -312,6 +317,9 @@ impl Node {
                     let chosen = entry.slot <= chunk.commit_index;
                     let better = match adopted.get(&entry.slot) {
                         None => true,
+                        Some((was_chosen, was_ballot, _)) if mutant!(self, AdoptLowestBallot) => {
+                            !was_chosen && (chosen || entry.ballot < *was_ballot)
+                        }
                         Some((was_chosen, was_ballot, _)) => {
                             !was_chosen && (chosen || entry.ballot > *was_ballot)
                         }
@@ -338,7 +346,9 @@ impl Node {
             if self.log.is_chosen(slot) {
                 continue;
             }
-            if slot <= max_commit.0 {
+            let reverted =
+                mutant!(self, NoVoteForCompactedSlotCheck) && adopted.contains_key(&slot);
+            if slot <= max_commit.0 && !reverted {
                 missing_chosen = true;
                 continue;
             }

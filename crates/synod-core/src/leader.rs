@@ -13,7 +13,7 @@ use crate::ready::Event;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct Inflight {
     pub value: Value,
     /// `value.size_bytes()`, for the in-flight byte window.
@@ -22,7 +22,7 @@ pub(crate) struct Inflight {
     pub sent_at: Tick,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct PeerProgress {
     /// When we last sent this peer anything (heartbeats fill the silences).
     pub last_sent: Tick,
@@ -34,7 +34,7 @@ pub(crate) struct PeerProgress {
     pub acked_round: u64,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct Leader {
     pub ballot: Ballot,
     pub next_slot: Slot,

@@ -21,6 +21,8 @@ mod election;
 mod leader;
 mod log;
 pub mod message;
+#[cfg_attr(not(feature = "mutants"), allow(dead_code, unused_macros))]
+mod mutant;
 mod node;
 mod per_slot;
 pub mod persist;
@@ -34,6 +36,8 @@ pub use message::{
     Decided, Entry, Envelope, Message, Value, COMMAND_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES,
     MESSAGE_OVERHEAD_BYTES,
 };
+#[cfg(feature = "mutants")]
+pub use mutant::Mutant;
 pub use node::{Node, ProposeError, Role, Status, StepError};
 pub use persist::{DurableState, PersistId, PersistOp, PersistRequest};
 pub use read::ReadId;

@@ -7,17 +7,18 @@
 
 use crate::ballot::{Ballot, Slot};
 use crate::message::{Entry, Value};
+use crate::mutant::mutant;
 use crate::ready::Committed;
 use std::collections::BTreeMap;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct LogEntry {
     pub ballot: Ballot,
     pub value: Value,
     pub chosen: bool,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub(crate) struct Log {
     entries: BTreeMap<Slot, LogEntry>,
     commit_index: Slot,
@@ -26,6 +27,9 @@ pub(crate) struct Log {
     highest_known_chosen: Slot,
     /// Entries at or below this were dropped: they live in the state-machine snapshot.
     compacted_through: Slot,
+    /// The deliberate bug this log runs (model checking only; see `mutant.rs`).
+    #[cfg(feature = "mutants")]
+    pub(crate) mutant: Option<crate::mutant::Mutant>,
 }
 
 /// What a change to the log requires storage to record.
@@ -113,7 +117,7 @@ impl Log {
     /// Phase 2b at the acceptor: record `value` accepted at `ballot`. The caller has
     /// checked the ballot against the promise.
     pub(crate) fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) -> Change {
-        if slot <= self.compacted_through {
+        if slot <= self.compacted_through && !mutant!(self, NoVoteForCompactedSlotCheck) {
             return Change::Compacted;
         }
         match self.entries.get_mut(&slot) {

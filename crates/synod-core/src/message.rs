@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a slot holds: a no-op (a hole filled by a new leader) or a batch of opaque
 /// client commands, applied in order.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub enum Value {
     Noop,
     Commands(Vec<Bytes>),
@@ -49,7 +49,7 @@ impl Entry {
 }
 
 /// A slot's value with the ballot it was accepted (or chosen) at.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Entry {
     pub slot: Slot,
     pub ballot: Ballot,
@@ -58,13 +58,13 @@ pub struct Entry {
 
 /// Per-slot mode: "slot was chosen at ballot"; a receiver that accepted that very
 /// (slot, ballot) knows the value without it being sent again.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Decided {
     pub slot: Slot,
     pub ballot: Ballot,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub enum Message {
     // ---- Multi-Paxos, Phase 1 (once per leadership) ----
     /// 1a: "promise me `ballot` for every slot from `from_slot` on".
@@ -267,7 +267,7 @@ impl Message {
 
 /// A message with its addresses. `from == to` happens: a node's proposer talks to
 /// its own acceptor through the same path, so its own vote also waits for its persist.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,

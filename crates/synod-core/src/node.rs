@@ -98,7 +98,7 @@ impl fmt::Display for StepError {
 impl std::error::Error for StepError {}
 
 /// A command waiting for a slot.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct Pending {
     pub id: Option<ProposalId>,
     pub command: Bytes,
@@ -110,7 +110,7 @@ pub(crate) struct Pending {
     pub forwarded_by: Option<NodeId>,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub(crate) struct Outbox {
     pub messages: Vec<Envelope>,
     pub persist_ops: Vec<PersistOp>,
@@ -120,7 +120,7 @@ pub(crate) struct Outbox {
     pub committed: Vec<crate::ready::Committed>,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) enum RoleState {
     Follower,
     Candidate(Candidate),
@@ -128,7 +128,7 @@ pub(crate) enum RoleState {
 }
 
 /// One replica. See the crate documentation.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Node {
     pub(crate) config: Config,
     pub(crate) rng: Rng,
@@ -163,6 +163,9 @@ pub struct Node {
     pub(crate) phase1_runs: u64,
     /// Reads forwarded to the leader: request → when.
     pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
+    /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
+    #[cfg(feature = "mutants")]
+    pub(crate) mutant: Option<crate::mutant::Mutant>,
     /// Values at the end of the previous input, for the monotonicity invariants.
     invariant_promised: Ballot,
     invariant_commit_index: Slot,
@@ -210,6 +213,8 @@ impl Node {
             durable_persist_id: 0,
             phase1_runs: 0,
             forwarded_reads: Default::default(),
+            #[cfg(feature = "mutants")]
+            mutant: None,
             invariant_promised: state.promised,
             invariant_commit_index: 0,
             config,
@@ -222,6 +227,13 @@ impl Node {
         node.invariant_commit_index = node.log.commit_index();
         node.check_invariants();
         Ok(node)
+    }
+
+    /// Runs the deliberate bug `mutant` from now on (model checking only).
+    #[cfg(feature = "mutants")]
+    pub fn set_mutant(&mut self, mutant: Option<crate::mutant::Mutant>) {
+        self.mutant = mutant;
+        self.log.mutant = mutant;
     }
 
     pub fn id(&self) -> NodeId {
@@ -251,6 +263,14 @@ impl Node {
             Mode::PerSlot => self.tick_per_slot(),
         }
         self.check_invariants();
+    }
+
+    /// The election timer runs out now, whatever its random draw said: the next tick
+    /// campaigns (pre-vote first) exactly as a timeout would. For model checkers, which
+    /// explore every timeout this way rather than one random draw per path. A leader has
+    /// no election timer; it ignores this.
+    pub fn expire_election_timer(&mut self) {
+        self.election_deadline = self.election_deadline.min(self.now);
     }
 
     /// The logical clock: ticks since this node started.

@@ -22,7 +22,7 @@ const MAX_BACKOFF_DOUBLINGS: u32 = 4;
 /// Silent links hear our commit point every this many election timeouts.
 const ANTI_ENTROPY_TIMEOUTS: u64 = 5;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum Phase {
     Preparing {
         promises: BTreeMap<NodeId, Option<(Ballot, Value)>>,
@@ -37,7 +37,7 @@ enum Phase {
     },
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct SlotProposal {
     ballot: Ballot,
     phase: Phase,
@@ -63,7 +63,7 @@ impl SlotProposal {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub(crate) struct PerSlot {
     /// The acceptor's promise, per slot.
     promised: BTreeMap<Slot, Ballot>,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 /// Issued in increasing order, starting at 1.
 pub type PersistId = u64;
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum PersistOp {
     /// Multi-Paxos: the promised ballot, for the whole log.
     Promise(Ballot),
@@ -29,7 +29,7 @@ pub enum PersistOp {
     Snapshot { slot: Slot },
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct PersistRequest {
     pub id: PersistId,
     pub ops: Vec<PersistOp>,
@@ -52,7 +52,7 @@ impl PersistRequest {
 
 /// Everything a node keeps across a crash: what its acceptor promised and accepted,
 /// and how much of the log it knows is chosen.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 pub struct DurableState {
     pub promised: Ballot,
     pub slot_promised: BTreeMap<Slot, Ballot>,

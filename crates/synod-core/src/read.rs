@@ -21,7 +21,7 @@ use crate::ready::{Event, ReadPath};
 /// The caller's handle for one read.
 pub type ReadId = u64;
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct PendingRead {
     pub origin: NodeId,
     /// The origin's incarnation (its own, for local reads).

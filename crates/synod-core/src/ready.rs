@@ -8,7 +8,7 @@ use crate::persist::PersistRequest;
 pub type ProposalId = u64;
 
 /// A chosen slot, handed out exactly once, in slot order, never past a gap.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Committed {
     pub slot: Slot,
     pub value: Value,
@@ -25,7 +25,7 @@ pub enum ReadPath {
     Forwarded,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Event {
     /// A command proposed at this node got a slot. `phase1_skipped` is true when the
     /// node already led with an established ballot, so the command costs one Accept

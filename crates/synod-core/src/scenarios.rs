@@ -1430,3 +1430,18 @@ fn a_returning_node_does_not_depose_a_healthy_leader() {
         }
     }
 }
+
+#[test]
+fn an_expired_election_timer_campaigns_at_the_next_tick_with_a_pre_vote() {
+    let mut node = Node::new(config(1, 3, Mode::MultiPaxos)).unwrap();
+    node.expire_election_timer();
+    let _ = node.take_ready();
+    node.tick();
+    let ready = node.take_ready();
+    let pre_votes = ready
+        .messages
+        .iter()
+        .filter(|e| matches!(e.message, Message::PreVote { .. }))
+        .count();
+    assert_eq!(pre_votes, 2, "{:?}", ready.messages);
+}

@@ -222,12 +222,21 @@ pub struct ReplicaStatus {
     pub pending_reads: usize,
 }
 
+/// A proposal with no outcome is proposed again after `retry_after`, then after twice
+/// that, … up to `retry_after · 2^MAX_RETRY_DOUBLINGS`. Without the doubling, a leader
+/// committing slower than `retry_after` (large values, a slow disk) received a fresh copy
+/// of every pending command each interval and fell further behind with every one.
+const MAX_RETRY_DOUBLINGS: u32 = 4;
+
 struct ProposalWaiter {
     request: RequestId,
     payload: Bytes,
     deadline: Nanos,
     /// When it last went to the core; None: (re)propose at the next chance.
     proposed_at: Option<Nanos>,
+    /// Timed retries so far: each waits twice as long as the one before (up to
+    /// `MAX_RETRY_DOUBLINGS` doublings), so a slow commit is not buried under copies.
+    retries: u32,
     /// `propose_at`: proposed once, for this slot, never again.
     target_slot: Option<Slot>,
 }
@@ -399,6 +408,7 @@ impl<S: StateMachine> Replica<S> {
             payload,
             deadline: now.saturating_add(self.config.request_timeout_nanos),
             proposed_at: None,
+            retries: 0,
             target_slot: None,
         };
         self.proposals.insert(seq, waiter);
@@ -433,6 +443,7 @@ impl<S: StateMachine> Replica<S> {
             payload,
             deadline: now.saturating_add(self.config.request_timeout_nanos),
             proposed_at: Some(now),
+            retries: 0,
             target_slot: Some(slot),
         };
         self.proposals.insert(seq, waiter);
@@ -617,15 +628,18 @@ impl<S: StateMachine> Replica<S> {
             .proposals
             .iter()
             .filter(|(_, waiter)| {
+                let wait = retry_after.saturating_mul(1 << waiter.retries.min(MAX_RETRY_DOUBLINGS));
                 waiter.target_slot.is_none()
                     && waiter
                         .proposed_at
-                        .is_none_or(|at| now >= at.saturating_add(retry_after))
+                        .is_none_or(|at| now >= at.saturating_add(wait))
             })
             .map(|(seq, _)| *seq)
             .collect();
         for seq in due {
-            if self.proposals[&seq].proposed_at.is_some() {
+            let waiter = self.proposals.get_mut(&seq).expect("due proposal");
+            if waiter.proposed_at.is_some() {
+                waiter.retries += 1;
                 self.stats.proposal_retries += 1;
             }
             self.submit(seq);

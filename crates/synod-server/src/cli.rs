@@ -6,7 +6,8 @@
 use crate::config::{resolve_url, Cluster, ServerConfig};
 use crate::node::{EtcdNode, Listeners};
 use anyhow::{anyhow, bail, Context};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use synod_storage::SyncMode;
@@ -103,9 +104,13 @@ pub struct NodeArgs {
     /// Every member must use the same value.
     #[arg(long, env = "SYNOD_QUOTA_BACKEND_BYTES", default_value_t = synod_kv::DEFAULT_QUOTA_BYTES)]
     pub quota_backend_bytes: u64,
-    /// error, warn, info or debug (RUST_LOG, when set, wins).
-    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    /// error, warn, info, debug, trace or off (RUST_LOG, when set, wins).
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// `text` (human-readable lines) or `json` (one JSON object per line, for log
+    /// collectors; etcd's `--log-format` default is json, ours is text).
+    #[arg(long, env = "SYNOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -121,9 +126,28 @@ pub struct DevArgs {
     /// Skip fdatasync in the members (faster, unsafe).
     #[arg(long, env = "SYNOD_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
-    /// Passed to the members.
-    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info")]
+    /// Passed to the members: error, warn, info, debug, trace or off.
+    #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// Passed to the members: `text` or `json`.
+    #[arg(long, env = "SYNOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 fn split_urls(urls: &str) -> Vec<String> {
@@ -134,16 +158,24 @@ fn split_urls(urls: &str) -> Vec<String> {
         .collect()
 }
 
-/// Installs a tracing subscriber (RUST_LOG wins over `level`); a no-op when the program
-/// already installed one.
-pub fn init_logging(level: &str) {
+/// Installs a tracing subscriber writing to stderr (RUST_LOG wins over `level`); a
+/// no-op when the program already installed one.
+pub fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 impl NodeArgs {
@@ -197,6 +229,33 @@ impl NodeArgs {
     }
 }
 
+/// The levels `--log-level` takes. Anything else is refused: the log filter would read
+/// an unknown word (`verbose`) as a module name and silence every log.
+fn parse_log_level(level: &str) -> Result<String, String> {
+    let level = level.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" | "off" => Ok(level),
+        _ => Err(format!(
+            "unknown log level {level:?}: use error, warn, info, debug, trace or off"
+        )),
+    }
+}
+
+/// Why peers would not reach this node where it listens: they dial its
+/// `--initial-cluster` URL. Listening on every interface (`0.0.0.0`, `[::]`) at that
+/// URL's port is fine.
+pub fn peer_url_mismatch(listen: SocketAddr, member: &crate::config::Member) -> Option<String> {
+    let same_port = listen.port() == member.peer_addr.port();
+    if listen == member.peer_addr || (same_port && listen.ip().is_unspecified()) {
+        return None;
+    }
+    Some(format!(
+        "--listen-peer-urls is {listen}, but --initial-cluster tells the peers to dial {} \
+         at {} ({}): they will not reach this member there",
+        member.name, member.peer_url, member.peer_addr
+    ))
+}
+
 fn parse_read_mode(mode: &str) -> Result<synod_core::ReadMode, String> {
     match mode {
         "lease" => Ok(synod_core::ReadMode::Lease),
@@ -216,8 +275,13 @@ async fn bind(url: &str, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Runs one replica until SIGTERM or SIGINT (graceful stop), or until storage fails.
 pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_level);
+    init_logging(&args.log_level, args.log_format);
     let config = args.server_config()?;
+    if let (Ok(listen), Ok(member)) = (resolve_url(&args.listen_peer_urls), config.member()) {
+        if let Some(warning) = peer_url_mismatch(listen, member) {
+            tracing::warn!("{warning}");
+        }
+    }
     let mut builder = if args.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -267,7 +331,9 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM/SIGINT (with the signal's name); fails if the replica died.
+/// Resolves on SIGTERM, SIGINT or SIGHUP (with the signal's name); fails if the
+/// replica died. SIGHUP (the terminal went away) stops gracefully too, rather than the
+/// default of dying on the spot.
 async fn wait_for_stop(node: &mut EtcdNode) -> anyhow::Result<&'static str> {
     #[cfg(unix)]
     {
@@ -275,9 +341,11 @@ async fn wait_for_stop(node: &mut EtcdNode) -> anyhow::Result<&'static str> {
         let mut terminate =
             signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         tokio::select! {
             _ = terminate.recv() => Ok("SIGTERM"),
             _ = interrupt.recv() => Ok("SIGINT"),
+            _ = hangup.recv() => Ok("SIGHUP"),
             result = node.server_mut().stopped() => match result {
                 Ok(()) => Ok("the replica stopped"),
                 Err(error) => Err(anyhow!("the replica failed: {error}")),
@@ -319,6 +387,7 @@ pub fn dev_member_args(args: &DevArgs, index: usize) -> anyhow::Result<Vec<Strin
         format!("--initial-cluster={initial_cluster}"),
         "--initial-cluster-token=synod-dev".to_string(),
         format!("--log-level={}", args.log_level),
+        format!("--log-format={}", args.log_format.as_str()),
     ];
     if args.unsafe_no_fsync {
         member.push("--unsafe-no-fsync".to_string());
@@ -345,62 +414,46 @@ fn dev_ports(client_port: u16) -> anyhow::Result<[(u16, u16, u16); 3]> {
     Ok(ports)
 }
 
-struct Member {
+struct DevMember {
     name: String,
     child: Child,
+    /// The shell command that starts this member again, as `synod dev` started it.
+    restart: String,
 }
 
+/// How long `synod dev` waits for every member to serve before it gives up.
+const DEV_START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Starts a local three-member cluster, each member its own `synod node` child process
-/// (this executable), prints the client endpoints and stops them all on Ctrl-C.
+/// (this executable), prints the endpoints once every member serves, and stops them all
+/// on Ctrl-C, SIGTERM or SIGHUP. The members die with `synod dev` even when it is
+/// killed with SIGKILL (their parent-death signal).
 pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let executable = std::env::current_exe().context("locating the synod executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ports = dev_ports(args.client_port)?;
-    let mut members: Vec<Member> = Vec::new();
+    let interrupted = install_interrupt_flag()?;
+    let mut members: Vec<DevMember> = Vec::new();
+    let mut group = None;
     for index in 0..3 {
-        let name = format!("n{}", index + 1);
-        let log_path = args.data_dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let spawned = Command::new(&executable)
-            .args(dev_member_args(&args, index)?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        match spawned {
-            Ok(child) => members.push(Member { name, child }),
+        match spawn_dev_member(&args, index, &executable, group) {
+            Ok(member) => {
+                group.get_or_insert(member.child.id());
+                members.push(member);
+            }
             Err(error) => {
                 stop_members(&mut members);
-                bail!("starting member {name} ({}): {error}", executable.display());
+                return Err(error);
             }
         }
     }
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|(client, _, _)| format!("127.0.0.1:{client}"))
-        .collect();
-    println!(
-        "synod dev: 3-member cluster, data and logs in {}",
-        args.data_dir.display()
-    );
-    for (index, (client, peer, metrics)) in ports.iter().enumerate() {
-        println!(
-            "  n{}  client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}  metrics http://127.0.0.1:{metrics}/metrics",
-            index + 1
-        );
+    let metrics_ports: Vec<u16> = ports.iter().map(|(_, _, metrics)| *metrics).collect();
+    if let Err(error) = wait_until_serving(&mut members, &metrics_ports, &interrupted, &args) {
+        stop_members(&mut members);
+        return Err(error);
     }
-    println!(
-        "try:  ETCDCTL_API=3 etcdctl --endpoints={} put hello world",
-        endpoints.join(",")
-    );
-    println!("Ctrl-C stops the cluster.");
-
-    let interrupted = install_interrupt_flag()?;
+    print_dev_banner(&args, &ports, &members);
     // A member that exits (say, killed to watch a failover) is reported; the others keep
     // serving until Ctrl-C, or until none is left.
     let mut reported = vec![false; members.len()];
@@ -415,9 +468,10 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             if let Ok(Some(status)) = member.child.try_wait() {
                 reported[index] = true;
                 eprintln!(
-                    "synod dev: member {} exited ({status}); see {}",
+                    "synod dev: member {} exited ({status}); see {}; restart it with:\n  {}",
                     member.name,
-                    args.data_dir.join(format!("{}.log", member.name)).display()
+                    args.data_dir.join(format!("{}.log", member.name)).display(),
+                    member.restart
                 );
             }
         }
@@ -431,7 +485,178 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// A flag set by SIGINT or SIGTERM.
+/// Starts member `index` with its log appended to `<data-dir>/n<i>.log`, in the
+/// members' process group (`group`: the first member's pid; `None` makes a new one).
+fn spawn_dev_member(
+    args: &DevArgs,
+    index: usize,
+    executable: &Path,
+    group: Option<u32>,
+) -> anyhow::Result<DevMember> {
+    let name = format!("n{}", index + 1);
+    let log_path = args.data_dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let member_args = dev_member_args(args, index)?;
+    let mut command = Command::new(executable);
+    command
+        .args(&member_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    die_with_parent(&mut command, group);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting member {name} ({})", executable.display()))?;
+    let mut words = vec![executable.display().to_string()];
+    words.extend(member_args);
+    let restart = format!(
+        "{} 2>>{}",
+        shell_words(&words),
+        shell_words(&[log_path.display().to_string()])
+    );
+    Ok(DevMember {
+        name,
+        child,
+        restart,
+    })
+}
+
+/// `words` as one shell command line (quoted by `shlex`; a word holding a NUL byte,
+/// which no shell can pass, is shown as it is).
+fn shell_words(words: &[String]) -> String {
+    shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+}
+
+/// The members share one process group (`kill -- -PGID` stops them all, and a
+/// terminal's Ctrl-C reaches only `synod dev`, which stops them in order), and on Linux
+/// each gets SIGTERM when `synod dev` dies, however it dies.
+#[cfg(unix)]
+fn die_with_parent(command: &mut Command, group: Option<u32>) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(group.map_or(0, |pgid| pgid as i32));
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec, and calls only
+        // prctl(2) and getppid(2), which are async-signal-safe; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGTERM as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl: then no signal will come.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn die_with_parent(_command: &mut Command, _group: Option<u32>) {}
+
+/// Waits until every member answers HTTP on its metrics port, which it serves only once
+/// its replica has recovered and its client endpoints are up.
+fn wait_until_serving(
+    members: &mut [DevMember],
+    metrics_ports: &[u16],
+    interrupted: &std::sync::atomic::AtomicBool,
+    args: &DevArgs,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEV_START_TIMEOUT;
+    let mut serving = vec![false; members.len()];
+    while !serving.iter().all(|up| *up) {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted while the members were starting");
+        }
+        for (index, member) in members.iter_mut().enumerate() {
+            if let Ok(Some(status)) = member.child.try_wait() {
+                bail!(
+                    "member {} exited while starting ({status}); see {}",
+                    member.name,
+                    args.data_dir.join(format!("{}.log", member.name)).display()
+                );
+            }
+            serving[index] = serving[index] || answers_http(metrics_ports[index]);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the members did not all serve within {DEV_START_TIMEOUT:?}; see the logs in {}",
+                args.data_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// True when an HTTP server answers `GET /health` on this loopback port.
+fn answers_http(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let timeout = Some(Duration::from_millis(500));
+    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_write_timeout(timeout);
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 8];
+    matches!(stream.read_exact(&mut head), Ok(()) if head.starts_with(b"HTTP/1."))
+}
+
+fn print_dev_banner(args: &DevArgs, ports: &[(u16, u16, u16); 3], members: &[DevMember]) {
+    println!(
+        "synod dev: 3-member cluster, data and logs in {}",
+        args.data_dir.display()
+    );
+    for (member, (client, peer, metrics)) in members.iter().zip(ports.iter()) {
+        println!(
+            "  {}  pid {}  client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}  metrics http://127.0.0.1:{metrics}/metrics",
+            member.name,
+            member.child.id()
+        );
+    }
+    println!("restart a member that was stopped with its command:");
+    for member in members {
+        println!("  {}: {}", member.name, member.restart);
+    }
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|(client, _, _)| format!("127.0.0.1:{client}"))
+        .collect();
+    println!(
+        "try:  ETCDCTL_API=3 etcdctl --endpoints={} put hello world",
+        endpoints.join(",")
+    );
+    if let Some(first) = members.first() {
+        println!(
+            "Ctrl-C stops the cluster (the members are process group {}; they also stop if synod dev dies).",
+            first.child.id()
+        );
+    }
+}
+
+/// A flag set by SIGINT, SIGTERM or SIGHUP.
 fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set = std::sync::Arc::clone(&flag);
@@ -446,15 +671,17 @@ fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::
                 #[cfg(unix)]
                 {
                     use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut terminate), Ok(mut interrupt)) = (
+                    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
                         signal(SignalKind::terminate()),
                         signal(SignalKind::interrupt()),
+                        signal(SignalKind::hangup()),
                     ) else {
                         return;
                     };
                     tokio::select! {
                         _ = terminate.recv() => {}
                         _ = interrupt.recv() => {}
+                        _ = hangup.recv() => {}
                     }
                 }
                 #[cfg(not(unix))]
@@ -470,7 +697,7 @@ fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::
 
 /// SIGTERM to every member (a graceful stop), then SIGKILL to any still running after
 /// ten seconds.
-fn stop_members(members: &mut [Member]) {
+fn stop_members(members: &mut [DevMember]) {
     for member in members.iter_mut() {
         terminate(&mut member.child);
     }
@@ -558,6 +785,49 @@ mod tests {
         .unwrap();
         let error = format!("{:#}", cli.args.server_config().unwrap_err());
         assert!(error.contains("heartbeat"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        // Before, `verbose` was taken as a module name and silenced every log.
+        let error = NodeCli::try_parse_from(["synod", "--log-level=verbose"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("unknown log level"), "{error}");
+        let cli = NodeCli::try_parse_from(["synod", "--log-level=DEBUG"]).unwrap();
+        assert_eq!(cli.args.log_level, "debug");
+        assert!(DevCli::try_parse_from(["synod", "--log-level=loud"]).is_err());
+    }
+
+    #[test]
+    fn a_listen_peer_url_other_than_the_members_own_is_flagged() {
+        let cluster = Cluster::parse("n1=http://127.0.0.1:12380", "t").unwrap();
+        let member = cluster.member_named("n1").unwrap();
+        let at = |addr: &str| addr.parse::<SocketAddr>().unwrap();
+        assert_eq!(peer_url_mismatch(at("127.0.0.1:12380"), member), None);
+        assert_eq!(peer_url_mismatch(at("0.0.0.0:12380"), member), None);
+        let warning = peer_url_mismatch(at("127.0.0.1:2380"), member).expect("flagged");
+        assert!(
+            warning.contains("dial n1 at http://127.0.0.1:12380"),
+            "{warning}"
+        );
+        assert!(peer_url_mismatch(at("0.0.0.0:2380"), member).is_some());
+    }
+
+    #[test]
+    fn https_urls_and_a_zero_heartbeat_are_refused() {
+        let cli =
+            NodeCli::try_parse_from(["synod", "--initial-cluster=default=https://127.0.0.1:2380"])
+                .unwrap();
+        let error = format!("{:#}", cli.args.server_config().unwrap_err());
+        assert!(error.contains("https:// is not supported"), "{error}");
+        let cli = NodeCli::try_parse_from(["synod", "--heartbeat-interval=0"]).unwrap();
+        let error = format!("{:#}", cli.args.server_config().unwrap_err());
+        assert!(
+            error.contains("heartbeat interval must be positive"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -84,10 +84,14 @@ impl Cluster {
                     pair[0].0
                 )));
             }
-            if pair[0].2 == pair[1].2 {
+        }
+        // Any two members, not only neighbours in name order.
+        let mut by_addr: std::collections::HashMap<SocketAddr, &str> =
+            std::collections::HashMap::new();
+        for (name, _, addr) in &named {
+            if let Some(other) = by_addr.insert(*addr, name) {
                 return Err(ConfigError(format!(
-                    "members {:?} and {:?} share the peer address {}",
-                    pair[0].0, pair[1].0, pair[0].2
+                    "members {other:?} and {name:?} share the peer address {addr}"
                 )));
             }
         }
@@ -135,12 +139,24 @@ impl Cluster {
     }
 }
 
-/// `http://host:port`, `https://host:port` or `host:port` → a socket address.
+/// `http://host:port` or `host:port` → a socket address. `https://` is refused: Synod
+/// has no TLS yet, and serving such a URL in plain text would mislead.
 pub fn resolve_url(url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
+    if url.starts_with("https://") {
+        return Err(ConfigError(format!(
+            "{url:?}: https:// is not supported yet (Synod has no TLS, so the traffic would \
+             be plain text); use http://"
+        )));
+    }
+    if let Some((scheme, _)) = url
+        .split_once("://")
+        .filter(|(scheme, _)| *scheme != "http")
+    {
+        return Err(ConfigError(format!(
+            "{url:?}: unsupported scheme {scheme:?}; use http://host:port"
+        )));
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
     let host_port = rest.trim_end_matches('/');
     host_port
         .to_socket_addrs()
@@ -258,6 +274,17 @@ impl ServerConfig {
         if self.tick_interval.is_zero() {
             return Err(ConfigError("the tick interval must be positive".into()));
         }
+        // Rounded up to one tick these would run; refuse them instead of guessing.
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError(
+                "the heartbeat interval must be positive (--heartbeat-interval)".into(),
+            ));
+        }
+        if self.election_timeout.is_zero() {
+            return Err(ConfigError(
+                "the election timeout must be positive (--election-timeout)".into(),
+            ));
+        }
         let mut config = synod_core::Config::new(self.node_id, self.cluster.ids());
         config.election_timeout_ticks = self.ticks(self.election_timeout);
         config.heartbeat_interval_ticks = self.ticks(self.heartbeat_interval);
@@ -344,6 +371,13 @@ mod tests {
                 "n1=http://127.0.0.1:1,n2=http://127.0.0.1:1",
                 "share the peer address",
             ),
+            // Not neighbours in name order: n1 and n3 share an address.
+            (
+                "n1=http://127.0.0.1:1,n2=http://127.0.0.1:2,n3=http://127.0.0.1:1",
+                "share the peer address",
+            ),
+            ("n1=https://127.0.0.1:1", "https:// is not supported"),
+            ("n1=unix://127.0.0.1:1", "unsupported scheme"),
             ("n1=http://no-port", "cannot resolve"),
         ];
         for (spec, expected) in cases {
@@ -362,5 +396,10 @@ mod tests {
         let mut bad = ServerConfig::new(1, cluster, "/tmp/x");
         bad.heartbeat_interval = Duration::from_secs(2);
         assert!(bad.core_config().unwrap_err().0.contains("heartbeat"));
+        bad.heartbeat_interval = Duration::ZERO;
+        assert!(bad.core_config().unwrap_err().0.contains("heartbeat"));
+        bad.heartbeat_interval = Duration::from_millis(100);
+        bad.election_timeout = Duration::ZERO;
+        assert!(bad.core_config().unwrap_err().0.contains("election"));
     }
 }

@@ -744,6 +744,7 @@ mod tests {
         let options = WalOptions {
             segment_bytes: 1 << 20,
             sync: SyncMode::None,
+            ..WalOptions::default()
         };
         let (wal, durable) = Wal::open(&dir.path().join("wal"), options).expect("wal");
         let replica = Replica::recover(config, durable, None, KvStore::new(), 0).expect("replica");

@@ -2,6 +2,7 @@
 //! state machine, and [`Handle`], the client-facing API for embedders.
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::data_dir::{amnesia_error, check_member_file, write_member_file, DataDirLock};
 use crate::driver::{Channels, Driver, DriverSettings, ReadFn, Request};
 use crate::metrics::Metrics;
 use crate::transport::PEER_QUEUE_FRAMES;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use synod_core::{Ballot, NodeId, Role, Slot};
 use synod_kv::StateMachine;
 use synod_replica::{Replica, Restored};
-use synod_storage::{GroupCommit, SnapshotStore, Wal, WalOptions};
+use synod_storage::{GroupCommit, SnapshotStore, Wal, WalIdentity, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +40,11 @@ pub enum ServerError {
     Storage(String),
     /// The data directory cannot be recovered as it is.
     Recovery(String),
+    /// Another process holds the data directory's lock (`pid` when it could be read).
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        pid: Option<u32>,
+    },
     Io(String),
     /// No leader could serve the request in time (it may or may not have taken effect).
     Timeout {
@@ -60,6 +66,19 @@ impl fmt::Display for ServerError {
             ServerError::Storage(reason) => write!(f, "storage error: {reason}"),
             ServerError::Recovery(reason) => {
                 write!(f, "cannot recover the data directory: {reason}")
+            }
+            ServerError::DataDirInUse { dir, pid } => {
+                let holder = pid.map_or("another process (pid unknown)".to_string(), |pid| {
+                    format!("another process, pid {pid}")
+                });
+                write!(
+                    f,
+                    "data directory {} is in use by {holder}, which holds {}: two processes \
+                     on one data directory would both act as this member and break Paxos. \
+                     Stop that process first, or give this one its own --data-dir",
+                    dir.display(),
+                    dir.join("lock").display()
+                )
             }
             ServerError::Io(reason) => write!(f, "i/o error: {reason}"),
             ServerError::Timeout { after } => write!(
@@ -173,34 +192,8 @@ pub struct Server<S: StateMachine> {
     stop: watch::Sender<bool>,
     driver: Option<JoinHandle<Result<(), ServerError>>>,
     transport: Vec<JoinHandle<()>>,
-}
-
-const MEMBER_FILE: &str = "member";
-
-/// Refuses a data directory that belongs to another member or cluster.
-fn check_identity(config: &ServerConfig) -> Result<(), ServerError> {
-    let io =
-        |error: std::io::Error| ServerError::Io(format!("{}: {error}", config.data_dir.display()));
-    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
-    let path = config.data_dir.join(MEMBER_FILE);
-    let identity = format!(
-        "cluster_id={:016x}\nnode_id={}\n",
-        config.cluster.cluster_id, config.node_id
-    );
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if existing == identity => Ok(()),
-        Ok(existing) => Err(ServerError::Recovery(format!(
-            "{} belongs to another member or cluster ({}), not to node {} of cluster {:016x}",
-            config.data_dir.display(),
-            existing.trim().replace('\n', ", "),
-            config.node_id,
-            config.cluster.cluster_id
-        ))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, identity).map_err(io)
-        }
-        Err(error) => Err(io(error)),
-    }
+    /// Released when the server is dropped (after `stop` has drained the log).
+    _lock: DataDirLock,
 }
 
 /// Loads the newest snapshot, decoded into a machine like `state_machine`.
@@ -244,18 +237,33 @@ impl<S: StateMachine> Server<S> {
     ) -> Result<Server<S>, ServerError> {
         let replica_config = config.replica_config()?;
         let member = config.member()?.clone();
-        check_identity(&config)?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let had_state = check_member_file(&config)?;
+        let wal_dir = config.data_dir.join("wal");
+        if had_state
+            && !Wal::holds_log(&wal_dir)
+                .map_err(|error| ServerError::Recovery(error.to_string()))?
+        {
+            return Err(amnesia_error(&config, &wal_dir));
+        }
         let snapshots = SnapshotStore::open(&config.data_dir.join("snap"))
             .map_err(|error| ServerError::Storage(error.to_string()))?;
         let snapshot = restore_snapshot(&snapshots, &state_machine)?;
         let (wal, durable) = Wal::open(
-            &config.data_dir.join("wal"),
+            &wal_dir,
             WalOptions {
                 segment_bytes: config.wal_segment_bytes,
                 sync: config.wal_sync,
+                identity: WalIdentity {
+                    cluster_id: config.cluster.cluster_id,
+                    node_id: config.node_id,
+                },
             },
         )
         .map_err(|error| ServerError::Recovery(error.to_string()))?;
+        if !had_state {
+            write_member_file(&config)?;
+        }
         let clock_origin = std::time::Instant::now();
         let replica = Replica::recover(replica_config, durable, snapshot, state_machine, 0)
             .map_err(|error| ServerError::Recovery(error.to_string()))?;
@@ -343,6 +351,7 @@ impl<S: StateMachine> Server<S> {
             stop: stop_tx,
             driver: Some(driver),
             transport,
+            _lock: lock,
         })
     }
 

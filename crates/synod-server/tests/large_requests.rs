@@ -51,7 +51,12 @@ async fn concurrent_puts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_puts_are_refused_clearly_and_large_ones_all_commit() {
-    let mut cluster = EtcdCluster::start(3).await;
+    // 56 MB written durably at three members: on a 2-core machine loaded by other builds
+    // that has taken over 20 s (the default test timeout), so the requests get 90 s.
+    let mut cluster = EtcdCluster::start_with(3, |config| {
+        config.request_timeout = std::time::Duration::from_secs(90);
+    })
+    .await;
     let leader = cluster.wait_for_leader().await;
     // 40 clients, 1.9 MB each: over etcd's default 1.5 MiB limit.
     let refused = concurrent_puts(&cluster, "big", 40, 1_900_000).await;

@@ -47,7 +47,7 @@ pub(crate) type ClientOperation = Operation<KeyedOp<u64, u64>, RegisterRet<u64>>
 /// Nanoseconds of a node's clock per unit of real time at the nominal rate.
 const NANOS_PER_UNIT: u64 = 1_000;
 /// Rates are in millionths: 1,000,000 is real time.
-const PPM: u64 = 1_000_000;
+pub(crate) const PPM: u64 = 1_000_000;
 /// Snapshot bytes encoded, written, sent or decoded per unit of time.
 const SNAPSHOT_BYTES_PER_UNIT: u64 = 2_000;
 
@@ -68,9 +68,17 @@ pub struct Coverage {
     pub chunked_promises: u64,
     pub long_delays: u64,
     /// Heals after which a leader that a quorum could still reach lost its leadership
-    /// within two election timeouts, with no other fault in between: a returning node
-    /// deposed it. Pre-vote keeps this at 0.
+    /// within two election timeouts, with no other fault in between, to a ballot raised
+    /// by a node that could not reach a quorum: a returning node deposed it. Pre-vote
+    /// keeps this at 0.
     pub leader_changes_after_heal: u64,
+    /// The same, but every higher ballot was raised by a node that could reach a quorum
+    /// (a concurrent election across a bridge partition, which pre-vote cannot and
+    /// should not prevent: that node could have won).
+    pub contested_leader_changes_after_heal: u64,
+    /// Phase 1 started by a node that could not reach a quorum (pre-vote makes this
+    /// rare: only a grant collected just before a partition cut the node off).
+    pub isolated_phase1: u64,
     /// Reads at an older revision of the KV history answered (checked against the
     /// committed history).
     pub revision_reads: u64,
@@ -95,6 +103,8 @@ impl Coverage {
         self.chunked_promises += other.chunked_promises;
         self.long_delays += other.long_delays;
         self.leader_changes_after_heal += other.leader_changes_after_heal;
+        self.contested_leader_changes_after_heal += other.contested_leader_changes_after_heal;
+        self.isolated_phase1 += other.isolated_phase1;
         self.revision_reads += other.revision_reads;
         self.mvcc_compactions += other.mvcc_compactions;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
@@ -314,6 +324,9 @@ pub struct Simulation {
     /// After a heal: the leader that a quorum reached, its ballot, and until when a
     /// loss of its leadership counts against the heal.
     pub(crate) heal_watch: Option<(NodeId, synod_core::Ballot, u64)>,
+    /// Every ballot a Phase 1 was started at, and whether its node could reach a quorum
+    /// then (false: isolated).
+    pub(crate) raised_ballots: BTreeMap<synod_core::Ballot, bool>,
     pub(crate) report: SimReport,
     pub(crate) latencies: Vec<u64>,
 }
@@ -354,6 +367,7 @@ impl Simulation {
             oversized: BTreeSet::new(),
             checker: Checker::default(),
             heal_watch: None,
+            raised_ballots: BTreeMap::new(),
             report: SimReport {
                 seed: options.seed,
                 ..SimReport::default()
@@ -788,12 +802,33 @@ impl Simulation {
             ReplicaEvent::Core(CoreEvent::BecameLeader { .. }) => {
                 self.report.coverage.leader_changes += 1;
             }
+            ReplicaEvent::Core(CoreEvent::Phase1Started { ballot }) => {
+                let isolated = !self.reaches_quorum(id);
+                if isolated {
+                    self.report.coverage.isolated_phase1 += 1;
+                    self.trace(|| format!("n{id} raised {ballot:?} unable to reach a quorum"));
+                }
+                self.raised_ballots.insert(*ballot, isolated);
+            }
             ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
                 if let Some((leader, watched, until)) = self.heal_watch {
                     if leader == id && *ballot == watched && self.now <= until {
-                        self.report.coverage.leader_changes_after_heal += 1;
                         self.heal_watch = None;
-                        self.trace(|| format!("n{id} lost its leadership after a heal"));
+                        let disrupted = self
+                            .raised_ballots
+                            .range(watched..)
+                            .any(|(_, isolated)| *isolated);
+                        let coverage = &mut self.report.coverage;
+                        if disrupted {
+                            coverage.leader_changes_after_heal += 1;
+                        } else {
+                            coverage.contested_leader_changes_after_heal += 1;
+                        }
+                        self.trace(|| {
+                            format!(
+                                "n{id} lost its leadership after a heal (disrupted: {disrupted})"
+                            )
+                        });
                     }
                 }
             }

@@ -104,6 +104,30 @@ impl Simulation {
         }
     }
 
+    /// Beyond the drift bound the nodes assume (`--clock-drift-percent` above it), a
+    /// leader cut off from everyone gets the worst clocks the run allows: its own at the
+    /// slowest rate, everyone else's at the fastest, so its lease outlives the
+    /// followers' promises — the stale lease reads the checkers must then report. Within
+    /// the bound nothing changes (and no random draw is spent).
+    fn worst_drift_for(&mut self, leader: NodeId, ids: &[NodeId]) {
+        let drift = self.options.faults.clock_drift_percent;
+        if drift <= self.options.assumed_drift_percent || self.options.clock_rates_ppm.is_some() {
+            return;
+        }
+        let spread = drift.min(95) * crate::cluster::PPM / 100;
+        let now = self.now;
+        for &id in ids {
+            let rate = if id == leader {
+                crate::cluster::PPM - spread
+            } else {
+                crate::cluster::PPM + spread
+            };
+            self.nodes.get_mut(&id).expect("node").set_rate(now, rate);
+            self.note_drift(id);
+        }
+        self.trace(|| format!("n{leader} is cut off with the slowest clock, the rest the fastest"));
+    }
+
     /// The node a fault hits: with `target_leader`, the leader half the time.
     fn fault_victim(&mut self, ids: &[NodeId]) -> NodeId {
         let leader = self.leader();
@@ -126,6 +150,9 @@ impl Simulation {
                 let lone = self.fault_victim(ids);
                 for &other in ids.iter().filter(|&&o| o != lone) {
                     cut(&mut self.blocked, lone, other);
+                }
+                if Some(lone) == self.leader() {
+                    self.worst_drift_for(lone, ids);
                 }
             }
             // Partial: a bridge node sees everyone, the others are split in two groups
@@ -266,32 +293,43 @@ impl Simulation {
     /// partition, is watched: it must keep its leadership (a returning node must not
     /// depose it).
     fn heal_network(&mut self) {
-        let quorum = self.options.nodes as usize / 2 + 1;
         if let Some(leader) = self.leader() {
-            let reachable = self
-                .nodes
-                .keys()
-                .filter(|id| {
-                    let node = &self.nodes[*id];
-                    let running = node.is_up() && node.paused_until.is_none();
-                    running
-                        && (**id == leader
-                            || (!self.blocked.contains(&(leader, **id))
-                                && !self.blocked.contains(&(**id, leader))))
-                })
-                .count();
             let ballot = self.nodes[&leader]
                 .replica
                 .as_ref()
                 .map(|r| r.status().node.promised);
-            let live = self.nodes[&leader].paused_until.is_none();
             let was_cut = !self.blocked.is_empty();
-            if let (true, Some(ballot)) = (live && was_cut && reachable >= quorum, ballot) {
+            if let (true, Some(ballot)) = (was_cut && self.reaches_quorum(leader), ballot) {
                 let until = self.now + 2 * crate::cluster::LEASE_TICKS * TICK_UNITS;
                 self.heal_watch = Some((leader, ballot, until));
             }
         }
         self.blocked.clear();
+    }
+
+    /// `id` is running and exchanges messages both ways with a quorum (itself
+    /// included) of running nodes.
+    pub(crate) fn reaches_quorum(&self, id: NodeId) -> bool {
+        let running = |node: NodeId| {
+            self.nodes
+                .get(&node)
+                .is_some_and(|n| n.is_up() && n.paused_until.is_none())
+        };
+        if !running(id) {
+            return false;
+        }
+        let quorum = self.options.nodes as usize / 2 + 1;
+        let reachable = self
+            .nodes
+            .keys()
+            .filter(|other| {
+                running(**other)
+                    && (**other == id
+                        || (!self.blocked.contains(&(id, **other))
+                            && !self.blocked.contains(&(**other, id))))
+            })
+            .count();
+        reachable >= quorum
     }
 
     pub(crate) fn heal(&mut self) {

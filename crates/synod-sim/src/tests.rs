@@ -44,6 +44,10 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     .map(|(name, _)| name)
     .collect();
     assert!(never.is_empty(), "seeds {seeds:?} never saw: {never:?}");
+    // A leader a quorum still followed lost its leadership to a ballot raised by a node
+    // that could not reach a quorum. Over wider ranges this is not always 0: pre-vote
+    // grants given just before a partition began let the cut-off node raise its
+    // ballot (2 of 3,000 seeds, 1000..4000; docs/simulator.md). These ranges have none.
     assert_eq!(
         coverage.leader_changes_after_heal, 0,
         "returning nodes deposed healthy leaders"

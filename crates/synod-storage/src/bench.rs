@@ -309,6 +309,7 @@ pub fn bench(dir: &Path, options: BenchOptions) -> Result<BenchReport, StorageEr
     let wal_options = WalOptions {
         segment_bytes: 64 << 20,
         sync: options.sync,
+        ..WalOptions::default()
     };
     let rounds = options.rounds.max(1);
     let writers = options.concurrent_writers.max(1);

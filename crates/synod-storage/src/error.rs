@@ -1,6 +1,7 @@
 //! Storage errors. Every error names the file it concerns (and, for corruption, the byte
 //! offset), so an operator can find the damage without reading code.
 
+use crate::record::WalIdentity;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -15,6 +16,24 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// The log was written by another member or cluster (a data directory copied or
+    /// mixed up). Starting from it would make this node vouch for another's promises.
+    ForeignLog {
+        file: PathBuf,
+        found: WalIdentity,
+        expected: WalIdentity,
+    },
+    /// The last segment ends at `offset`, inside the `durable_bytes` that every write
+    /// to it made durable before acknowledging: records that were acknowledged are gone
+    /// (the file was truncated, or newer segments were deleted). Not a torn write.
+    TailCut {
+        file: PathBuf,
+        offset: u64,
+        file_bytes: u64,
+        durable_bytes: u64,
+    },
+    /// A segment of a format this build does not read.
+    UnsupportedFormat { file: PathBuf, version: u32 },
     /// An earlier write or fdatasync failed: what reached the disk is unknown, so the log
     /// refuses further writes until it is reopened (and re-verified).
     Poisoned { path: PathBuf },
@@ -63,6 +82,30 @@ impl StorageError {
                 offset: *offset,
                 reason: reason.clone(),
             },
+            StorageError::ForeignLog {
+                file,
+                found,
+                expected,
+            } => StorageError::ForeignLog {
+                file: file.clone(),
+                found: *found,
+                expected: *expected,
+            },
+            StorageError::TailCut {
+                file,
+                offset,
+                file_bytes,
+                durable_bytes,
+            } => StorageError::TailCut {
+                file: file.clone(),
+                offset: *offset,
+                file_bytes: *file_bytes,
+                durable_bytes: *durable_bytes,
+            },
+            StorageError::UnsupportedFormat { file, version } => StorageError::UnsupportedFormat {
+                file: file.clone(),
+                version: *version,
+            },
             StorageError::Poisoned { path } => StorageError::Poisoned { path: path.clone() },
             StorageError::Invalid { reason } => StorageError::Invalid {
                 reason: reason.clone(),
@@ -88,6 +131,42 @@ impl fmt::Display for StorageError {
                 f,
                 "corrupt data in {} at offset {offset}: {reason}",
                 file.display()
+            ),
+            StorageError::ForeignLog {
+                file,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} was written by {found}, but this is {expected}: the data directory belongs \
+                 to another member or cluster. Nothing was changed; start this member with its own \
+                 data directory (docs/operations.md)",
+                file.display()
+            ),
+            StorageError::TailCut {
+                file,
+                offset,
+                file_bytes,
+                durable_bytes,
+            } => write!(
+                f,
+                "{} was cut short: it is {file_bytes} bytes and its records end at offset \
+                 {offset}, past the {durable_bytes} bytes a file of that length held durably \
+                 (the log grows in whole preallocation steps, each synced before a record in \
+                 it is acknowledged, so a crash never leaves it shorter than its records). \
+                 Acknowledged records may be missing: the file was truncated or newer segments \
+                 were deleted. This is not a torn write and nothing was repaired. Do not start \
+                 this member from it: restore its data directory from a copy taken after it \
+                 last ran (docs/operations.md)",
+                file.display()
+            ),
+            StorageError::UnsupportedFormat { file, version } => write!(
+                f,
+                "{} has log format version {version}; this build reads version {} and does not \
+                 convert older logs. Nothing was changed: run the build that wrote it, or start \
+                 the whole cluster afresh from empty data directories (docs/operations.md)",
+                file.display(),
+                crate::record::FORMAT_VERSION
             ),
             StorageError::Poisoned { path } => write!(
                 f,

@@ -19,4 +19,6 @@ pub use bench::{bench, bench_request, percentile, BenchOptions, BenchReport, Ben
 pub use error::StorageError;
 pub use group_commit::{Completion, GroupCommit, GroupCommitStats};
 pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter};
-pub use wal::{segment_file_name, RecoveryReport, SyncMode, TruncatedTail, Wal, WalOptions};
+pub use wal::{
+    segment_file_name, RecoveryReport, SyncMode, TruncatedTail, Wal, WalIdentity, WalOptions,
+};

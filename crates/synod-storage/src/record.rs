@@ -1,7 +1,8 @@
 //! The on-disk framing shared by every log segment: a segment header, then records.
 //!
 //! ```text
-//! segment header (32 bytes): magic "SYNODWAL" | version u32 | flags u32 | first_seq u64 | reserved u32 | crc32c u32
+//! segment header (48 bytes): magic "SYNODWAL" | version u32 | flags u32 | first_seq u64
+//!                             | cluster_id u64 | node_id u64 | preallocate_step_bytes u32 | crc32c u32
 //! record header  (20 bytes): payload_len u32 | crc32c u32 | seq u64 | kind u8 | reserved [u8; 3]
 //! record payload (payload_len bytes, bincode)
 //! ```
@@ -10,11 +11,14 @@
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SYNODWAL";
-pub const FORMAT_VERSION: u32 = 1;
-pub const SEGMENT_HEADER_BYTES: usize = 32;
+/// 2: the segment header names the cluster and member that wrote the log, and the
+/// preallocation step (so a cut tail can be told from a torn one). Version 1 logs are
+/// refused with [`HeaderError::Unsupported`].
+pub const FORMAT_VERSION: u32 = 2;
+pub const SEGMENT_HEADER_BYTES: usize = 48;
 pub const RECORD_HEADER_BYTES: usize = 20;
 /// Larger records are refused on write and treated as damage on read, so a flipped bit
 /// in a length field can never make recovery allocate gigabytes.
@@ -56,40 +60,107 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         .map_err(|error| error.to_string())
 }
 
-pub fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
-    let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    header[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header[16..24].copy_from_slice(&first_seq.to_le_bytes());
-    let crc = crc32c::crc32c(&header[0..28]);
-    header[28..32].copy_from_slice(&crc.to_le_bytes());
-    header
+/// Whose log a segment belongs to: written into every segment header and checked at
+/// open, so a log copied from another member or cluster is refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct WalIdentity {
+    pub cluster_id: u64,
+    pub node_id: u64,
 }
 
-/// Returns the segment's first sequence number, or why the header is not valid.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, String> {
+impl std::fmt::Display for WalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} of cluster {:016x}",
+            self.node_id, self.cluster_id
+        )
+    }
+}
+
+/// A decoded segment header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SegmentHeader {
+    pub first_seq: u64,
+    pub identity: WalIdentity,
+    /// The active segment's length is always the header alone or a multiple of this.
+    pub preallocate_step_bytes: u64,
+}
+
+/// Why a segment header does not decode.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum HeaderError {
+    /// Torn, bit-flipped or not a Synod segment.
+    Damaged(String),
+    /// A Synod segment of another format version.
+    Unsupported { version: u32 },
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Damaged(reason) => f.write_str(reason),
+            HeaderError::Unsupported { version } => write!(
+                f,
+                "segment format version {version}; this build reads version {FORMAT_VERSION}"
+            ),
+        }
+    }
+}
+
+pub fn encode_segment_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+    bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes[16..24].copy_from_slice(&header.first_seq.to_le_bytes());
+    bytes[24..32].copy_from_slice(&header.identity.cluster_id.to_le_bytes());
+    bytes[32..40].copy_from_slice(&header.identity.node_id.to_le_bytes());
+    let step = u32::try_from(header.preallocate_step_bytes).unwrap_or(u32::MAX);
+    bytes[40..44].copy_from_slice(&step.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..44]);
+    bytes[44..48].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Decodes a segment header, or says why it is not valid.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
+    // A segment of another version is named as such, whatever its header's length.
+    if bytes.len() >= 12 && bytes[0..8] == SEGMENT_MAGIC {
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if (1..FORMAT_VERSION).contains(&version) {
+            return Err(HeaderError::Unsupported { version });
+        }
+    }
     if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(format!(
+        return Err(HeaderError::Damaged(format!(
             "segment header incomplete: {} of {SEGMENT_HEADER_BYTES} bytes",
             bytes.len()
-        ));
+        )));
     }
-    let stored_crc = u32::from_le_bytes(bytes[28..32].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&bytes[0..28]) != stored_crc {
-        return Err("segment header checksum mismatch".to_string());
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    if crc32c::crc32c(&bytes[0..44]) != word(44) {
+        return Err(HeaderError::Damaged(
+            "segment header checksum mismatch".to_string(),
+        ));
     }
     if bytes[0..8] != SEGMENT_MAGIC {
-        return Err("not a Synod log segment (bad magic)".to_string());
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "unsupported segment format version {version} (this build reads {FORMAT_VERSION})"
+        return Err(HeaderError::Damaged(
+            "not a Synod log segment (bad magic)".to_string(),
         ));
     }
-    Ok(u64::from_le_bytes(
-        bytes[16..24].try_into().expect("8 bytes"),
-    ))
+    let version = word(8);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::Unsupported { version });
+    }
+    Ok(SegmentHeader {
+        first_seq: long(16),
+        identity: WalIdentity {
+            cluster_id: long(24),
+            node_id: long(32),
+        },
+        preallocate_step_bytes: u64::from(word(40)).max(1),
+    })
 }
 
 fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -187,12 +258,34 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let header = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&header), Ok(42));
-        let mut damaged = header;
-        damaged[17] ^= 0x10;
-        assert!(decode_segment_header(&damaged).is_err());
-        assert!(decode_segment_header(&header[..10]).is_err());
+        let header = SegmentHeader {
+            first_seq: 42,
+            identity: WalIdentity {
+                cluster_id: 0xfeed,
+                node_id: 3,
+            },
+            preallocate_step_bytes: 1 << 20,
+        };
+        let bytes = encode_segment_header(&header);
+        assert_eq!(decode_segment_header(&bytes), Ok(header));
+        for byte in 0..bytes.len() {
+            let mut damaged = bytes;
+            damaged[byte] ^= 0x10;
+            assert!(decode_segment_header(&damaged).is_err(), "byte {byte}");
+        }
+        assert!(decode_segment_header(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn a_segment_of_the_first_format_is_named_as_such() {
+        // Version 1: 32-byte header, no identity.
+        let mut old = [0u8; 32];
+        old[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            decode_segment_header(&old),
+            Err(HeaderError::Unsupported { version: 1 })
+        );
     }
 
     #[test]

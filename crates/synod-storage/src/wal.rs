@@ -8,10 +8,11 @@
 //! the start of a fresh segment and deletes the older ones, so disk use stays bounded.
 
 use crate::error::StorageError;
+pub use crate::record::WalIdentity;
 use crate::record::{
     decode_payload, decode_segment_header, encode_payload, encode_record, encode_segment_header,
-    find_valid_record, parse_record, RecordKind, MAX_RECORD_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    find_valid_record, parse_record, HeaderError, RawRecord, RecordKind, SegmentHeader,
+    MAX_RECORD_PAYLOAD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -35,6 +36,8 @@ pub struct WalOptions {
     /// A new segment is started once the active one reaches this size.
     pub segment_bytes: u64,
     pub sync: SyncMode,
+    /// Written into every segment header; `open` refuses segments of anyone else.
+    pub identity: WalIdentity,
 }
 
 impl Default for WalOptions {
@@ -42,6 +45,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
             sync: SyncMode::Fsync,
+            identity: WalIdentity::default(),
         }
     }
 }
@@ -92,6 +96,8 @@ struct Segment {
     /// only; sealed segments are cut to `used_bytes`).
     file_bytes: u64,
     records: u64,
+    /// From the segment's header: the active segment grows in steps of this size.
+    preallocate_step_bytes: u64,
 }
 
 pub struct Wal {
@@ -183,10 +189,353 @@ fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// The active segment grows in steps of this size: its length is the header alone or a
+/// multiple of it, which is what lets `open` tell a cut file from a torn write.
+fn preallocate_step(segment_bytes: u64) -> u64 {
+    PREALLOCATE_STEP_BYTES.min(segment_bytes).max(4096)
+}
+
+fn new_segment_header(first_seq: u64, options: &WalOptions) -> SegmentHeader {
+    SegmentHeader {
+        first_seq,
+        identity: options.identity,
+        preallocate_step_bytes: preallocate_step(options.segment_bytes),
+    }
+}
+
+/// Refuses a segment of another member or cluster, or of another format. A damaged
+/// header passes here; replay judges it.
+fn check_segment_identity(path: &Path, expected: WalIdentity) -> Result<(), StorageError> {
+    let mut file = File::open(path).map_err(|error| StorageError::io(path, error))?;
+    let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+    let read = read_up_to(&mut file, &mut head).map_err(|error| StorageError::io(path, error))?;
+    match decode_segment_header(&head[..read]) {
+        Ok(header) if header.identity != expected => Err(StorageError::ForeignLog {
+            file: path.to_path_buf(),
+            found: header.identity,
+            expected,
+        }),
+        Err(HeaderError::Unsupported { version }) => Err(StorageError::UnsupportedFormat {
+            file: path.to_path_buf(),
+            version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The bytes of the last segment that every acknowledged write had made durable: its
+/// length is only ever extended, in whole preallocation steps, and synced before an
+/// append is acknowledged. A torn write leaves the file at least this long; records
+/// ending beyond it mean the file was cut.
+fn durable_length(file_bytes: u64, step: u64) -> u64 {
+    let header = SEGMENT_HEADER_BYTES as u64;
+    (file_bytes / step * step).max(header)
+}
+
+/// The segment's header, checked against its file name. A last segment whose header is
+/// torn and which holds no record was being created when the process died: it is
+/// started afresh (`bytes` becomes the new header).
+fn verified_header(
+    path: &Path,
+    bytes: &mut Vec<u8>,
+    first_seq: u64,
+    is_last: bool,
+    options: &WalOptions,
+    recovery: &mut RecoveryReport,
+) -> Result<SegmentHeader, StorageError> {
+    match decode_segment_header(bytes) {
+        Ok(header) if header.first_seq == first_seq => Ok(header),
+        Ok(header) => {
+            let reason = format!(
+                "segment header says first seq {}, file name says {first_seq}",
+                header.first_seq
+            );
+            Err(StorageError::corrupt(path, 0, reason))
+        }
+        Err(HeaderError::Unsupported { version }) => Err(StorageError::UnsupportedFormat {
+            file: path.to_path_buf(),
+            version,
+        }),
+        Err(HeaderError::Damaged(reason)) => {
+            if !is_last || find_valid_record(bytes, 0).is_some() {
+                return Err(StorageError::corrupt(path, 0, reason));
+            }
+            // Nothing in it was ever acknowledged.
+            let header = new_segment_header(first_seq, options);
+            let encoded = encode_segment_header(&header);
+            rewrite_file(path, &encoded, options.sync)?;
+            recovery.truncated = Some(TruncatedTail {
+                file: path.to_path_buf(),
+                offset: 0,
+                bytes_cut: bytes.len() as u64,
+                reason,
+            });
+            *bytes = encoded.to_vec();
+            Ok(header)
+        }
+    }
+}
+
+/// Replay starts at the newest segment that begins with a checkpoint: anything older is
+/// superseded (a compaction was interrupted before deleting it) and is deleted here.
+fn discard_superseded(
+    dir: &Path,
+    found: &mut Vec<(u64, PathBuf)>,
+    options: &WalOptions,
+    recovery: &mut RecoveryReport,
+) -> Result<(), StorageError> {
+    let mut start = 0;
+    for index in (0..found.len()).rev() {
+        if starts_with_checkpoint(&found[index].1)? {
+            start = index;
+            break;
+        }
+    }
+    if start > 0 {
+        for (_, path) in found.drain(..start) {
+            fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
+            recovery.discarded_segments.push(path);
+        }
+        if options.sync == SyncMode::Fsync {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the records of one segment end.
+enum SegmentEnd {
+    /// At end of file, or where only zeros (unused preallocation) follow.
+    Clean(usize),
+    /// At a record that does not verify, after which no record starts: a torn write.
+    Torn { offset: usize, reason: String },
+}
+
+/// What replaying the segments in order has built so far.
+#[derive(Default)]
+struct Replay {
+    state: DurableState,
+    last_persist_id: PersistId,
+    /// The seq the next segment must start at (`None` before the first segment).
+    next_seq: Option<u64>,
+    records: u64,
+}
+
+impl Replay {
+    /// Verifies and replays one segment; repairs a torn tail if it is the last.
+    fn segment(
+        &mut self,
+        first_seq: u64,
+        path: PathBuf,
+        is_last: bool,
+        options: &WalOptions,
+        recovery: &mut RecoveryReport,
+    ) -> Result<Segment, StorageError> {
+        let mut bytes = fs::read(&path).map_err(|error| StorageError::io(&path, error))?;
+        let header = verified_header(&path, &mut bytes, first_seq, is_last, options, recovery)?;
+        if let Some(expected) = self.next_seq.filter(|expected| *expected != first_seq) {
+            return Err(StorageError::corrupt(
+                &path,
+                0,
+                format!(
+                    "segment starts at seq {first_seq} but the previous segment ends before seq {expected}: a segment is missing"
+                ),
+            ));
+        }
+        let records_before = self.records;
+        let end = self.records_of(&path, &bytes, first_seq)?;
+        let used = match &end {
+            SegmentEnd::Clean(offset) => *offset,
+            // Sealed segments were synced whole before the next one was created.
+            SegmentEnd::Torn { offset, reason } if !is_last => {
+                return Err(StorageError::corrupt(&path, *offset as u64, reason.clone()))
+            }
+            SegmentEnd::Torn { offset, .. } => *offset,
+        };
+        let file_bytes = bytes.len() as u64;
+        if is_last {
+            let durable_bytes = durable_length(file_bytes, header.preallocate_step_bytes);
+            if used as u64 > durable_bytes {
+                return Err(StorageError::TailCut {
+                    file: path,
+                    offset: used as u64,
+                    file_bytes,
+                    durable_bytes,
+                });
+            }
+        }
+        if let SegmentEnd::Torn { offset, reason } = end {
+            recovery.truncated = Some(cut_torn_tail(&path, &bytes, offset, reason, options.sync)?);
+        }
+        Ok(Segment {
+            first_seq,
+            path,
+            used_bytes: used as u64,
+            file_bytes,
+            records: self.records - records_before,
+            preallocate_step_bytes: header.preallocate_step_bytes,
+        })
+    }
+
+    /// Replays the records of one segment; returns where they end.
+    fn records_of(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        first_seq: u64,
+    ) -> Result<SegmentEnd, StorageError> {
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut seq = first_seq;
+        let end = loop {
+            if offset >= bytes.len() {
+                break SegmentEnd::Clean(bytes.len());
+            }
+            let record = match parse_record(bytes, offset) {
+                Ok(record) => record,
+                // Preallocated, never written: the clean end of the segment.
+                Err(_) if bytes[offset..].iter().all(|byte| *byte == 0) => {
+                    break SegmentEnd::Clean(offset)
+                }
+                // An append that never completed its fdatasync: nothing after `offset`
+                // was acknowledged (if the file is as long as it must be; see `segment`).
+                Err(reason) if find_valid_record(bytes, offset + 1).is_none() => {
+                    break SegmentEnd::Torn { offset, reason }
+                }
+                Err(reason) => return Err(StorageError::corrupt(path, offset as u64, reason)),
+            };
+            if record.seq != seq {
+                return Err(StorageError::corrupt(
+                    path,
+                    offset as u64,
+                    format!("record has seq {} where {seq} was expected", record.seq),
+                ));
+            }
+            self.apply(path, offset, &record)?;
+            // Without a checkpoint the log must begin at its first record.
+            if self.next_seq.is_none()
+                && seq == first_seq
+                && first_seq != 1
+                && record.kind_byte != RecordKind::Checkpoint as u8
+            {
+                return Err(StorageError::corrupt(
+                    path,
+                    offset as u64,
+                    format!("the log begins at seq {first_seq} without a checkpoint: earlier segments are missing"),
+                ));
+            }
+            offset += record.total_bytes;
+            seq += 1;
+            self.records += 1;
+        };
+        self.next_seq = Some(seq);
+        Ok(end)
+    }
+
+    fn apply(
+        &mut self,
+        path: &Path,
+        offset: usize,
+        record: &RawRecord,
+    ) -> Result<(), StorageError> {
+        match RecordKind::from_byte(record.kind_byte) {
+            Some(RecordKind::Request) => {
+                let request: PersistRequest = decode_payload(record.payload).map_err(|reason| {
+                    StorageError::corrupt(
+                        path,
+                        offset as u64,
+                        format!("undecodable persist request: {reason}"),
+                    )
+                })?;
+                self.state.apply_all(&request.ops);
+                self.last_persist_id = request.id;
+            }
+            Some(RecordKind::Checkpoint) => {
+                let checkpoint: Checkpoint = decode_payload(record.payload).map_err(|reason| {
+                    StorageError::corrupt(
+                        path,
+                        offset as u64,
+                        format!("undecodable checkpoint: {reason}"),
+                    )
+                })?;
+                self.state = checkpoint.state;
+                self.last_persist_id = checkpoint.last_persist_id;
+            }
+            None => {
+                return Err(StorageError::corrupt(
+                    path,
+                    offset as u64,
+                    format!("unknown record kind {}", record.kind_byte),
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Overwrites a torn tail with zeros (keeping the file's length, so the rule of
+/// `durable_length` still holds after a crash right now) and reports what was cut.
+fn cut_torn_tail(
+    path: &Path,
+    bytes: &[u8],
+    offset: usize,
+    reason: String,
+    sync: SyncMode,
+) -> Result<TruncatedTail, StorageError> {
+    let torn_end = bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(offset, |last| last + 1)
+        .max(offset);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|error| StorageError::io(path, error))?;
+    write_zeros(&file, offset as u64, torn_end as u64)
+        .map_err(|error| StorageError::io(path, error))?;
+    if sync == SyncMode::Fsync {
+        file.sync_data()
+            .map_err(|error| StorageError::io(path, error))?;
+    }
+    let cut = TruncatedTail {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        bytes_cut: (torn_end - offset) as u64,
+        reason,
+    };
+    tracing::warn!(
+        file = %cut.file.display(),
+        offset = cut.offset,
+        bytes = cut.bytes_cut,
+        reason = %cut.reason,
+        "cut a torn tail of the write-ahead log"
+    );
+    Ok(cut)
+}
+
 impl Wal {
-    /// Opens or creates the log in `dir`, verifies every record, truncates a torn tail of
+    /// True when `dir` holds a log: at least one segment file that is not empty. A
+    /// runtime that knows the node had state refuses to start without one (an acceptor
+    /// that lost its log would break the promises it made).
+    pub fn holds_log(dir: &Path) -> Result<bool, StorageError> {
+        if !dir.exists() {
+            return Ok(false);
+        }
+        for (_, path) in list_segments(dir)? {
+            let len = fs::metadata(&path)
+                .map_err(|error| StorageError::io(&path, error))?
+                .len();
+            if len > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Opens or creates the log in `dir`, verifies every record, repairs a torn tail of
     /// the last segment (reporting what was cut), and returns the recovered state.
-    /// Damage anywhere else is `StorageError::Corrupt` naming the file and offset.
+    /// Damage anywhere else is `StorageError::Corrupt` naming the file and offset; a log
+    /// of another member is `ForeignLog`; a last segment cut short of what was made
+    /// durable is `TailCut`. Nothing is changed on disk when open fails that way.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, DurableState), StorageError> {
         let created = !dir.exists();
         fs::create_dir_all(dir).map_err(|error| StorageError::io(dir, error))?;
@@ -199,7 +548,7 @@ impl Wal {
         let mut found = list_segments(dir)?;
         let mut recovery = RecoveryReport::default();
         if found.is_empty() {
-            let (file, segment) = create_segment(dir, 1, options.sync)?;
+            let (file, segment) = create_segment(dir, 1, &options)?;
             let wal = Wal::assemble(
                 dir,
                 options,
@@ -212,182 +561,36 @@ impl Wal {
             );
             return Ok((wal, DurableState::default()));
         }
-
-        // Replay starts at the newest segment that begins with a checkpoint: anything
-        // older is superseded (a compaction was interrupted before deleting it).
-        let mut start = 0;
-        for index in (0..found.len()).rev() {
-            if starts_with_checkpoint(&found[index].1)? {
-                start = index;
-                break;
-            }
-        }
-        if start > 0 {
-            for (_, path) in found.drain(..start) {
-                fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
-                recovery.discarded_segments.push(path);
-            }
-            if options.sync == SyncMode::Fsync {
-                sync_dir(dir)?;
-            }
+        // Every segment must be this member's before anything is deleted or repaired.
+        for (_, path) in &found {
+            check_segment_identity(path, options.identity)?;
         }
 
-        let mut state = DurableState::default();
-        let mut last_persist_id = 0;
+        discard_superseded(dir, &mut found, &options, &mut recovery)?;
+
+        let mut replay = Replay::default();
         let mut segments = Vec::with_capacity(found.len());
-        let mut next_seq: Option<u64> = None;
         let last_index = found.len() - 1;
         for (index, (first_seq, path)) in found.into_iter().enumerate() {
-            let is_last = index == last_index;
-            let mut bytes = fs::read(&path).map_err(|error| StorageError::io(&path, error))?;
-            match decode_segment_header(&bytes) {
-                Ok(header_seq) if header_seq == first_seq => {}
-                Ok(header_seq) => {
-                    return Err(StorageError::corrupt(
-                        &path,
-                        0,
-                        format!(
-                        "segment header says first seq {header_seq}, file name says {first_seq}"
-                    ),
-                    ))
-                }
-                Err(reason) => {
-                    if !is_last || find_valid_record(&bytes, 0).is_some() {
-                        return Err(StorageError::corrupt(&path, 0, reason));
-                    }
-                    // The segment was being created when the process died: nothing in it
-                    // was ever acknowledged. Start it afresh.
-                    let header = encode_segment_header(first_seq);
-                    rewrite_file(&path, &header, options.sync)?;
-                    recovery.truncated = Some(TruncatedTail {
-                        file: path.clone(),
-                        offset: 0,
-                        bytes_cut: bytes.len() as u64,
-                        reason,
-                    });
-                    bytes = header.to_vec();
-                }
-            }
-            match next_seq {
-                Some(expected) if expected != first_seq => {
-                    return Err(StorageError::corrupt(
-                        &path,
-                        0,
-                        format!(
-                            "segment starts at seq {first_seq} but the previous segment ends before seq {expected}: a segment is missing"
-                        ),
-                    ))
-                }
-                _ => {}
-            }
-
-            let mut offset = SEGMENT_HEADER_BYTES;
-            let mut seq = first_seq;
-            while offset < bytes.len() {
-                let record = match parse_record(&bytes, offset) {
-                    Ok(record) => record,
-                    Err(_) if is_last && bytes[offset..].iter().all(|byte| *byte == 0) => {
-                        // Preallocated, never written: the clean end of the log.
-                        break;
-                    }
-                    Err(reason) => {
-                        if is_last && find_valid_record(&bytes, offset + 1).is_none() {
-                            // Torn tail: an append that never completed its fdatasync, so
-                            // nothing after `offset` was ever acknowledged.
-                            truncate_file(&path, offset as u64, options.sync)?;
-                            let cut = TruncatedTail {
-                                file: path.clone(),
-                                offset: offset as u64,
-                                bytes_cut: (bytes.len() - offset) as u64,
-                                reason,
-                            };
-                            eprintln!(
-                                "synod-storage: cut a torn tail of {} bytes from {} at offset {}: {}",
-                                cut.bytes_cut,
-                                cut.file.display(),
-                                cut.offset,
-                                cut.reason
-                            );
-                            recovery.truncated = Some(cut);
-                            bytes.truncate(offset);
-                            break;
-                        }
-                        return Err(StorageError::corrupt(&path, offset as u64, reason));
-                    }
-                };
-                if record.seq != seq {
-                    return Err(StorageError::corrupt(
-                        &path,
-                        offset as u64,
-                        format!("record has seq {} where {seq} was expected", record.seq),
-                    ));
-                }
-                match RecordKind::from_byte(record.kind_byte) {
-                    Some(RecordKind::Request) => {
-                        let request: PersistRequest =
-                            decode_payload(record.payload).map_err(|reason| {
-                                StorageError::corrupt(
-                                    &path,
-                                    offset as u64,
-                                    format!("undecodable persist request: {reason}"),
-                                )
-                            })?;
-                        state.apply_all(&request.ops);
-                        last_persist_id = request.id;
-                    }
-                    Some(RecordKind::Checkpoint) => {
-                        let checkpoint: Checkpoint =
-                            decode_payload(record.payload).map_err(|reason| {
-                                StorageError::corrupt(
-                                    &path,
-                                    offset as u64,
-                                    format!("undecodable checkpoint: {reason}"),
-                                )
-                            })?;
-                        state = checkpoint.state;
-                        last_persist_id = checkpoint.last_persist_id;
-                    }
-                    None => {
-                        return Err(StorageError::corrupt(
-                            &path,
-                            offset as u64,
-                            format!("unknown record kind {}", record.kind_byte),
-                        ))
-                    }
-                }
-                // Without a checkpoint the log must begin at its first record.
-                if next_seq.is_none()
-                    && seq == first_seq
-                    && first_seq != 1
-                    && record.kind_byte != RecordKind::Checkpoint as u8
-                {
-                    return Err(StorageError::corrupt(
-                        &path,
-                        offset as u64,
-                        format!("the log begins at seq {first_seq} without a checkpoint: earlier segments are missing"),
-                    ));
-                }
-                offset += record.total_bytes;
-                seq += 1;
-                recovery.records += 1;
-            }
-            next_seq = Some(seq);
-            segments.push(Segment {
+            let segment = replay.segment(
                 first_seq,
                 path,
-                used_bytes: offset.min(bytes.len()) as u64,
-                file_bytes: bytes.len() as u64,
-                records: seq - first_seq,
-            });
+                index == last_index,
+                &options,
+                &mut recovery,
+            )?;
+            segments.push(segment);
         }
         recovery.segments = segments.len();
+        recovery.records = replay.records;
 
         let active_path = &segments.last().expect("at least one segment").path;
         let active = OpenOptions::new()
             .write(true)
             .open(active_path)
             .map_err(|error| StorageError::io(active_path, error))?;
-        let next_seq = next_seq.expect("at least one segment");
+        let next_seq = replay.next_seq.expect("at least one segment");
+        let state = replay.state;
         let wal = Wal::assemble(
             dir,
             options,
@@ -395,7 +598,7 @@ impl Wal {
             active,
             next_seq,
             state.clone(),
-            last_persist_id,
+            replay.last_persist_id,
             recovery,
         );
         Ok((wal, state))
@@ -555,10 +758,8 @@ impl Wal {
     /// preallocation first if needed, then (when `sync`) makes both durable with one
     /// fdatasync.
     fn write_and_sync(&mut self, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
-        let step = PREALLOCATE_STEP_BYTES
-            .min(self.options.segment_bytes)
-            .max(4096);
         let segment = self.segments.last_mut().expect("an active segment");
+        let step = segment.preallocate_step_bytes;
         let end = segment.used_bytes + bytes.len() as u64;
         let mut result = Ok(());
         if end > segment.file_bytes {
@@ -580,40 +781,43 @@ impl Wal {
         })
     }
 
-    /// Seals the active segment (cuts its unused preallocation, so a sealed segment ends
-    /// exactly at its last record) and starts a new one named after the next sequence
-    /// number.
+    /// Seals the active segment and starts a new one named after the next sequence
+    /// number. The old segment is synced first (commit marks may have been written
+    /// without a sync, `PersistRequest::needs_sync`, and the next sync goes to the new
+    /// segment), and its unused preallocation is cut only once the new segment exists:
+    /// the last segment is therefore never a cut one, which is what lets `open` tell a
+    /// cut file from a torn write. A crash in between leaves a sealed segment ending in
+    /// zeros, which `open` accepts.
     fn rotate(&mut self) -> Result<(), StorageError> {
-        let active = self.segments.last_mut().expect("an active segment");
-        let cut = active.file_bytes > active.used_bytes;
-        let mut sealed = if cut {
-            self.active.set_len(active.used_bytes)
-        } else {
-            Ok(())
-        };
-        // Always synced, cut or not: commit marks may have been written without a sync
-        // (`PersistRequest::needs_sync`), and the next sync goes to the new segment.
-        if sealed.is_ok() && self.options.sync == SyncMode::Fsync {
-            sealed = self.active.sync_all();
-        }
-        if let Err(error) = sealed {
-            self.poisoned = true;
-            return Err(StorageError::io(&active.path, error));
-        }
-        if cut {
-            active.file_bytes = active.used_bytes;
-        }
-        match create_segment(&self.dir, self.next_seq, self.options.sync) {
-            Ok((file, segment)) => {
-                self.active = file;
-                self.segments.push(segment);
-                Ok(())
+        let old_index = self.segments.len() - 1;
+        if self.options.sync == SyncMode::Fsync {
+            if let Err(error) = self.active.sync_all() {
+                self.poisoned = true;
+                return Err(StorageError::io(&self.segments[old_index].path, error));
             }
+        }
+        let (file, segment) = match create_segment(&self.dir, self.next_seq, &self.options) {
+            Ok(created) => created,
             Err(error) => {
                 self.poisoned = true;
-                Err(error)
+                return Err(error);
             }
+        };
+        let sealed_file = std::mem::replace(&mut self.active, file);
+        self.segments.push(segment);
+        let sealed = &mut self.segments[old_index];
+        if sealed.file_bytes > sealed.used_bytes {
+            let mut result = sealed_file.set_len(sealed.used_bytes);
+            if result.is_ok() && self.options.sync == SyncMode::Fsync {
+                result = sealed_file.sync_all();
+            }
+            if let Err(error) = result {
+                self.poisoned = true;
+                return Err(StorageError::io(&sealed.path, error));
+            }
+            sealed.file_bytes = sealed.used_bytes;
         }
+        Ok(())
     }
 
     /// Bytes of every segment file on disk, preallocated space included.
@@ -679,15 +883,17 @@ impl Wal {
 fn create_segment(
     dir: &Path,
     first_seq: u64,
-    sync: SyncMode,
+    options: &WalOptions,
 ) -> Result<(File, Segment), StorageError> {
+    let sync = options.sync;
+    let header = new_segment_header(first_seq, options);
     let path = dir.join(segment_file_name(first_seq));
     let mut file = OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&path)
         .map_err(|error| StorageError::io(&path, error))?;
-    file.write_all(&encode_segment_header(first_seq))
+    file.write_all(&encode_segment_header(&header))
         .map_err(|error| StorageError::io(&path, error))?;
     if sync == SyncMode::Fsync {
         file.sync_data()
@@ -700,6 +906,7 @@ fn create_segment(
         used_bytes: SEGMENT_HEADER_BYTES as u64,
         file_bytes: SEGMENT_HEADER_BYTES as u64,
         records: 0,
+        preallocate_step_bytes: header.preallocate_step_bytes,
     };
     Ok((file, segment))
 }
@@ -712,20 +919,6 @@ fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
         let len = (to - offset).min(ZEROS.len() as u64) as usize;
         file.write_all_at(&ZEROS[..len], offset)?;
         offset += len as u64;
-    }
-    Ok(())
-}
-
-fn truncate_file(path: &Path, len: u64, sync: SyncMode) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|error| StorageError::io(path, error))?;
-    file.set_len(len)
-        .map_err(|error| StorageError::io(path, error))?;
-    if sync == SyncMode::Fsync {
-        file.sync_all()
-            .map_err(|error| StorageError::io(path, error))?;
     }
     Ok(())
 }

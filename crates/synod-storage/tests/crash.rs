@@ -27,6 +27,7 @@ fn options() -> WalOptions {
     WalOptions {
         segment_bytes: 16 << 10,
         sync: SyncMode::Fsync,
+        ..WalOptions::default()
     }
 }
 

@@ -6,7 +6,7 @@ use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use synod_core::{Ballot, DurableState, PersistOp};
-use synod_storage::{StorageError, SyncMode, Wal, WalOptions};
+use synod_storage::{StorageError, SyncMode, Wal, WalIdentity, WalOptions};
 
 #[test]
 fn reopened_log_equals_applying_every_appended_request_in_order() {
@@ -62,6 +62,7 @@ fn commit_marks_ending_a_segment_are_sealed_with_it() {
     let options = WalOptions {
         segment_bytes: 33,
         sync: SyncMode::Fsync,
+        ..WalOptions::default()
     };
     let mut history = Vec::new();
     for slot in 1..=4u64 {
@@ -110,39 +111,49 @@ fn write_log_recording_offsets(
     offsets
 }
 
+/// What a crash during an append leaves: the file keeps its (preallocated) length and
+/// only a prefix of the last record's bytes reached it; zeros stand for the rest.
+fn tear_after(segment: &std::path::Path, cut: u64, end: u64) {
+    let mut file = OpenOptions::new().write(true).open(segment).expect("open");
+    file.seek(SeekFrom::Start(cut)).expect("seek");
+    file.write_all(&vec![0u8; (end - cut) as usize])
+        .expect("zeros");
+}
+
 #[test]
 fn torn_last_record_is_cut_at_every_byte_offset_and_appends_continue() {
     let original = tempfile::tempdir().expect("tempdir");
     let history = mixed_history(5);
     let offsets = write_log_recording_offsets(original.path(), &history);
     let segment = segment_files(original.path()).remove(0);
+    let file_len = fs::metadata(&segment).expect("stat").len();
     let (last_start, end) = (offsets[4], offsets[5]);
     let scratch = tempfile::tempdir().expect("tempdir");
     let copy = scratch.path().join("copy");
     for cut in last_start..end {
         copy_dir(original.path(), &copy);
         let copied_segment = copy.join(segment.file_name().expect("name"));
-        OpenOptions::new()
-            .write(true)
-            .open(&copied_segment)
-            .and_then(|file| file.set_len(cut))
-            .expect("truncate");
+        tear_after(&copied_segment, cut, end);
 
         let (mut wal, recovered) = Wal::open(&copy, fast_options(1 << 30)).expect("open torn log");
         assert_eq!(recovered, replay(&history[..4]), "cut at {cut}");
-        let truncated = wal.recovery_report().truncated.clone();
-        if cut == last_start {
-            assert_eq!(truncated, None, "a clean cut between records is no tear");
-        } else {
-            let truncated = truncated.expect("torn tail reported");
-            assert_eq!(truncated.offset, last_start);
-            assert_eq!(truncated.bytes_cut, cut - last_start);
-            assert_eq!(truncated.file, copied_segment);
+        match wal.recovery_report().truncated.clone() {
+            // The torn prefix may itself end in zero bytes: that is the clean end.
+            None => assert!(
+                fs::read(&copied_segment).expect("read")[last_start as usize..]
+                    .iter()
+                    .all(|byte| *byte == 0)
+            ),
+            Some(truncated) => {
+                assert_eq!(truncated.offset, last_start);
+                assert!(truncated.bytes_cut <= cut - last_start);
+                assert_eq!(truncated.file, copied_segment);
+            }
         }
-        assert_eq!(
-            fs::metadata(&copied_segment).expect("stat").len(),
-            last_start
-        );
+        // The torn bytes are zeroed, the preallocated length kept.
+        let bytes = fs::read(&copied_segment).expect("read");
+        assert_eq!(bytes.len() as u64, file_len);
+        assert!(bytes[last_start as usize..].iter().all(|byte| *byte == 0));
 
         let replacement = accept_request(99, 77, Ballot::new(9, 9), 0);
         wal.append(std::slice::from_ref(&replacement))
@@ -153,6 +164,178 @@ fn torn_last_record_is_cut_at_every_byte_offset_and_appends_continue() {
         expected.push(replacement);
         assert_eq!(reopened, replay(&expected), "cut at {cut}");
     }
+}
+
+#[test]
+fn a_log_cut_short_of_its_preallocation_is_refused_not_taken_for_a_torn_tail() {
+    // "A WAL cut in half": before format 2 this opened as "a torn tail of 24 bytes",
+    // silently losing acknowledged records.
+    let original = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(6);
+    let offsets = write_log_recording_offsets(original.path(), &history);
+    let segment = segment_files(original.path()).remove(0);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let copy = scratch.path().join("copy");
+    let middle = (offsets[3] + offsets[4]) / 2;
+    // Cut inside a record, and cut exactly between two records.
+    for cut in [middle, offsets[4], offsets[6]] {
+        copy_dir(original.path(), &copy);
+        let copied_segment = copy.join(segment.file_name().expect("name"));
+        let before = fs::read(&copied_segment).expect("read");
+        OpenOptions::new()
+            .write(true)
+            .open(&copied_segment)
+            .and_then(|file| file.set_len(cut))
+            .expect("truncate");
+        let cut_bytes = fs::read(&copied_segment).expect("read");
+        match Wal::open(&copy, fast_options(1 << 30)) {
+            Err(error @ StorageError::TailCut { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(&copied_segment.display().to_string()),
+                    "{message}"
+                );
+                assert!(message.contains("docs/operations.md"), "{message}");
+            }
+            Err(other) => panic!("cut at {cut}: expected TailCut, got {other}"),
+            Ok(_) => panic!("cut at {cut} of {} bytes opened", before.len()),
+        }
+        // Nothing was repaired: the evidence stays on disk.
+        assert_eq!(fs::read(&copied_segment).expect("read"), cut_bytes);
+    }
+}
+
+#[test]
+fn a_torn_tail_repaired_then_crashed_again_still_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(4);
+    let offsets = write_log_recording_offsets(dir.path(), &history);
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    bytes[offsets[3] as usize + 1] ^= 0xFF;
+    fs::write(&segment, &bytes).expect("tear");
+    for _ in 0..2 {
+        let (wal, recovered) = Wal::open(dir.path(), fast_options(1 << 30)).expect("open");
+        assert_eq!(recovered, replay(&history[..3]));
+        drop(wal);
+    }
+}
+
+#[test]
+fn a_log_of_another_member_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mine = WalOptions {
+        identity: WalIdentity {
+            cluster_id: 0xc1,
+            node_id: 1,
+        },
+        ..fast_options(512)
+    };
+    let (mut wal, _) = Wal::open(dir.path(), mine.clone()).expect("open");
+    for batch in mixed_history(20).chunks(2) {
+        wal.append(batch).expect("append");
+    }
+    drop(wal);
+    let before: Vec<Vec<u8>> = segment_files(dir.path())
+        .iter()
+        .map(|path| fs::read(path).expect("read"))
+        .collect();
+    for other in [
+        WalIdentity {
+            cluster_id: 0xc1,
+            node_id: 2,
+        },
+        WalIdentity {
+            cluster_id: 0xc2,
+            node_id: 1,
+        },
+    ] {
+        let theirs = WalOptions {
+            identity: other,
+            ..mine.clone()
+        };
+        match Wal::open(dir.path(), theirs) {
+            Err(error @ StorageError::ForeignLog { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("node 1 of cluster 00000000000000c1"),
+                    "{message}"
+                );
+                assert!(message.contains(&format!("{other}")), "{message}");
+            }
+            Err(other) => panic!("expected ForeignLog, got {other}"),
+            Ok(_) => panic!("a log of another member opened"),
+        }
+    }
+    let after: Vec<Vec<u8>> = segment_files(dir.path())
+        .iter()
+        .map(|path| fs::read(path).expect("read"))
+        .collect();
+    assert_eq!(before, after);
+    Wal::open(dir.path(), mine).expect("its own member opens it");
+}
+
+#[test]
+fn a_log_of_the_first_format_is_refused_with_its_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A version-1 segment: 32-byte header, no identity, one record.
+    let mut header = [0u8; 32];
+    header[0..8].copy_from_slice(b"SYNODWAL");
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    header[16..24].copy_from_slice(&1u64.to_le_bytes());
+    let crc = crc32c_of(&header[0..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.path().join("00000000000000000001.wal");
+    fs::write(&path, header).expect("write");
+    match Wal::open(dir.path(), fast_options(1 << 20)) {
+        Err(error @ StorageError::UnsupportedFormat { version: 1, .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        Err(other) => panic!("expected UnsupportedFormat, got {other}"),
+        Ok(_) => panic!("a version-1 log opened"),
+    }
+    assert_eq!(fs::read(&path).expect("read"), header);
+}
+
+/// crc32c (Castagnoli), bitwise: enough for one test header.
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_sealed_segment_whose_preallocation_was_not_yet_cut_is_accepted() {
+    // Rotation creates the next segment before it cuts the old one's preallocation;
+    // a crash in between leaves zeros at the end of a sealed segment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(40);
+    let (mut wal, _) = Wal::open(dir.path(), fast_options(512)).expect("open");
+    for batch in history.chunks(2) {
+        wal.append(batch).expect("append");
+    }
+    drop(wal);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    let sealed = &files[0];
+    let len = fs::metadata(sealed).expect("stat").len();
+    OpenOptions::new()
+        .write(true)
+        .open(sealed)
+        .and_then(|file| file.set_len(len.div_ceil(4096) * 4096 + 4096))
+        .expect("zeros after the last record");
+    let (_, recovered) = Wal::open(dir.path(), fast_options(512)).expect("open");
+    assert_eq!(recovered, replay(&history));
 }
 
 #[test]
@@ -427,6 +610,7 @@ fn compacting_twice_in_a_row_reuses_the_empty_segment() {
         WalOptions {
             segment_bytes: 1 << 20,
             sync: SyncMode::Fsync,
+            ..WalOptions::default()
         },
     )
     .expect("open");
@@ -470,10 +654,10 @@ fn record_with_an_unexpected_sequence_number_is_corruption() {
     let mut bytes = fs::read(&segment).expect("read");
     bytes.truncate(used);
     let first_record_len = {
-        let len = u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_le_bytes(bytes[48..52].try_into().expect("4 bytes")) as usize;
         20 + len
     };
-    let copy = bytes[32..32 + first_record_len].to_vec();
+    let copy = bytes[48..48 + first_record_len].to_vec();
     let spliced_at = bytes.len() as u64;
     bytes.extend_from_slice(&copy);
     fs::write(&segment, &bytes).expect("write");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_mvcc;
+mod model_check;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Command {
     MaelstromTest(synod_maelstrom::cli::HarnessArgs),
     /// Benchmarks: `synod bench storage`, `synod bench cluster`.
     Bench(bench::BenchArgs),
+    /// Exhaustive model checking of synod-core in a small cluster (`--mutant list`
+    /// names the deliberate bugs it must catch).
+    ModelCheck(model_check::ModelCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::ModelCheck(args) => model_check::run(args),
     }
 }
 

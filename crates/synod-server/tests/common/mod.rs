@@ -195,8 +195,8 @@ impl EtcdCluster {
         EtcdCluster::start_with(size, |_| {}).await
     }
 
-    /// A cluster whose every member's configuration `configure` adjusts first.
-    pub async fn start_with(size: usize, configure: impl Fn(&mut ServerConfig)) -> EtcdCluster {
+    /// Like `start`, with each member's configuration adjusted first.
+    pub async fn start_with(size: usize, tweak: impl Fn(&mut ServerConfig)) -> EtcdCluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temporary directory");
         let (peers, peer_addrs) = bind_listeners(size).await;
@@ -207,7 +207,7 @@ impl EtcdCluster {
         for (index, (peer, client)) in peers.into_iter().zip(clients).enumerate() {
             let mut config = test_config(index as u64 + 1, &cluster, dir.path());
             config.client_urls = vec![format!("http://{}", client_addrs[index])];
-            configure(&mut config);
+            tweak(&mut config);
             let node = synod_server::EtcdNode::start(
                 config.clone(),
                 synod_server::Listeners {

@@ -62,6 +62,7 @@ pub fn fast_options(segment_bytes: u64) -> WalOptions {
     WalOptions {
         segment_bytes,
         sync: SyncMode::None,
+        ..WalOptions::default()
     }
 }
 

@@ -1,0 +1,107 @@
+//! The model checker inside `cargo test`: bounded configurations (seconds) hold every
+//! `always` property, and a mutant is caught. The full suite is a command:
+//! `cargo run --release -p synod -- model-check` (docs/model-checking.md).
+
+use std::time::Duration;
+use synod_model::options::default_suite;
+use synod_model::properties as property;
+use synod_model::{check, ModelOptions, Mutant};
+
+fn run(options: ModelOptions) -> synod_model::Report {
+    options.validate().expect("valid options");
+    let (report, found) = check(&options, Duration::from_secs(3600), |_| {});
+    let model = synod_model::SynodModel::new(options);
+    for discovery in found.iter().filter(|d| d.failure) {
+        eprintln!(
+            "counterexample to {:?}:\n{}",
+            discovery.property,
+            synod_model::trace::render(&model, discovery.initial, &discovery.actions)
+        );
+    }
+    eprintln!(
+        "{}",
+        serde_json::to_string(&report).expect("report serializes")
+    );
+    report
+}
+
+/// No fault: an election (pre-vote, Phase 1) and one value, every schedule of up to 10
+/// actions.
+fn one_value() -> ModelOptions {
+    ModelOptions {
+        ticks: 4,
+        values: 1,
+        reads: 0,
+        crashes: 0,
+        slow_disks: 0,
+        compactions: 0,
+        depth: Some(10),
+        ..ModelOptions::default()
+    }
+}
+
+/// No value: the first election with a slow disk and a crash, every schedule of up to
+/// 12 actions.
+fn crash_in_election() -> ModelOptions {
+    ModelOptions {
+        ticks: 4,
+        values: 0,
+        reads: 0,
+        compactions: 0,
+        depth: Some(12),
+        ..ModelOptions::default()
+    }
+}
+
+#[test]
+fn every_short_schedule_of_an_election_and_a_value_holds_every_always_property() {
+    let report = run(one_value());
+    assert_eq!(report.violations, 0, "{:?}", report.properties);
+    assert_eq!(report.properties[property::LEADER_ELECTED], "reached");
+    assert_eq!(report.depth, 10);
+    assert!(report.unique_states > 1_000, "{}", report.unique_states);
+}
+
+#[test]
+fn every_short_crash_during_an_election_holds_every_always_property() {
+    let report = run(crash_in_election());
+    assert_eq!(report.violations, 0, "{:?}", report.properties);
+    for name in [property::LEADER_ELECTED, property::CRASH_MID_PERSIST] {
+        assert_eq!(report.properties[name], "reached", "{name}");
+    }
+}
+
+#[test]
+fn prepare_before_durable_is_caught_with_a_shortest_trace() {
+    let report = run(ModelOptions {
+        mutant: Some(Mutant::PrepareBeforeDurable),
+        ..crash_in_election()
+    });
+    assert_eq!(
+        report.properties[property::PROMISE_MONOTONE],
+        "counterexample"
+    );
+    assert_eq!(report.path_lengths[property::PROMISE_MONOTONE], 7);
+}
+
+#[test]
+fn every_configuration_of_the_default_suite_is_valid_and_named_once() {
+    let suite = default_suite();
+    let mut names: Vec<_> = suite.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), suite.len());
+    for (name, options) in suite {
+        assert_eq!(options.validate(), Ok(()), "{name}");
+        assert!(options.mutant.is_none(), "{name}");
+    }
+}
+
+#[test]
+fn every_mutant_has_a_name_that_parses_back() {
+    for mutant in Mutant::ALL {
+        assert_eq!(mutant.name().parse::<Mutant>(), Ok(mutant));
+        assert!(mutant.available(), "the tests build the mutants feature");
+    }
+    assert!("no-such-bug".parse::<Mutant>().is_err());
+}
