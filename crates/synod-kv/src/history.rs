@@ -1,7 +1,7 @@
 //! The MVCC history of the KV store: every retained revision of every key, and which keys each
 //! revision changed.
 //!
-//! A key's history is a persistent vector of [`KeyEvent`]s in revision order, like etcd's
+//! A key's history is a [`KeyHistory`] of [`KeyEvent`]s in revision order, like etcd's
 //! `keyIndex`: puts carry the key's state, a delete is a tombstone that ends the key's
 //! generation (a later put starts a new one at version 1). The [`ChangeLog`] lists, for every
 //! revision above the compacted one, the keys it changed in the order the command wrote them
@@ -65,64 +65,252 @@ impl KeyEvent {
     }
 }
 
-/// How many bytes of memory one retained event is counted as, beyond its key and value: the
-/// event itself, its slot in the key's vector and in the change log (measured by
-/// `synod bench mvcc`, see `docs/mvcc.md`).
-pub const EVENT_OVERHEAD_BYTES: u64 = 128;
+/// The bytes the quota counts for each retained event beyond its value: its slot in its key's
+/// history and in the change log, and the allocator's rounding of the value (measured by
+/// `synod bench mvcc` and `tests/history_memory.rs`, see `docs/mvcc.md`).
+pub const EVENT_OVERHEAD_BYTES: u64 = 112;
 
-/// The bytes the quota counts for one event of `key`.
-pub(crate) fn event_bytes(key: &[u8], event: &KeyEvent) -> u64 {
+/// The bytes the quota counts for each key with a retained event beyond the key itself: its
+/// slot in the ordered map (whose nodes are half full when keys arrive in order), the key's
+/// allocation and its shared reference count (measured as [`EVENT_OVERHEAD_BYTES`]).
+pub const KEY_OVERHEAD_BYTES: u64 = 256;
+
+/// The bytes the quota counts for one event (its value and [`EVENT_OVERHEAD_BYTES`]).
+pub(crate) fn event_bytes(event: &KeyEvent) -> u64 {
     let value = match event {
         KeyEvent::Put(entry) => entry.value.len(),
         KeyEvent::Delete { .. } => 0,
     };
-    (key.len() + value) as u64 + EVENT_OVERHEAD_BYTES
+    value as u64 + EVENT_OVERHEAD_BYTES
 }
+
+/// The bytes the quota counts for a key itself, once whatever its number of events.
+pub(crate) fn key_bytes(key: &[u8]) -> u64 {
+    key.len() as u64 + KEY_OVERHEAD_BYTES
+}
+
+/// Histories up to this many events live in one shared slice, copied on append; longer ones
+/// in a persistent vector. imbl's vector allocates a whole chunk of 64 events as soon as it
+/// holds more than its inline buffer (none, for events this size), which cost 4.5 KB for a
+/// key written once; the slice costs what it holds, and copying 32 events is cheap.
+const FEW_EVENTS_MAX: usize = 32;
 
 /// A key's retained events, oldest first; never empty, revisions strictly increasing.
-pub(crate) type KeyHistory = Vector<KeyEvent>;
-
-/// The key's state as of `revision`: its last event at or before it, if that was a put.
-pub(crate) fn state_at(history: &KeyHistory, revision: i64) -> Option<&Entry> {
-    let last = history.last()?;
-    if last.revision() <= revision {
-        return last.live();
-    }
-    let index = match history.binary_search_by(|event| event.revision().cmp(&revision)) {
-        Ok(index) => index,
-        Err(0) => return None,
-        Err(after) => after - 1,
-    };
-    history.get(index).and_then(KeyEvent::live)
+///
+/// Most keys have one event between compactions, so it is held inline; a few events share
+/// one allocation; long histories are a persistent vector. Every form clones in O(1) or
+/// O([`FEW_EVENTS_MAX`]), so cloning the store (a snapshot) stays cheap.
+#[derive(Clone, Debug)]
+pub(crate) enum KeyHistory {
+    One(KeyEvent),
+    Few(Arc<[KeyEvent]>),
+    Many(Vector<KeyEvent>),
 }
 
-/// Drops the events a compaction at `revision` makes unreachable, as etcd's
-/// `keyIndex.compact`: everything before the last event at or before `revision`, and that one
-/// too if it is a tombstone. Returns the bytes dropped; an emptied history means the key is gone.
-pub(crate) fn compact_history(key: &[u8], history: &mut KeyHistory, revision: i64) -> u64 {
-    let keep_from = match history.binary_search_by(|event| event.revision().cmp(&revision)) {
-        Ok(index) => index,
-        Err(0) => return 0,
-        Err(after) => after - 1,
-    };
-    let keep_from = match history.get(keep_from) {
-        Some(KeyEvent::Delete { .. }) => keep_from + 1,
-        _ => keep_from,
-    };
-    let dropped: u64 = history
-        .iter()
-        .take(keep_from)
-        .map(|event| event_bytes(key, event))
-        .sum();
-    *history = history.skip(keep_from);
-    dropped
+impl PartialEq for KeyHistory {
+    /// The same events, whatever the form holding them.
+    fn eq(&self, other: &KeyHistory) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for KeyHistory {}
+
+impl From<Vec<KeyEvent>> for KeyHistory {
+    /// The compact form for these events; `events` must not be empty.
+    fn from(mut events: Vec<KeyEvent>) -> KeyHistory {
+        match events.len() {
+            1 => KeyHistory::One(events.remove(0)),
+            n if n <= FEW_EVENTS_MAX => KeyHistory::Few(events.into()),
+            _ => KeyHistory::Many(Vector::from(events)),
+        }
+    }
+}
+
+/// The events of a history, oldest first.
+pub(crate) enum Events<'a> {
+    Slice(std::slice::Iter<'a, KeyEvent>),
+    Vector(imbl::vector::Iter<'a, KeyEvent, imbl::shared_ptr::DefaultSharedPtr>),
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = &'a KeyEvent;
+    fn next(&mut self) -> Option<&'a KeyEvent> {
+        match self {
+            Events::Slice(events) => events.next(),
+            Events::Vector(events) => events.next(),
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Events::Slice(events) => events.size_hint(),
+            Events::Vector(events) => events.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Events<'_> {}
+
+impl KeyHistory {
+    pub fn len(&self) -> usize {
+        match self {
+            KeyHistory::One(_) => 1,
+            KeyHistory::Few(events) => events.len(),
+            KeyHistory::Many(events) => events.len(),
+        }
+    }
+
+    pub fn iter(&self) -> Events<'_> {
+        match self {
+            KeyHistory::One(event) => Events::Slice(std::slice::from_ref(event).iter()),
+            KeyHistory::Few(events) => Events::Slice(events.iter()),
+            KeyHistory::Many(events) => Events::Vector(events.iter()),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&KeyEvent> {
+        match self {
+            KeyHistory::One(event) => (index == 0).then_some(event),
+            KeyHistory::Few(events) => events.get(index),
+            KeyHistory::Many(events) => events.get(index),
+        }
+    }
+
+    /// The newest event.
+    pub fn last(&self) -> &KeyEvent {
+        match self {
+            KeyHistory::One(event) => event,
+            // Never empty: built from at least two events.
+            KeyHistory::Few(events) => &events[events.len() - 1],
+            KeyHistory::Many(events) => &events[events.len() - 1],
+        }
+    }
+
+    /// The index of the last event at or before `revision`, if any.
+    fn index_at(&self, revision: i64) -> Option<usize> {
+        let found = match self {
+            KeyHistory::One(event) => match event.revision().cmp(&revision) {
+                std::cmp::Ordering::Greater => Err(0),
+                std::cmp::Ordering::Equal => Ok(0),
+                std::cmp::Ordering::Less => Err(1),
+            },
+            KeyHistory::Few(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
+            KeyHistory::Many(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
+        };
+        match found {
+            Ok(index) => Some(index),
+            Err(0) => None,
+            Err(after) => Some(after - 1),
+        }
+    }
+
+    /// The key's state as of `revision`: its last event at or before it, if that was a put.
+    /// O(1) for the latest, a binary search otherwise.
+    pub fn state_at(&self, revision: i64) -> Option<&Entry> {
+        let last = self.last();
+        if last.revision() <= revision {
+            return last.live();
+        }
+        self.get(self.index_at(revision)?).and_then(KeyEvent::live)
+    }
+
+    /// Appends a newer event.
+    pub fn push(&mut self, event: KeyEvent) {
+        match self {
+            KeyHistory::Many(events) => events.push_back(event),
+            KeyHistory::One(first) => {
+                *self = KeyHistory::Few(Arc::from([first.clone(), event]));
+            }
+            KeyHistory::Few(events) if events.len() < FEW_EVENTS_MAX => {
+                let longer: Vec<KeyEvent> = events
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(event))
+                    .collect();
+                *self = KeyHistory::Few(longer.into());
+            }
+            KeyHistory::Few(events) => {
+                let mut longer: Vector<KeyEvent> = events.iter().cloned().collect();
+                longer.push_back(event);
+                *self = KeyHistory::Many(longer);
+            }
+        }
+    }
+
+    /// Drops the newest event (undoing a [`push`](Self::push) onto a history that was not
+    /// empty). Returns false, changing nothing, when only one event is left.
+    pub fn pop(&mut self) -> bool {
+        match self {
+            KeyHistory::One(_) => return false,
+            KeyHistory::Few(events) => {
+                *self = KeyHistory::from(events[..events.len() - 1].to_vec());
+            }
+            KeyHistory::Many(events) => {
+                events.pop_back();
+            }
+        }
+        true
+    }
+
+    /// Drops the events a compaction at `revision` makes unreachable, as etcd's
+    /// `keyIndex.compact`: everything before the last event at or before `revision`, and that
+    /// one too if it is a tombstone. Returns the quota bytes of the events dropped and the
+    /// history left (`None`: the key is gone).
+    pub fn compact(&self, revision: i64) -> (u64, Option<KeyHistory>) {
+        let Some(index) = self.index_at(revision) else {
+            return (0, Some(self.clone()));
+        };
+        let keep_from = match self.get(index) {
+            Some(KeyEvent::Delete { .. }) => index + 1,
+            _ => index,
+        };
+        let dropped = self.iter().take(keep_from).map(event_bytes).sum();
+        let left = if keep_from == 0 {
+            Some(self.clone())
+        } else if keep_from == self.len() {
+            None
+        } else if let KeyHistory::Many(events) = self {
+            Some(match events.len() - keep_from {
+                n if n <= FEW_EVENTS_MAX => {
+                    KeyHistory::from(self.iter().skip(keep_from).cloned().collect::<Vec<_>>())
+                }
+                _ => KeyHistory::Many(events.skip(keep_from)),
+            })
+        } else {
+            Some(KeyHistory::from(
+                self.iter().skip(keep_from).cloned().collect::<Vec<_>>(),
+            ))
+        };
+        (dropped, left)
+    }
+
+    /// The quota bytes of the whole history and its key.
+    pub fn bytes(&self, key: &[u8]) -> u64 {
+        key_bytes(key) + self.iter().map(event_bytes).sum::<u64>()
+    }
+}
+
+/// The keys one revision changed, in write order: most revisions change one key, held inline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Changed {
+    One(Bytes),
+    Many(Arc<[Bytes]>),
+}
+
+impl Changed {
+    pub fn keys(&self) -> &[Bytes] {
+        match self {
+            Changed::One(key) => std::slice::from_ref(key),
+            Changed::Many(keys) => keys,
+        }
+    }
 }
 
 /// The keys each revision above `base` changed: entry `i` is revision `base + 1 + i`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ChangeLog {
     base: i64,
-    revisions: Vector<Arc<[Bytes]>>,
+    revisions: Vector<Changed>,
 }
 
 impl ChangeLog {
@@ -144,8 +332,12 @@ impl ChangeLog {
     }
 
     /// Records the keys the next revision changed, in write order.
-    pub fn push(&mut self, keys: Vec<Bytes>) {
-        self.revisions.push_back(keys.into());
+    pub fn push(&mut self, mut keys: Vec<Bytes>) {
+        let changed = match keys.len() {
+            1 => Changed::One(keys.remove(0)),
+            _ => Changed::Many(keys.into()),
+        };
+        self.revisions.push_back(changed);
     }
 
     /// The keys `revision` changed (empty outside the log).
@@ -156,19 +348,20 @@ impl ChangeLog {
         }
         self.revisions
             .get(index as usize)
-            .map_or(&[], |keys| keys.as_ref())
+            .map_or(&[], Changed::keys)
     }
 
     /// Forgets the revisions at or below `revision`, returning the keys they changed.
-    pub fn drop_through(&mut self, revision: i64) -> Vec<Arc<[Bytes]>> {
+    pub fn drop_through(&mut self, revision: i64) -> Vector<Changed> {
         let count = (revision - self.base).clamp(0, self.revisions.len() as i64) as usize;
         let rest = self.revisions.split_off(count);
         let dropped = std::mem::replace(&mut self.revisions, rest);
         self.base = self.base.max(revision);
-        dropped.into_iter().collect()
+        dropped
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<[Bytes]>> {
-        self.revisions.iter()
+    /// The keys of each revision in the log, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &[Bytes]> {
+        self.revisions.iter().map(Changed::keys)
     }
 }

@@ -122,6 +122,63 @@ fn a_failed_txn_leaves_no_trace_in_the_history() {
     assert_eq!(store.revision(), 2);
 }
 
+/// A key's history changes form as it grows (one event inline, a few in a shared slice, many
+/// in a persistent vector) and shrinks (a failed txn's undo, a compaction): whatever the form,
+/// every retained revision reads the same.
+#[test]
+fn a_history_reads_alike_in_every_form_it_grows_and_shrinks_through() {
+    let reference = |upto: i64| -> Vec<Option<(i64, i64, i64, Bytes)>> {
+        let mut store = KvStore::new();
+        for value in 1..=upto {
+            run(&mut store, put("k", &value.to_string()));
+        }
+        (2..=store.revision())
+            .map(|r| one_at(&store, "k", r))
+            .collect()
+    };
+    for versions in [1, 2, 31, 32, 33, 64, 65, 130] {
+        let mut store = KvStore::new();
+        for value in 1..=versions {
+            run(&mut store, put("k", &value.to_string()));
+            // A txn that appends to "k" and then fails: its event is popped again.
+            let failing = Op::Txn(TxnRequest {
+                compare: Vec::new(),
+                success: vec![put("k", "undone"), put("", "empty key fails")],
+                failure: Vec::new(),
+            });
+            assert_eq!(run(&mut store, failing).result, Err(KvError::EmptyKey));
+        }
+        assert_eq!(store.keys[b"k".as_ref()].len(), versions as usize);
+        let reads: Vec<_> = (2..=store.revision())
+            .map(|r| one_at(&store, "k", r))
+            .collect();
+        assert_eq!(reads, reference(versions), "{versions} versions");
+        // Compacting from each form keeps the state as of the compaction and what follows.
+        for keep in [versions, versions / 2, 1]
+            .into_iter()
+            .filter(|&keep| keep > 0)
+        {
+            let mut compacted = store.clone();
+            let at = store.revision() - keep + 1;
+            assert_eq!(
+                run(&mut compacted, compact(at)).result,
+                Ok(OpResponse::Compact)
+            );
+            assert_eq!(compacted.keys[b"k".as_ref()].len(), keep as usize);
+            for revision in at..=store.revision() {
+                assert_eq!(
+                    one_at(&compacted, "k", revision),
+                    one_at(&store, "k", revision)
+                );
+            }
+            let mut restored = KvStore::new();
+            restored.restore(&compacted.snapshot()).unwrap();
+            assert_eq!(restored, compacted, "{versions} versions, {keep} kept");
+            assert_eq!(restored.history_bytes(), compacted.history_bytes());
+        }
+    }
+}
+
 #[test]
 fn compaction_refuses_older_reads_and_keeps_the_state_at_its_revision() {
     let mut store = KvStore::new();
@@ -185,7 +242,8 @@ fn compaction_and_alarms_are_refused_inside_a_txn() {
 
 #[test]
 fn over_the_quota_writes_fail_raise_nospace_and_resume_after_compaction_and_deactivation() {
-    let quota = 3 * (EVENT_OVERHEAD_BYTES + 11);
+    // The key once, and three events of a 10-byte value.
+    let quota = KEY_OVERHEAD_BYTES + 1 + 3 * (EVENT_OVERHEAD_BYTES + 10);
     let mut store = KvStore::new().with_quota_bytes(quota);
     for value in ["0123456789", "0123456789", "0123456789"] {
         assert!(run(&mut store, put("k", value)).result.is_ok());

@@ -9,12 +9,12 @@
 //! revision.
 
 use bytes::Bytes;
-use imbl::{OrdMap, Vector};
+use imbl::OrdMap;
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::history::{event_bytes, ChangeLog, Entry, KeyEvent, KeyHistory};
+use crate::history::{ChangeLog, Entry, KeyEvent, KeyHistory};
 use crate::sessions::{Session, Sessions};
 use crate::store::{KvStore, INITIAL_REVISION};
 use crate::{KeyValue, Slot, SnapshotError, FORMAT_VERSION};
@@ -138,17 +138,26 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
     check(&image).map_err(SnapshotError::Inconsistent)?;
     let mut store = KvStore::with_max_sessions(template.max_sessions())
         .with_quota_bytes(template.quota_bytes());
-    let mut changes = ChangeLog::new(image.changes_base);
-    for keys in image.changes {
-        changes.push(keys);
-    }
     let mut keys = OrdMap::new();
     for KeyImage { key, events } in image.keys {
-        store.history_bytes += events.iter().map(|e| event_bytes(&key, e)).sum::<u64>();
         if events.last().and_then(KeyEvent::live).is_some() {
             store.live_keys += 1;
         }
-        keys.insert(key, Vector::from(events));
+        let history = KeyHistory::from(events);
+        store.history_bytes += history.bytes(&key);
+        keys.insert(key, history);
+    }
+    // The change log shares the map's copies of the keys (`check` found each one there).
+    let mut changes = ChangeLog::new(image.changes_base);
+    for named in image.changes {
+        let shared = named
+            .into_iter()
+            .map(|key| match keys.get_key_value(&key) {
+                Some((stored, _)) => stored.clone(),
+                None => key,
+            })
+            .collect();
+        changes.push(shared);
     }
     store.keys = keys;
     store.changes = changes;

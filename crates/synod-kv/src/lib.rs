@@ -112,7 +112,7 @@ mod types;
 
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
-pub use history::EVENT_OVERHEAD_BYTES;
+pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use sessions::DEFAULT_MAX_SESSIONS;
 pub use store::{KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};

@@ -14,9 +14,7 @@ use imbl::OrdMap;
 
 use bytes::Bytes;
 
-use crate::history::{
-    compact_history, event_bytes, state_at, ChangeLog, Entry, KeyEvent, KeyHistory,
-};
+use crate::history::{event_bytes, key_bytes, ChangeLog, Entry, KeyEvent, KeyHistory};
 use crate::image;
 use crate::sessions::{Lookup, Sessions, DEFAULT_MAX_SESSIONS};
 use crate::{
@@ -48,8 +46,8 @@ pub struct KvStore {
     pub(crate) compacted: i64,
     /// Keys whose latest event is a put.
     pub(crate) live_keys: usize,
-    /// The quota's estimate of the retained history ([`crate::EVENT_OVERHEAD_BYTES`] per event
-    /// plus its key and value).
+    /// The quota's estimate of the retained history: each key with
+    /// [`crate::KEY_OVERHEAD_BYTES`], each event's value with [`crate::EVENT_OVERHEAD_BYTES`].
     pub(crate) history_bytes: u64,
     /// The NOSPACE alarm: writes that add data are refused until it is deactivated.
     pub(crate) nospace: bool,
@@ -71,8 +69,9 @@ struct WriteBatch {
     revision: i64,
     /// The keys written, in write order (each at most once: txn checks refuse duplicates).
     written: Vec<Bytes>,
-    /// Each touched key with its history before the touch, in touch order.
-    undo: Vec<(Bytes, Option<KeyHistory>)>,
+    /// Each key an event was appended to, in write order, and whether it had a history
+    /// before (undone by dropping that event, or the key).
+    undo: Vec<(Bytes, bool)>,
     live_keys: usize,
     history_bytes: u64,
 }
@@ -148,7 +147,9 @@ impl KvStore {
     /// One key's current state.
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let (key, history) = self.keys.get_key_value(key)?;
-        state_at(history, self.revision).map(|entry| entry.to_key_value(key))
+        history
+            .state_at(self.revision)
+            .map(|entry| entry.to_key_value(key))
     }
 
     /// The changes of `revision` in write order: each key with its state after the change
@@ -163,8 +164,8 @@ impl KvStore {
             let Some(history) = self.keys.get(key) else {
                 continue;
             };
-            let after = state_at(history, revision).map(|entry| entry.to_key_value(key));
-            let before = state_at(history, revision - 1).map(|entry| entry.to_key_value(key));
+            let after = history.state_at(revision).map(|e| e.to_key_value(key));
+            let before = history.state_at(revision - 1).map(|e| e.to_key_value(key));
             changes.push((key.clone(), after, before));
         }
         changes
@@ -295,11 +296,11 @@ impl KvStore {
                 self.success(response)
             }
             Err(error) => {
-                for (key, before) in batch.undo.into_iter().rev() {
-                    match before {
-                        Some(history) => self.keys.insert(key, history),
-                        None => self.keys.remove(&key),
-                    };
+                for (key, existed) in batch.undo.into_iter().rev() {
+                    let popped = existed && self.keys.get_mut(&key).is_some_and(KeyHistory::pop);
+                    if !popped {
+                        self.keys.remove(&key);
+                    }
                 }
                 self.failure(error)
             }
@@ -362,7 +363,7 @@ impl KvStore {
         let at = self.read_revision(request.revision, visible)?;
         let mut response = RangeResponse::default();
         for (key, history) in self.keys_in(&request.key, &request.range_end) {
-            let Some(entry) = state_at(history, at) else {
+            let Some(entry) = history.state_at(at) else {
                 continue;
             };
             response.count += 1;
@@ -383,20 +384,28 @@ impl KvStore {
 
     /// The key's latest live state.
     fn latest(&self, key: &[u8]) -> Option<&Entry> {
-        self.keys
-            .get(key)
-            .and_then(|history| history.last()?.live())
+        self.keys.get(key).and_then(|history| history.last().live())
     }
 
-    /// Appends `event` to the key's history, remembering the history before it.
+    /// Appends `event` to the key's history, noting how to undo it. The change log and the
+    /// undo log share the map's copy of a known key rather than the request's.
     fn record(&mut self, key: &Bytes, event: KeyEvent, batch: &mut WriteBatch) {
-        batch.history_bytes += event_bytes(key, &event);
-        let before = self.keys.get(key).cloned();
-        let mut history = before.clone().unwrap_or_default();
-        history.push_back(event);
-        self.keys.insert(key.clone(), history);
-        batch.undo.push((key.clone(), before));
-        batch.written.push(key.clone());
+        batch.history_bytes += event_bytes(&event);
+        let stored = self
+            .keys
+            .get_key_value(key)
+            .map(|(stored, _)| stored.clone());
+        let existed = stored.is_some();
+        match self.keys.get_mut(key) {
+            Some(history) => history.push(event),
+            None => {
+                batch.history_bytes += key_bytes(key);
+                self.keys.insert(key.clone(), KeyHistory::One(event));
+            }
+        }
+        let key = stored.unwrap_or_else(|| key.clone());
+        batch.undo.push((key.clone(), existed));
+        batch.written.push(key);
     }
 
     fn put(
@@ -454,7 +463,7 @@ impl KvStore {
         }
         let doomed: Vec<(Bytes, Entry)> = self
             .keys_in(&request.key, &request.range_end)
-            .filter_map(|(key, history)| Some((key.clone(), history.last()?.live()?.clone())))
+            .filter_map(|(key, history)| Some((key.clone(), history.last().live()?.clone())))
             .collect();
         let mut response = DeleteRangeResponse::default();
         for (key, entry) in doomed {
@@ -497,7 +506,7 @@ impl KvStore {
     fn holds(&self, compare: &Compare) -> bool {
         let mut matched = false;
         for (_, history) in self.keys_in(&compare.key, &compare.range_end) {
-            let Some(entry) = history.last().and_then(KeyEvent::live) else {
+            let Some(entry) = history.last().live() else {
                 continue;
             };
             matched = true;
@@ -529,15 +538,22 @@ impl KvStore {
             .changes
             .drop_through(revision)
             .iter()
-            .flat_map(|keys| keys.iter().cloned())
+            .flat_map(|changed| changed.keys().to_vec())
             .collect();
         for key in touched {
-            let Some(history) = self.keys.get_mut(&key) else {
+            let Some(history) = self.keys.get(&key) else {
                 continue;
             };
-            self.history_bytes -= compact_history(&key, history, revision);
-            if history.is_empty() {
-                self.keys.remove(&key);
+            let (dropped, left) = history.compact(revision);
+            self.history_bytes -= dropped;
+            match left {
+                Some(left) => {
+                    self.keys.insert(key, left);
+                }
+                None => {
+                    self.history_bytes -= key_bytes(&key);
+                    self.keys.remove(&key);
+                }
             }
         }
         self.compacted = revision;
