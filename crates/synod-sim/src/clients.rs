@@ -361,6 +361,15 @@ impl Simulation {
             return;
         }
         let replica = self.nodes[&node].replica.as_ref().expect("the node is up");
+        #[cfg(test)]
+        let pending = PendingRequest {
+            read_revision: if self.options.mutant_reads_ignore_revision {
+                0
+            } else {
+                pending.read_revision
+            },
+            ..pending
+        };
         let request = RangeRequest {
             revision: pending.read_revision,
             ..range(key_bytes(pending.key))

@@ -140,8 +140,8 @@ pub struct SimOptions {
     pub snapshot_interval_slots: u64,
     /// Percent of linearizable and serializable reads made at an older revision of the KV
     /// history, and of writes replaced by a `Compact` through the log (0: neither, and no
-    /// random draws for them, so runs without them are unchanged). Not drawn by the swarm
-    /// yet: `mvcc_seeds_read_the_committed_history` sets it (see docs/simulator.md).
+    /// random draws for them, so runs without them are unchanged). The swarm draws 0, 10
+    /// or 30.
     pub mvcc_percent: u32,
     /// A client gives up on one attempt and retries (same sequence number, maybe at
     /// another node) after this many ticks; during the fault phase it abandons the
@@ -171,6 +171,10 @@ pub struct SimOptions {
     pub clock_rates_ppm: Option<Vec<u64>>,
     /// Faults at given times (in ticks), on top of the random ones: scenario tests.
     pub script: Vec<(u64, Scripted)>,
+    /// A deliberate bug, for the test that proves the history checker can fail: replicas
+    /// answer a read at an older revision from their latest state.
+    #[cfg(test)]
+    pub(crate) mutant_reads_ignore_revision: bool,
 }
 
 /// A fault a scenario places at a given time.
@@ -225,6 +229,8 @@ impl SimOptions {
             trace: false,
             clock_rates_ppm: None,
             script: Vec::new(),
+            #[cfg(test)]
+            mutant_reads_ignore_revision: false,
         }
     }
 
@@ -278,6 +284,8 @@ impl SimOptions {
         options.oversize_percent = *pick(&mut rng, &[0, 1, 3]);
         options.snapshot_interval_slots = *pick(&mut rng, &[0, 3, 8, 20, 40]);
         options.faults = swarm_faults(&mut rng, options.assumed_drift_percent);
+        // Drawn last, so every other draw of a seed is what it was before the history mix.
+        options.mvcc_percent = *pick(&mut rng, &[0, 10, 30]);
         options
     }
 }

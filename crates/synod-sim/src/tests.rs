@@ -38,6 +38,8 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("requests_too_large", coverage.requests_too_large),
         ("chunked_promises", coverage.chunked_promises),
         ("long_delays", coverage.long_delays),
+        ("revision_reads", coverage.revision_reads),
+        ("mvcc_compactions", coverage.mvcc_compactions),
     ]
     .into_iter()
     .filter(|(_, count)| *count == 0)
@@ -45,12 +47,15 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     .collect();
     assert!(never.is_empty(), "seeds {seeds:?} never saw: {never:?}");
     // A leader a quorum still followed lost its leadership to a ballot raised by a node
-    // that could not reach a quorum. Over wider ranges this is not always 0: pre-vote
-    // grants given just before a partition began let the cut-off node raise its
-    // ballot (2 of 3,000 seeds, 1000..4000; docs/simulator.md). These ranges have none.
-    assert_eq!(
-        coverage.leader_changes_after_heal, 0,
-        "returning nodes deposed healthy leaders"
+    // that could not reach a quorum. This is not always 0: pre-vote grants given just
+    // before a partition began let the cut-off node raise its ballot (10 of 20,000 seeds;
+    // seed 1111's trace, since the swarm draws the history mix, shows the same: n5's grant
+    // at 88,047, the partition at 89,845, n3's Phase 1 with n4's grant at 94,180;
+    // docs/simulator.md). More than one in a batch of 300 is not that.
+    assert!(
+        coverage.leader_changes_after_heal <= 1,
+        "returning nodes deposed healthy leaders {} times",
+        coverage.leader_changes_after_heal
     );
     assert!(coverage.max_drift_percent > 5.0 && coverage.max_value_bytes > 1_000);
 }
@@ -72,6 +77,96 @@ fn mvcc_seeds_read_the_committed_history() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(coverage.revision_reads > 0 && coverage.mvcc_compactions > 0);
+}
+
+/// A replica that answers a read at an older revision from its latest state (a deliberate
+/// bug): the history checker must report it on some of the seeds that pass without it.
+#[test]
+fn checkers_catch_reads_at_an_older_revision_answered_from_the_latest_state() {
+    let mut caught = 0;
+    for seed in 0..40 {
+        let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+        options.mvcc_percent = 30;
+        options.mutant_reads_ignore_revision = true;
+        let report = run_options(options);
+        if report
+            .violations
+            .iter()
+            .any(|v| matches!(v, Violation::NotLinearizable(why) if why.contains("at revision")))
+        {
+            caught += 1;
+        }
+    }
+    assert!(
+        caught > 0,
+        "40 seeds of the bug and no history violation seen"
+    );
+}
+
+/// The history checker on a log written by hand: a read of the value a key had at the
+/// revision passes, the key's later value at that revision is a violation, and so is an
+/// error no compaction or future revision explains.
+#[test]
+fn revision_read_checker_flags_a_value_the_key_did_not_have_then() {
+    use crate::clients::RevisionRead;
+    use synod_kv::{KvError, PutRequest};
+    let mut checker = Checker::default();
+    for (slot, value) in [(1, "old"), (2, "new")] {
+        let command = synod_kv::Command {
+            client: 1,
+            seq: slot,
+            op: synod_kv::Op::Put(PutRequest {
+                key: Bytes::from_static(b"k0"),
+                value: Bytes::from_static(value.as_bytes()),
+                ..PutRequest::default()
+            }),
+        };
+        let proposal = synod_replica::Proposal {
+            client: 9,
+            seq: slot,
+            completed_below: slot,
+            payload: command.encode(),
+        };
+        let chosen = Value::Commands(vec![proposal.encode()]);
+        assert!(checker.on_commit(1, slot, &chosen).is_ok());
+    }
+    // The puts made revisions 2 ("old") and 3 ("new").
+    let read = |revision, result| RevisionRead {
+        key: 0,
+        revision,
+        served_at: 3,
+        result,
+    };
+    let value = |text: &'static str| Ok(Some(Bytes::from_static(text.as_bytes())));
+    let right = [
+        read(2, value("old")),
+        read(3, value("new")),
+        read(1, Ok(None)),
+    ];
+    assert_eq!(checker.check_revision_reads(&right), None);
+    let wrong = [
+        read(2, value("new")),
+        read(3, value("old")),
+        read(2, Ok(None)),
+        read(
+            2,
+            Err(KvError::RevisionCompacted {
+                requested: 2,
+                compacted: 3,
+            }),
+        ),
+        read(4, value("new")),
+    ];
+    for read in wrong {
+        let what = format!("{:?} at {}", read.result, read.revision);
+        assert!(
+            matches!(
+                checker.check_revision_reads(&[read]),
+                Some(Violation::NotLinearizable(_))
+            ),
+            "{what} passed"
+        );
+    }
 }
 
 // Every seed draws its own cluster, faults and workload (`SimOptions::swarm`). Four tests
