@@ -636,14 +636,16 @@ impl Maintenance for EtcdApi {
         _request: Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusResponse>, Status> {
         let status = self.handle.status().await.map_err(server_status)?;
-        let revision = self
+        // etcd reports its backend's size; ours is the quota's estimate of the retained
+        // history, the figure `--quota-backend-bytes` is held to.
+        let (revision, history_bytes) = self
             .handle
             .read(Consistency::Serializable, |store: &KvStore| {
-                store.revision()
+                (store.revision(), store.history_bytes())
             })
             .await
             .map_err(server_status)?;
-        let db_size = status.wal_disk_bytes as i64;
+        let db_size = i64::try_from(history_bytes).unwrap_or(i64::MAX);
         Ok(tonic::Response::new(pb::StatusResponse {
             header: self.header(revision),
             version: SERVER_VERSION.to_string(),

@@ -185,3 +185,49 @@ async fn over_the_quota_writes_fail_until_compaction_and_disarm() {
     client.put(put("small", "fits")).await.unwrap();
     cluster.stop_all().await;
 }
+
+/// Maintenance.Status reports the quota's estimate of the retained history as the database
+/// size (etcd reports its backend's): it grows with every revision and shrinks when a
+/// compaction drops them, on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_history_estimate_as_the_database_size() {
+    use synod_kv::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
+    let mut cluster = EtcdCluster::start(3).await;
+    let mut client = kv(&cluster, 0).await;
+    let value = "x".repeat(500);
+    let mut revision = 0;
+    for _ in 0..3 {
+        let response = client.put(put("k", &value)).await.unwrap().into_inner();
+        revision = response.header.unwrap().revision;
+    }
+    let key_bytes = KEY_OVERHEAD_BYTES + 1;
+    let event_bytes = EVENT_OVERHEAD_BYTES + 500;
+    assert_database_sizes(&cluster, key_bytes + 3 * event_bytes).await;
+    client.compact(compact(revision)).await.unwrap();
+    assert_database_sizes(&cluster, key_bytes + event_bytes).await;
+    cluster.stop_all().await;
+}
+
+/// Every member's Status shows `expected` as `db_size` and `db_size_in_use`.
+async fn assert_database_sizes(cluster: &EtcdCluster, expected: u64) {
+    for index in 0..3 {
+        // A linearizable read makes this member apply what came before.
+        kv(cluster, index)
+            .await
+            .range(get_at("k", 0))
+            .await
+            .unwrap();
+        let status = MaintenanceClient::connect(cluster.endpoint(index))
+            .await
+            .unwrap()
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (status.db_size, status.db_size_in_use),
+            (expected as i64, expected as i64),
+            "member {index}"
+        );
+    }
+}
