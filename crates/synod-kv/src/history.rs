@@ -68,12 +68,12 @@ impl KeyEvent {
 /// The bytes the quota counts for each retained event beyond its value: its slot in its key's
 /// history and in the change log, and the allocator's rounding of the value (measured by
 /// `synod bench mvcc` and `tests/history_memory.rs`, see `docs/mvcc.md`).
-pub const EVENT_OVERHEAD_BYTES: u64 = 112;
+pub const EVENT_OVERHEAD_BYTES: u64 = 192;
 
 /// The bytes the quota counts for each key with a retained event beyond the key itself: its
 /// slot in the ordered map (whose nodes are half full when keys arrive in order), the key's
 /// allocation and its shared reference count (measured as [`EVENT_OVERHEAD_BYTES`]).
-pub const KEY_OVERHEAD_BYTES: u64 = 256;
+pub const KEY_OVERHEAD_BYTES: u64 = 150;
 
 /// The bytes the quota counts for one event (its value and [`EVENT_OVERHEAD_BYTES`]).
 pub(crate) fn event_bytes(event: &KeyEvent) -> u64 {

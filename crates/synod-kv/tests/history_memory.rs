@@ -52,8 +52,8 @@ fn key(index: u64) -> Vec<u8> {
 }
 
 /// Heap bytes per revision (requested, malloc chunks) after `revisions` puts spread over
-/// `keys` keys in key order.
-fn heap_per_revision(keys: u64, revisions: u64) -> (f64, f64) {
+/// `keys` keys in key order, and the quota's estimate per revision.
+fn heap_per_revision(keys: u64, revisions: u64) -> (f64, f64, f64) {
     let value = vec![b'v'; VALUE_BYTES];
     let mut store = KvStore::new().with_quota_bytes(u64::MAX);
     let requested = REQUESTED.load(Ordering::Relaxed);
@@ -68,12 +68,14 @@ fn heap_per_revision(keys: u64, revisions: u64) -> (f64, f64) {
     }
     let requested = (REQUESTED.load(Ordering::Relaxed) - requested) as f64 / revisions as f64;
     let chunks = (CHUNKS.load(Ordering::Relaxed) - chunks) as f64 / revisions as f64;
+    let estimate = store.history_bytes() as f64 / revisions as f64;
     drop(store);
-    (requested, chunks)
+    (requested, chunks, estimate)
 }
 
 /// Keys written once, twice, 100 times and 20,000 times. A key written once cost 4.6 KB
 /// before its single event was held inline (imbl's vector allocated a 64-event chunk for it).
+/// The quota's estimate (`--quota-backend-bytes` is held to it) stays within 30 % of the heap.
 #[test]
 fn a_retained_revision_costs_a_small_multiple_of_its_key_and_value() {
     let key_and_value = (key(0).len() + VALUE_BYTES) as f64;
@@ -83,10 +85,16 @@ fn a_retained_revision_costs_a_small_multiple_of_its_key_and_value() {
         (200, 20_000),
         (1, 20_000),
     ] {
-        let (requested, chunks) = heap_per_revision(keys, revisions);
+        let (requested, chunks, estimate) = heap_per_revision(keys, revisions);
         eprintln!(
             "{keys} keys, {revisions} revisions: {requested:.0} B requested, \
-             {chunks:.0} B in malloc chunks per revision (key + value: {key_and_value} B)"
+             {chunks:.0} B in malloc chunks, quota estimate {estimate:.0} B per revision \
+             (key + value: {key_and_value} B)"
+        );
+        let ratio = estimate / chunks;
+        assert!(
+            (0.7..=1.3).contains(&ratio),
+            "{keys} keys: the estimate is {ratio:.2} x the heap"
         );
         assert!(
             chunks <= 3.0 * key_and_value + 192.0,
