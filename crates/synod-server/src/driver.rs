@@ -517,6 +517,14 @@ impl<S: StateMachine> Driver<S> {
                 ballot,
                 reproposed_slots,
             }) => tracing::info!(node = self.id, %ballot, reproposed_slots, "became leader"),
+            ReplicaEvent::Core(Event::RefreshingLeadership { ballot, stray }) => {
+                tracing::info!(
+                    node = self.id,
+                    %ballot,
+                    %stray,
+                    "a stray higher ballot came back; raising this leadership's ballot above it"
+                )
+            }
             ReplicaEvent::Core(Event::SteppedDown { ballot }) => {
                 tracing::info!(node = self.id, %ballot, "stepped down")
             }

@@ -41,6 +41,9 @@ pub struct Summary {
     pub phase1_runs: u64,
     pub coverage: Coverage,
     pub failing_seeds: Vec<u64>,
+    /// Seeds where a returning node deposed a leader a quorum still followed
+    /// (`coverage.leader_changes_after_heal`): replay one with `--seed S --trace`.
+    pub disrupted_seeds: Vec<u64>,
 }
 
 impl Summary {
@@ -60,6 +63,10 @@ impl Summary {
         if !report.violations.is_empty() {
             self.failing_seeds.push(report.seed);
             self.failing_seeds.sort_unstable();
+        }
+        if report.coverage.leader_changes_after_heal > 0 {
+            self.disrupted_seeds.push(report.seed);
+            self.disrupted_seeds.sort_unstable();
         }
     }
 }
