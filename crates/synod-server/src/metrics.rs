@@ -38,6 +38,9 @@ pub struct Metrics {
     pub peer_refusals: IntCounterVec,
     /// Messages dropped because a peer's send queue was full (Paxos retransmits).
     pub peer_messages_dropped: IntCounter,
+    /// Peer connections closed because the other side went silent (a partition, a
+    /// stopped process): the dialer redials at once instead of waiting on TCP.
+    pub peer_connections_silent: IntCounter,
     pub reads: IntCounterVec,
     pub snapshots_taken: IntCounter,
     pub snapshots_sent: IntCounter,
@@ -142,6 +145,11 @@ impl Metrics {
                 &registry,
                 "peer_messages_dropped_total",
                 "Messages dropped on a full peer queue",
+            ),
+            peer_connections_silent: counter(
+                &registry,
+                "peer_connections_silent_total",
+                "Peer connections closed after hearing nothing for the silence limit",
             ),
             snapshots_taken: counter(&registry, "snapshots_taken_total", "Snapshots saved"),
             snapshots_sent: counter(

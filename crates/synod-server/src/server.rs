@@ -6,7 +6,9 @@ use crate::data_dir::{amnesia_error, check_member_file, write_member_file, DataD
 use crate::driver::{Channels, Driver, DriverSettings, ReadFn, Request};
 use crate::metrics::Metrics;
 use crate::transport::PEER_QUEUE_FRAMES;
-use crate::transport::{accept_peers, dial_peer, Directory, PeerInfo, TransportContext};
+use crate::transport::{
+    accept_peers, dial_peer, Directory, PeerInfo, PeerTiming, TransportContext,
+};
 use crate::wire::Hello;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -289,6 +291,7 @@ impl<S: StateMachine> Server<S> {
             },
             cluster: config.cluster.clone(),
             max_frame_bytes: config.max_frame_bytes,
+            timing: PeerTiming::for_heartbeat(config.heartbeat_interval),
             metrics: Arc::clone(&metrics),
             directory: Arc::clone(&directory),
         });
