@@ -1,6 +1,7 @@
 //! `synod`: the one binary. See `synod --help`.
 
 mod bench;
+mod chaos;
 mod model_check;
 mod sim;
 
@@ -39,6 +40,10 @@ enum Command {
     /// Exhaustive model checking of synod-core in a small cluster (`--mutant list`
     /// names the deliberate bugs it must catch).
     ModelCheck(model_check::ModelCheckArgs),
+    /// Jepsen-style: three real members under kill -9, SIGSTOP, iptables partitions,
+    /// libfaketime clock rates and full disks, with concurrent clients; the history is
+    /// checked for linearizability and lost writes (docs/chaos.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),
         Command::ModelCheck(args) => model_check::run(args),
+        Command::Chaos(args) => chaos::run(args),
     }
 }
 
