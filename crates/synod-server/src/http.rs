@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::{Consistency, Handle, ServerError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -80,8 +80,6 @@ async fn health(State(state): State<HttpState>, Query(query): Query<HealthQuery>
     };
     (status, Json(health)).into_response()
 }
-
-type Response = axum::response::Response;
 
 async fn check_health(state: &HttpState, serializable: bool) -> Result<(), String> {
     if !serializable {
