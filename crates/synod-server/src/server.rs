@@ -269,8 +269,14 @@ impl<S: StateMachine> Server<S> {
         let clock_origin = std::time::Instant::now();
         let replica = Replica::recover(replica_config, durable, snapshot, state_machine, 0)
             .map_err(|error| ServerError::Recovery(error.to_string()))?;
-        let group_commit = Arc::new(GroupCommit::start(wal));
         let metrics = Metrics::new(config.node_id);
+        let fsync_seconds = metrics.fsync_seconds.clone();
+        let group_commit = Arc::new(GroupCommit::start_with_sync_observer(
+            wal,
+            Box::new(move |took| fsync_seconds.observe(took.as_secs_f64())),
+        ));
+        metrics.set_disk_bytes(group_commit.stats().disk_bytes, None);
+        crate::driver::record_snapshot_bytes(&snapshots, &metrics);
         let directory: Directory = Arc::new(Mutex::new(BTreeMap::new()));
         directory
             .lock()

@@ -22,14 +22,19 @@
 
 use crate::config::{Cluster, Member};
 use crate::metrics::Metrics;
-use crate::wire::{encode_frame_into, read_frame, write_frame, Frame, FrameError, Hello};
+use crate::wire::{
+    encode_frame, encode_frame_into, read_frame, write_frame, Frame, FrameError, Hello,
+};
 use bytes::Bytes;
+use prometheus::IntCounter;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use synod_core::{Envelope, NodeId, Slot};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -239,6 +244,10 @@ async fn serve_inbound(
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, mut writer) = stream.into_split();
+    let reader = CountingReader {
+        inner: reader,
+        counter: None,
+    };
     // Buffered: a batch of frames arriving together costs one read, not two per frame.
     let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let me = context.me.node_id;
@@ -285,6 +294,17 @@ async fn serve_inbound(
     }
     context.learn(&hello);
     let peer = hello.node_id;
+    let peer_label = peer.to_string();
+    reader.get_mut().counter = Some(
+        context
+            .metrics
+            .peer_received_bytes
+            .with_label_values(&[&peer_label]),
+    );
+    let sent = context
+        .metrics
+        .peer_sent_bytes
+        .with_label_values(&[&peer_label]);
     tracing::debug!(node = me, peer, %remote, "accepted peer connection");
     let mut reader = WatchedReader::new(
         reader,
@@ -347,12 +367,11 @@ async fn serve_inbound(
                 data,
             },
             Frame::Ping { nonce } => {
-                if write_frame(&mut writer, &Frame::Pong { nonce })
-                    .await
-                    .is_err()
-                {
+                let pong = encode_frame(&Frame::Pong { nonce });
+                if writer.write_all(&pong).await.is_err() {
                     return;
                 }
+                sent.inc_by(pong.len() as u64);
                 continue;
             }
             other => {
@@ -602,10 +621,20 @@ async fn serve_outbound(
 ) -> OutboundEnd {
     let (reader, mut writer) = stream.into_split();
     let timing = context.timing;
-    let round_trip = context
-        .metrics
+    let peer_label = peer.id.to_string();
+    let metrics = &context.metrics;
+    let round_trip = metrics
         .peer_round_trip_seconds
-        .with_label_values(&[&peer.id.to_string()]);
+        .with_label_values(&[&peer_label]);
+    let sent = metrics.peer_sent_bytes.with_label_values(&[&peer_label]);
+    let reader = CountingReader {
+        inner: reader,
+        counter: Some(
+            metrics
+                .peer_received_bytes
+                .with_label_values(&[&peer_label]),
+        ),
+    };
     let mut reader = WatchedReader::new(
         reader,
         context.max_frame_bytes,
@@ -647,12 +676,15 @@ async fn serve_outbound(
                     if writer.write_all(&buffer).await.is_err() {
                         return OutboundEnd::Lost;
                     }
+                    sent.inc_by(buffer.len() as u64);
                 }
                 _ = ping.tick() => {
                     let nonce = epoch().elapsed().as_micros() as u64;
-                    if write_frame(&mut writer, &Frame::Ping { nonce }).await.is_err() {
+                    let ping = encode_frame(&Frame::Ping { nonce });
+                    if writer.write_all(&ping).await.is_err() {
                         return OutboundEnd::Lost;
                     }
+                    sent.inc_by(ping.len() as u64);
                 }
             }
         }
@@ -849,5 +881,27 @@ mod tests {
         );
         assert_eq!(context.metrics.peer_connections_silent.get(), 1);
         acceptor.abort();
+    }
+}
+
+/// Counts the bytes read through it (`etcd_network_peer_received_bytes_total`), once the
+/// peer it reads from is known.
+struct CountingReader<R> {
+    inner: R,
+    counter: Option<IntCounter>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
+        if let (Poll::Ready(Ok(())), Some(counter)) = (&polled, &self.counter) {
+            counter.inc_by((buffer.filled().len() - before) as u64);
+        }
+        polled
     }
 }
