@@ -695,6 +695,28 @@ async fn serve_outbound(
     }
 }
 
+/// Counts the bytes read through it (`etcd_network_peer_received_bytes_total`), once the
+/// peer it reads from is known.
+struct CountingReader<R> {
+    inner: R,
+    counter: Option<IntCounter>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
+        if let (Poll::Ready(Ok(())), Some(counter)) = (&polled, &self.counter) {
+            counter.inc_by((buffer.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -881,27 +903,5 @@ mod tests {
         );
         assert_eq!(context.metrics.peer_connections_silent.get(), 1);
         acceptor.abort();
-    }
-}
-
-/// Counts the bytes read through it (`etcd_network_peer_received_bytes_total`), once the
-/// peer it reads from is known.
-struct CountingReader<R> {
-    inner: R,
-    counter: Option<IntCounter>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buffer.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
-        if let (Poll::Ready(Ok(())), Some(counter)) = (&polled, &self.counter) {
-            counter.inc_by((buffer.filled().len() - before) as u64);
-        }
-        polled
     }
 }
