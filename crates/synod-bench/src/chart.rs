@@ -17,6 +17,7 @@ const HEADER: f64 = 64.0;
 fn colour(system: System) -> (&'static str, &'static str) {
     match system {
         System::Synod => ("#1f6fb4", ""),
+        System::SynodReadIndex => ("#1f6fb4", " stroke-dasharray=\"2 3\""),
         System::Etcd => ("#d1452e", ""),
         System::Ceiling => ("#777777", " stroke-dasharray=\"6 4\""),
     }

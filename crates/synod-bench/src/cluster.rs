@@ -8,7 +8,7 @@ use crate::error::BenchError;
 use crate::load::{preload, run_load, LoadSpec, Workload};
 use crate::machine::{self, Machine};
 use crate::process::{etcd_version, find_on_path, ClusterProcesses, Launch, Ports, System, Timing};
-use crate::report::{Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Settings};
+use crate::report::{Ceilings, Cell, ClusterReport, Failover, FailoverTrial, ReadModes, Settings};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ pub struct ClusterOptions {
     pub skip_ceiling: bool,
     pub skip_failover: bool,
     pub workloads: Vec<Workload>,
+    /// Synod's read modes to measure linearizable gets in: `ReadIndex` and `Both` add a
+    /// second Synod cluster running `--read-mode read-index`.
+    pub read_modes: ReadModes,
     pub clients: Vec<usize>,
     pub warmup: Duration,
     pub cell_duration: Duration,
@@ -60,6 +63,7 @@ impl ClusterOptions {
             skip_ceiling: false,
             skip_failover: false,
             workloads: Workload::ALL.to_vec(),
+            read_modes: ReadModes::Both,
             clients: vec![1, 16, 64, 256],
             warmup: Duration::from_millis(500),
             cell_duration: Duration::from_secs(3),
@@ -234,18 +238,32 @@ async fn run_async(
         None => None,
     };
     let mut systems = vec![System::Synod];
+    if options.read_modes.read_index() && options.workloads.contains(&Workload::GetLinearizable) {
+        systems.push(System::SynodReadIndex);
+    }
     if etcd_executable.is_some() {
         systems.push(System::Etcd);
     }
     if !options.skip_ceiling {
         systems.push(System::Ceiling);
     }
+    // The leader kill is measured once for Synod: the read mode does not change it.
     let replicated: Vec<System> = systems
         .iter()
         .copied()
-        .filter(|system| *system != System::Ceiling)
+        .filter(|system| matches!(system, System::Synod | System::Etcd))
         .collect();
-    let cells = options.workloads.len() * options.clients.len() * systems.len();
+    let cells = options
+        .workloads
+        .iter()
+        .map(|workload| {
+            systems
+                .iter()
+                .filter(|system| measured(**system, *workload, options.read_modes))
+                .count()
+        })
+        .sum::<usize>()
+        * options.clients.len();
     let failovers = if options.skip_failover {
         0
     } else {
@@ -284,7 +302,9 @@ async fn run_async(
             System::Etcd => etcd_executable
                 .clone()
                 .ok_or_else(|| BenchError::new("etcd was chosen without an executable"))?,
-            System::Synod | System::Ceiling => options.synod_executable.clone(),
+            System::Synod | System::SynodReadIndex | System::Ceiling => {
+                options.synod_executable.clone()
+            }
         };
         let mut processes = ClusterProcesses::start(
             Launch {
@@ -312,6 +332,9 @@ async fn run_async(
     for workload in &options.workloads {
         for &clients in &options.clients {
             for (system, run) in &running {
+                if !measured(*system, *workload, options.read_modes) {
+                    continue;
+                }
                 progress.step(&format!(
                     "{} · {} · {clients} clients",
                     system.name(),
@@ -360,7 +383,7 @@ async fn run_async(
     let mut failovers = Vec::new();
     if !options.skip_failover {
         for (system, run) in &mut running {
-            if *system == System::Ceiling {
+            if !replicated.contains(system) {
                 continue;
             }
             progress.step(&format!(
@@ -405,6 +428,7 @@ async fn run_async(
             connections_per_endpoint: options.connections_per_endpoint,
             heartbeat_interval_ms: options.timing.heartbeat_interval_ms,
             election_timeout_ms: options.timing.election_timeout_ms,
+            read_modes: options.read_modes,
         },
         ceilings,
         cells,
@@ -499,6 +523,17 @@ async fn failover_trial(
         new_leader,
     };
     Ok(((outcome, result.first_error), leader))
+}
+
+/// Whether `system` is measured under `workload`: the read-index cluster only for
+/// linearizable gets, and the lease cluster's linearizable gets only when the lease
+/// mode was asked for.
+fn measured(system: System, workload: Workload, read_modes: ReadModes) -> bool {
+    match system {
+        System::SynodReadIndex => workload == Workload::GetLinearizable,
+        System::Synod => workload != Workload::GetLinearizable || read_modes.lease(),
+        System::Etcd | System::Ceiling => true,
+    }
 }
 
 /// `endpoints` rotated so the leader's comes first (unchanged when no leader is known).

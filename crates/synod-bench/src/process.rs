@@ -16,9 +16,14 @@ use tonic::transport::Endpoint;
 /// Which system a measurement is of.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
 pub enum System {
-    /// Three Synod replicas, fsync on.
+    /// Three Synod replicas, fsync on, linearizable reads on the leader's lease (the
+    /// default `--read-mode lease`).
     #[serde(rename = "synod")]
     Synod,
+    /// The same with `--read-mode read-index`: every linearizable read waits for a
+    /// heartbeat round (no clock assumption). Measured on linearizable gets only.
+    #[serde(rename = "synod-read-index")]
+    SynodReadIndex,
     /// Three etcd members, fsync on (etcd always syncs).
     #[serde(rename = "etcd")]
     Etcd,
@@ -31,6 +36,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Synod => "synod",
+            System::SynodReadIndex => "synod-read-index",
             System::Etcd => "etcd",
             System::Ceiling => "ceiling",
         }
@@ -39,6 +45,7 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::Synod => "Synod ×3",
+            System::SynodReadIndex => "Synod ×3, read-index",
             System::Etcd => "etcd ×3",
             System::Ceiling => "ceiling (1 node, no fsync)",
         }
@@ -181,7 +188,7 @@ impl ClusterProcesses {
             let member_dir = data_dir.join(name);
             let mut args = Vec::new();
             match system {
-                System::Synod | System::Ceiling => {
+                System::Synod | System::SynodReadIndex | System::Ceiling => {
                     args.extend([
                         "node".to_string(),
                         format!("--name={name}"),
@@ -197,6 +204,9 @@ impl ClusterProcesses {
                     ]);
                     if system == System::Ceiling {
                         args.push("--unsafe-no-fsync".to_string());
+                    }
+                    if system == System::SynodReadIndex {
+                        args.push("--read-mode=read-index".to_string());
                     }
                 }
                 System::Etcd => {

@@ -125,6 +125,38 @@ pub struct Settings {
     pub connections_per_endpoint: usize,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// Synod's read modes the linearizable gets were measured in.
+    pub read_modes: ReadModes,
+}
+
+/// Which of Synod's read modes (`synod node --read-mode`) linearizable gets are
+/// measured in; writes and serializable reads do not depend on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadModes {
+    Lease,
+    ReadIndex,
+    #[default]
+    Both,
+}
+
+impl ReadModes {
+    pub fn parse(name: &str) -> Option<ReadModes> {
+        match name.trim() {
+            "lease" => Some(ReadModes::Lease),
+            "read-index" => Some(ReadModes::ReadIndex),
+            "both" => Some(ReadModes::Both),
+            _ => None,
+        }
+    }
+
+    pub fn lease(self) -> bool {
+        self != ReadModes::ReadIndex
+    }
+
+    pub fn read_index(self) -> bool {
+        self != ReadModes::Lease
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -196,10 +228,15 @@ impl ClusterReport {
     }
 
     pub fn systems(&self) -> Vec<System> {
-        [System::Synod, System::Etcd, System::Ceiling]
-            .into_iter()
-            .filter(|system| self.cells.iter().any(|cell| cell.system == *system))
-            .collect()
+        [
+            System::Synod,
+            System::SynodReadIndex,
+            System::Etcd,
+            System::Ceiling,
+        ]
+        .into_iter()
+        .filter(|system| self.cells.iter().any(|cell| cell.system == *system))
+        .collect()
     }
 
     pub fn failover(&self, system: System) -> Option<&Failover> {
@@ -269,6 +306,42 @@ impl ClusterReport {
                 }
                 out.push_str(&format!("| {} |\n", row.join(" | ")));
             }
+        }
+        out
+    }
+
+    /// Linearizable gets in each read mode, side by side: what read-index costs over the
+    /// lease. Empty unless both modes were measured.
+    pub fn read_mode_table(&self) -> String {
+        let workload = Workload::GetLinearizable;
+        let rows: Vec<(usize, &Cell, &Cell)> = self
+            .settings
+            .clients
+            .iter()
+            .filter_map(|&clients| {
+                let lease = self.cell(System::Synod, workload, clients)?;
+                let read_index = self.cell(System::SynodReadIndex, workload, clients)?;
+                Some((clients, lease, read_index))
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "| linearizable get, clients | lease ops/s | read-index ops/s | read-index ÷ lease | lease p50 / p99 ms | read-index p50 / p99 ms |\n| --: | --: | --: | --: | --: | --: |\n",
+        );
+        for (clients, lease, read_index) in rows {
+            out.push_str(&format!(
+                "| {clients} | {} | {} | {} | {} / {} | {} / {} |\n",
+                format_rate(lease.ops_per_sec),
+                format_rate(read_index.ops_per_sec),
+                ratio(read_index.ops_per_sec, lease.ops_per_sec)
+                    .map_or("—".to_string(), |ratio| format!("{ratio:.2}×")),
+                format_ms(lease.p50_us),
+                format_ms(lease.p99_us),
+                format_ms(read_index.p50_us),
+                format_ms(read_index.p99_us),
+            ));
         }
         out
     }
@@ -552,6 +625,13 @@ impl ClusterReport {
         out.push_str(&format!("{}\n\n", self.ceilings_line()));
         out.push_str("![throughput by clients, per workload](cluster.svg)\n\n");
         out.push_str(&self.table());
+        let read_modes = self.read_mode_table();
+        if !read_modes.is_empty() {
+            out.push_str(
+                "\n### Linearizable reads: lease vs read-index (`synod node --read-mode`)\n\n",
+            );
+            out.push_str(&read_modes);
+        }
         out.push_str("\n### Failover (kill -9 of the leader under put load; clients on the other members)\n\n");
         if self.failovers.is_empty() {
             out.push_str("Not run.\n");

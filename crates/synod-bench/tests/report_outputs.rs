@@ -102,6 +102,7 @@ fn synthetic() -> ClusterReport {
             connections_per_endpoint: 4,
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            read_modes: synod_bench::report::ReadModes::Both,
         },
         ceilings: Ceilings {
             fdatasync_block_bytes: 4096,
@@ -239,4 +240,29 @@ fn table_json_chart_and_readme_carry_every_cell() {
     let again = std::fs::read_to_string(&readme_path).unwrap();
     assert!(again.contains("## Bottlenecks\nby hand"));
     assert_eq!(again.matches("## Cluster benchmark").count(), 1);
+}
+
+#[test]
+fn the_read_mode_table_sets_read_index_beside_the_lease() {
+    let mut report = synthetic();
+    assert_eq!(
+        report.read_mode_table(),
+        "",
+        "no table unless both modes were measured"
+    );
+    report.cells.push(cell(
+        System::SynodReadIndex,
+        Workload::GetLinearizable,
+        1,
+        450.0,
+        1600,
+    ));
+    let table = report.read_mode_table();
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(
+        rows,
+        ["| 1 | 900 | 450 | 0.50× | 0.80 / 2.40 | 1.60 / 4.80 |"]
+    );
+    assert!(report.table().contains("synod-read-index ops/s"));
+    assert!(report.to_json().contains("\"synod-read-index\""));
 }

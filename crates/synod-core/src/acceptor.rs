@@ -62,8 +62,11 @@ impl Node {
             self.raise_promise(ballot);
             if from != self.config.id {
                 // Give the candidate time to win before competing with it, and do not
-                // encourage anyone else to compete with it either (pre-vote).
-                self.set_leader(None);
+                // encourage anyone else to compete with it either (pre-vote). The leader
+                // refreshing its ballot stays the leader.
+                if self.leader != Some(from) {
+                    self.set_leader(None);
+                }
                 self.pre_vote = None;
                 self.backing = Some((from, self.now + self.config.election_timeout_ticks));
                 self.reset_election_timer();

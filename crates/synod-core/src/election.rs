@@ -24,6 +24,9 @@ pub(crate) struct Candidate {
     /// Promise chunks received, per promiser.
     pub promises: BTreeMap<NodeId, Vec<PromiseChunk>>,
     pub last_sent: u64,
+    /// Reads a leader held, or was asked for, while it runs Phase 1 again to rise above
+    /// a stray ballot ([`Node::refresh_leadership`]): the new ballot confirms them.
+    pub reads: Vec<crate::read::PendingRead>,
 }
 
 /// One chunk of a promise: the entries the acceptor held in `first_slot..=last_slot`
@@ -235,6 +238,13 @@ impl Node {
 
     /// Becomes a candidate: Phase 1a to every acceptor, this node's own included.
     pub(crate) fn start_phase1(&mut self) {
+        // A leader runs Phase 1 only to refresh its ballot, and stays the leader.
+        let refreshing = matches!(self.role, RoleState::Leader(_));
+        // A candidacy given up for a higher one fails the reads it carried.
+        if let RoleState::Candidate(candidate) = &mut self.role {
+            let reads = std::mem::take(&mut candidate.reads);
+            self.fail_reads(reads);
+        }
         let ballot = self
             .highest_seen
             .max(self.promised)
@@ -252,8 +262,11 @@ impl Node {
             from_slot,
             promises: BTreeMap::new(),
             last_sent: self.now,
+            reads: Vec::new(),
         });
-        self.set_leader(None);
+        if !refreshing {
+            self.set_leader(None);
+        }
         self.reset_election_timer();
         self.event(Event::Phase1Started { ballot });
         // The Prepare leaves only once the ballot is durable here: a candidate that
@@ -358,7 +371,14 @@ impl Node {
             slots.push((slot, value));
         }
         let reproposed_slots = slots.len() as u64;
-        self.role = RoleState::Leader(Leader::new(ballot, max_slot + 1, self.now, self.peers()));
+        let mut leader = Leader::new(ballot, max_slot + 1, self.now, self.peers());
+        // Reads carried through a refresh wait for this ballot's first round.
+        for mut read in candidate.reads {
+            read.round = leader.read_round + 1;
+            leader.read_round_wanted = true;
+            leader.reads.push(read);
+        }
+        self.role = RoleState::Leader(leader);
         self.lease = None;
         self.set_leader(Some(self.config.id));
         self.event(Event::BecameLeader {
@@ -393,14 +413,36 @@ impl Node {
         }
         let _ = from;
         let was_leader = matches!(self.role, RoleState::Leader(_));
+        let followed_by_none_else = leader_hint.is_none_or(|leader| leader == self.config.id);
+        if was_leader && followed_by_none_else && self.config.mode == Mode::MultiPaxos {
+            // A node that raised its ballot unable to reach a quorum (a pre-vote grant
+            // reached it just before a partition did) came back: nobody leads at its
+            // ballot, and the followers still hold leases for us, so only we can win.
+            self.refresh_leadership(promised);
+            return;
+        }
         self.step_down(mine);
         if let Some(leader) = leader_hint.filter(|leader| *leader != self.config.id) {
             // Someone holds a lease for a live leader: follow it instead of competing.
             self.set_leader(Some(leader));
-        } else if was_leader && self.config.mode == Mode::MultiPaxos {
-            // A leader preempted by a node that came back with a higher ballot: the
-            // followers still hold leases for us, so only we can win quickly.
-            self.start_phase1();
+        }
+    }
+
+    /// Runs Phase 1 again above a stray ballot without giving up the leadership: the
+    /// node stays everyone's leader (no `SteppedDown`, no `LeaderChanged`), commands
+    /// queue and reads wait (none fails) until the new ballot's quorum promised, one
+    /// round trip. What a returning node costs a leader a quorum still follows.
+    pub(crate) fn refresh_leadership(&mut self, stray: Ballot) {
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let reads = std::mem::take(&mut leader.reads);
+        let ballot = leader.ballot;
+        self.refreshes += 1;
+        self.event(Event::RefreshingLeadership { ballot, stray });
+        self.start_phase1();
+        if let RoleState::Candidate(candidate) = &mut self.role {
+            candidate.reads = reads;
         }
     }
 
@@ -409,10 +451,12 @@ impl Node {
     /// candidate retries at once (the dueling-proposers livelock).
     pub(crate) fn step_down(&mut self, ballot: Ballot) {
         let was_candidate = matches!(self.role, RoleState::Candidate(_));
-        if let RoleState::Leader(leader) = &mut self.role {
-            let reads = std::mem::take(&mut leader.reads);
-            self.fail_reads(reads);
-        }
+        let reads = match &mut self.role {
+            RoleState::Leader(leader) => std::mem::take(&mut leader.reads),
+            RoleState::Candidate(candidate) => std::mem::take(&mut candidate.reads),
+            RoleState::Follower => Vec::new(),
+        };
+        self.fail_reads(reads);
         self.role = RoleState::Follower;
         if self.leader == Some(self.config.id) {
             self.set_leader(None);

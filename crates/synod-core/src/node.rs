@@ -37,6 +37,9 @@ pub struct Status {
     pub pending_commands: usize,
     pub inflight_slots: usize,
     pub phase1_runs: u64,
+    /// Phase 1 runs of a leader that stayed the leader: it rose above a stray ballot
+    /// (see `Node::refresh_leadership`).
+    pub refreshes: u64,
     pub now: Tick,
 }
 
@@ -161,6 +164,7 @@ pub struct Node {
     pub(crate) next_persist_id: PersistId,
     pub(crate) durable_persist_id: PersistId,
     pub(crate) phase1_runs: u64,
+    pub(crate) refreshes: u64,
     /// Reads forwarded to the leader: request → when.
     pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
     /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
@@ -212,6 +216,7 @@ impl Node {
             next_persist_id: 1,
             durable_persist_id: 0,
             phase1_runs: 0,
+            refreshes: 0,
             forwarded_reads: Default::default(),
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -592,6 +597,7 @@ impl Node {
             pending_commands: self.pending.len(),
             inflight_slots,
             phase1_runs: self.phase1_runs,
+            refreshes: self.refreshes,
             now: self.now,
         }
     }
@@ -780,6 +786,17 @@ impl Node {
             ),
             RoleState::Candidate(candidate) => assert!(candidate.ballot <= self.promised),
             RoleState::Follower => {}
+        }
+        // Only a leader, or one refreshing its ballot, names itself the leader; only the
+        // latter carries reads as a candidate.
+        match &self.role {
+            RoleState::Follower => assert_ne!(self.leader, Some(self.config.id)),
+            RoleState::Candidate(candidate) => assert!(
+                candidate.reads.is_empty() || self.leader == Some(self.config.id),
+                "node {}: a candidate holds reads without refreshing a leadership",
+                self.config.id
+            ),
+            RoleState::Leader(_) => {}
         }
         assert!(self.pending.len() <= self.config.max_pending_commands);
         debug_assert_eq!(

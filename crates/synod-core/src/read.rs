@@ -38,7 +38,7 @@ impl Node {
     pub fn read_index(&mut self, request: ReadId) {
         let me = self.config.id;
         match (&self.role, self.leader) {
-            (RoleState::Leader(_), _) => {
+            (RoleState::Leader(_), _) | (RoleState::Candidate(_), Some(_)) if self.leads() => {
                 self.register_read(me, self.config.incarnation, request);
                 self.serve_reads();
             }
@@ -61,8 +61,19 @@ impl Node {
     /// round (sent when `take_ready` drains, so reads arriving together share one).
     fn register_read(&mut self, origin: NodeId, incarnation: u64, request: ReadId) {
         let lease_valid = self.leader_lease_valid();
-        let RoleState::Leader(leader) = &mut self.role else {
-            return;
+        let leader = match &mut self.role {
+            RoleState::Leader(leader) => leader,
+            // Refreshing its ballot: the new one confirms the read.
+            RoleState::Candidate(candidate) => {
+                candidate.reads.push(PendingRead {
+                    origin,
+                    incarnation,
+                    request,
+                    round: 0,
+                });
+                return;
+            }
+            RoleState::Follower => return,
         };
         if !lease_valid {
             leader.read_round_wanted = true;
@@ -74,6 +85,16 @@ impl Node {
             request,
             round,
         });
+    }
+
+    /// The node leads, or is refreshing its leadership's ballot
+    /// ([`Node::refresh_leadership`]): it takes reads.
+    pub(crate) fn leads(&self) -> bool {
+        match &self.role {
+            RoleState::Leader(_) => true,
+            RoleState::Candidate(_) => self.leader == Some(self.config.id),
+            RoleState::Follower => false,
+        }
     }
 
     /// Sends the heartbeat round that reads registered since the last one wait for.
@@ -108,7 +129,7 @@ impl Node {
     }
 
     pub(crate) fn on_read_index(&mut self, from: NodeId, request: ReadId, incarnation: u64) {
-        if !matches!(self.role, RoleState::Leader(_)) {
+        if !self.leads() {
             self.send(
                 from,
                 Message::ReadIndexReply {

@@ -45,6 +45,11 @@ pub enum Event {
     },
     /// The node stopped leading (a higher ballot, or no quorum heard from).
     SteppedDown { ballot: Ballot },
+    /// The leader, at `ballot`, heard of `stray`, a higher ballot nobody leads at (a node
+    /// that raised it unable to reach a quorum came back), and runs Phase 1 above it
+    /// while staying the leader: a `Phase1Started` and a `BecameLeader` follow, but no
+    /// `SteppedDown`.
+    RefreshingLeadership { ballot: Ballot, stray: Ballot },
     /// The node now believes `leader` leads (None: no leader known).
     LeaderChanged { leader: Option<NodeId> },
     /// `peer` asked for entries this node has compacted away: stream it the state-machine

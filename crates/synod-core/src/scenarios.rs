@@ -1445,3 +1445,87 @@ fn an_expired_election_timer_campaigns_at_the_next_tick_with_a_pre_vote() {
         .count();
     assert_eq!(pre_votes, 2, "{:?}", ready.messages);
 }
+
+/// A node raised its ballot though it could not reach a quorum (a pre-vote grant reached
+/// it just before a partition did: `synod sim --seed 1855`), then came back. It answers
+/// the leader's next heartbeat with `Preempted`. The leader, which a quorum still
+/// follows, must not give up its leadership for a ballot nobody leads at: it runs Phase 1
+/// above it and stays the leader throughout — no `SteppedDown`, no follower ever sees
+/// another leader or none, and a read asked meanwhile is served, not failed. Before the
+/// fix it stepped down (failing the read) and campaigned again.
+#[test]
+fn a_stray_ballot_makes_the_leader_refresh_its_own_not_step_down() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.node(leader).propose(cmd("before")).unwrap();
+    cluster.settle();
+    let ballot = cluster.node(leader).status().promised;
+    let stray = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.isolate(stray);
+    // What the grant let it do: Phase 1 alone, its Prepares lost.
+    cluster.node(stray).start_phase1();
+    cluster.settle();
+    let stray_ballot = cluster.node(stray).status().promised;
+    assert!(stray_ballot > ballot);
+    cluster.heal();
+    for events in cluster.events.values_mut() {
+        events.clear();
+    }
+    // The leader's disk holds its new promise back, so the refresh stays in Phase 1
+    // while a read and a command arrive.
+    cluster.stalled_disks.insert(leader, Vec::new());
+    cluster.tick(cluster.configs[&leader].heartbeat_interval_ticks + 1);
+    assert_eq!(cluster.node(leader).status().role, Role::Candidate);
+    cluster.node(leader).read_index(9);
+    cluster.node(leader).propose(cmd("after")).unwrap();
+    cluster.settle();
+    for persist in cluster.stalled_disks.remove(&leader).unwrap() {
+        cluster
+            .durable
+            .get_mut(&leader)
+            .unwrap()
+            .apply_all(&persist.ops);
+        cluster.node(leader).on_persisted(persist.id);
+    }
+    cluster.tick(10);
+
+    let status = cluster.node(leader).status();
+    assert_eq!(
+        status.role,
+        Role::Leader,
+        "the leader gave up its leadership"
+    );
+    assert!(status.promised > stray_ballot, "{:?}", status.promised);
+    assert_eq!(status.refreshes, 1);
+    for id in 1..=3 {
+        let events = &cluster.events[&id];
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::SteppedDown { .. }) && id == leader),
+            "n{id}: {events:?}"
+        );
+        let others: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::LeaderChanged { leader: l } if *l != Some(leader)))
+            .collect();
+        assert!(
+            others.is_empty() || id == stray,
+            "n{id} saw another leader or none: {others:?}"
+        );
+        assert_eq!(cluster.node(id).status().leader, Some(leader), "n{id}");
+    }
+    assert!(
+        matches!(
+            reads(&cluster, leader)[..],
+            [Event::ReadReady { request: 9, .. }]
+        ),
+        "{:?}",
+        reads(&cluster, leader)
+    );
+    assert_eq!(
+        cluster.delivered_commands(stray),
+        vec![cmd("before"), cmd("after")]
+    );
+    cluster.assert_agreement();
+}

@@ -54,7 +54,8 @@ pub struct NodeArgs {
         default_value = "synod-cluster"
     )]
     pub initial_cluster_token: String,
-    /// URL to serve Prometheus metrics on (plain HTTP, /metrics) [default: none].
+    /// URL to serve /metrics, /health and /version on (plain HTTP), beside the client
+    /// URLs, which serve them too [default: none].
     #[arg(long, env = "SYNOD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
     /// Milliseconds between a leader's heartbeats.
@@ -603,7 +604,7 @@ fn wait_until_serving(
     Ok(())
 }
 
-/// True when an HTTP server answers `GET /health` on this loopback port.
+/// True when an HTTP server answers `GET /version` on this loopback port.
 fn answers_http(port: u16) -> bool {
     use std::io::{Read, Write};
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -615,7 +616,7 @@ fn answers_http(port: u16) -> bool {
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
     if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(b"GET /version HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .is_err()
     {
         return false;

@@ -261,7 +261,7 @@ impl<S: StateMachine> Driver<S> {
             } => match result {
                 Ok(()) => {
                     self.metrics
-                        .fsync_seconds
+                        .persist_seconds
                         .observe(submitted.elapsed().as_secs_f64());
                     self.replica.on_persisted(now, id);
                 }
@@ -404,6 +404,7 @@ impl<S: StateMachine> Driver<S> {
         let control = self.channels.control_tx.clone();
         let store = Arc::clone(&self.snapshots);
         let empty = self.replica.state_machine().empty_like();
+        let metrics = Arc::clone(&self.metrics);
         std::thread::spawn(move || {
             let mut written = 0u64;
             while written < total_bytes {
@@ -423,6 +424,7 @@ impl<S: StateMachine> Driver<S> {
                 .finish()
                 .map_err(|error| format!("the snapshot failed verification: {error}"))
                 .and_then(|()| decode_newest(&store, empty));
+            record_snapshot_bytes(&store, &metrics);
             let _ = control.send(Control::SnapshotReceived { from, result });
         });
         chunks_tx
@@ -487,10 +489,18 @@ impl<S: StateMachine> Driver<S> {
         if let Some(save) = ready.save_snapshot {
             let store = Arc::clone(&self.snapshots);
             let control = self.channels.control_tx.clone();
+            let metrics = Arc::clone(&self.metrics);
             tokio::task::spawn_blocking(move || {
                 let slot = save.slot;
                 let image = (save.encode)();
+                let started = Instant::now();
                 let result = store.save(slot, &image).map_err(|e| e.to_string());
+                if result.is_ok() {
+                    metrics
+                        .backend_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                record_snapshot_bytes(&store, &metrics);
                 let _ = control.send(Control::SnapshotSaved { slot, result });
             });
         }
@@ -517,6 +527,14 @@ impl<S: StateMachine> Driver<S> {
                 ballot,
                 reproposed_slots,
             }) => tracing::info!(node = self.id, %ballot, reproposed_slots, "became leader"),
+            ReplicaEvent::Core(Event::RefreshingLeadership { ballot, stray }) => {
+                tracing::info!(
+                    node = self.id,
+                    %ballot,
+                    %stray,
+                    "a stray higher ballot came back; raising this leadership's ballot above it"
+                )
+            }
             ReplicaEvent::Core(Event::SteppedDown { ballot }) => {
                 tracing::info!(node = self.id, %ballot, "stepped down")
             }
@@ -567,9 +585,6 @@ impl<S: StateMachine> Driver<S> {
             .commands_applied
             .inc_by(stats.commands_applied - last.commands_applied);
         metrics
-            .commits
-            .inc_by(stats.slots_applied - last.slots_applied);
-        metrics
             .snapshots_taken
             .inc_by(stats.snapshots_taken - last.snapshots_taken);
         metrics
@@ -597,6 +612,13 @@ impl<S: StateMachine> Driver<S> {
         metrics
             .is_leader
             .set(i64::from(status.node.role == synod_core::Role::Leader));
+        metrics
+            .has_leader
+            .set(i64::from(status.node.leader.is_some()));
+        metrics
+            .proposals_pending
+            .set(status.pending_proposals as i64);
+        metrics.set_disk_bytes(self.group_commit.stats().disk_bytes, None);
     }
 
     fn submit_persist(&mut self, request: PersistRequest) {
@@ -635,6 +657,20 @@ impl<S: StateMachine> Driver<S> {
             let _ = control.send(Control::SnapshotSent { peer, result });
         });
     }
+}
+
+/// Sets the snapshot-size gauge from the files in `store` (on a blocking thread: it
+/// lists the directory). A listing that fails leaves the last size in place.
+pub fn record_snapshot_bytes(store: &SnapshotStore, metrics: &Metrics) {
+    let Ok(slots) = store.slots() else {
+        return;
+    };
+    let bytes = slots
+        .iter()
+        .filter_map(|slot| std::fs::metadata(store.path_of(*slot)).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    metrics.set_disk_bytes(metrics.wal_disk_bytes.get().max(0) as u64, Some(bytes));
 }
 
 /// Runtime failures as the server API reports them.

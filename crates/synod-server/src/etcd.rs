@@ -32,6 +32,9 @@ use tonic::{Request, Status};
 /// The version `Maintenance.Status` reports: the etcd API level served, and synod's own.
 pub const SERVER_VERSION: &str = concat!("3.4.0+synod.", env!("CARGO_PKG_VERSION"));
 
+/// The cluster version `/version` reports: the etcd API level every member serves.
+pub const CLUSTER_VERSION: &str = "3.4.0";
+
 /// The three services, sharing one replica.
 #[derive(Clone)]
 pub struct EtcdApi {
@@ -56,14 +59,15 @@ impl EtcdApi {
         }
     }
 
-    /// The gRPC routes: KV, Cluster and Maintenance, and UNIMPLEMENTED (with a message)
-    /// for every other path.
-    pub fn routes(self) -> tonic::service::Routes {
-        let routes = tonic::service::Routes::new(KvServer::new(self.clone()))
+    /// The gRPC routes: KV, Cluster and Maintenance, and for every other path
+    /// UNIMPLEMENTED (with a message) to a gRPC request, 404 to any other.
+    pub fn router(self) -> axum::Router {
+        tonic::service::Routes::new(KvServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self))
-            .prepare();
-        tonic::service::Routes::from(routes.into_axum_router().fallback(unserved_path))
+            .prepare()
+            .into_axum_router()
+            .fallback(unserved_path)
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
@@ -85,8 +89,18 @@ impl EtcdApi {
     }
 }
 
-/// Any path no service claims: a method or service of etcd that synod does not serve.
-async fn unserved_path(uri: axum::http::Uri) -> (axum::http::StatusCode, axum::http::HeaderMap) {
+/// Any path no route claims: to a gRPC request, a method or service of etcd that synod
+/// does not serve; to plain HTTP, not found.
+async fn unserved_path(
+    uri: axum::http::Uri,
+    request_headers: axum::http::HeaderMap,
+) -> (axum::http::StatusCode, axum::http::HeaderMap) {
+    if !crate::grpc_metrics::is_grpc(&request_headers) {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::http::HeaderMap::new(),
+        );
+    }
     let status = Status::unimplemented(format!(
         "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, \
          Cluster.MemberList, Maintenance.Status and Alarm)",

@@ -2,8 +2,9 @@
 //!
 //! Drives a [`synod_core::Node`] with real I/O: peers over TCP ([`wire`], [`transport`]),
 //! a write-ahead log and snapshots from `synod-storage`, client sessions that make
-//! retried proposals apply once ([`sessions`]), Prometheus [`metrics`], and — for the KV
-//! store — etcd's v3 gRPC API ([`etcd`]).
+//! retried proposals apply once ([`sessions`]), Prometheus [`metrics`] under etcd's names,
+//! and — for the KV store — etcd's v3 gRPC API ([`etcd`]) with its HTTP endpoints
+//! ([`http`]: `/health`, `/metrics`, `/version`).
 //!
 //! The runtime is generic over [`synod_kv::StateMachine`]: [`Server::start`] runs one
 //! replica of any state machine inside the caller's tokio runtime, and its [`Handle`]
@@ -16,6 +17,8 @@ pub mod config;
 pub mod data_dir;
 mod driver;
 pub mod etcd;
+mod grpc_metrics;
+pub mod http;
 pub mod metrics;
 mod node;
 pub mod proto;

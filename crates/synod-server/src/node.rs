@@ -1,10 +1,12 @@
-//! [`EtcdNode`]: a KV replica with its etcd gRPC endpoints and metrics endpoint — what
-//! `synod node` runs, and what the tests start in-process.
+//! [`EtcdNode`]: a KV replica with its etcd client endpoints (gRPC, and `/health`,
+//! `/metrics`, `/version` on the same port) and its metrics endpoint — what `synod node`
+//! runs, and what the tests start in-process.
 
 use crate::compactor::{AutoCompactor, CompactionPolicy};
 use crate::config::ServerConfig;
 use crate::etcd::EtcdApi;
-use crate::metrics::serve_metrics;
+use crate::grpc_metrics::count_grpc;
+use crate::http::{serve_http, HttpLimits, HttpState};
 use crate::{Consistency, Server, ServerError};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,6 +36,12 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+/// How long `/health` waits for its linearizable read: etcd's request timeout (5 s plus
+/// two election timeouts), or the node's own request timeout if that is shorter.
+fn health_timeout(config: &ServerConfig) -> Duration {
+    (Duration::from_secs(5) + 2 * config.election_timeout).min(config.request_timeout)
+}
+
 impl EtcdNode {
     pub async fn start(
         config: ServerConfig,
@@ -51,6 +59,11 @@ impl EtcdNode {
             server.directory(),
             server.metrics(),
         );
+        let http = HttpState {
+            handle: server.handle(),
+            metrics: server.metrics(),
+            health_timeout: health_timeout(server.config()),
+        };
         let (shutdown, _) = watch::channel(false);
         let mut grpc = Vec::new();
         let mut client_addrs = Vec::new();
@@ -59,7 +72,18 @@ impl EtcdNode {
                 .local_addr()
                 .map_err(|error| ServerError::Io(error.to_string()))?;
             client_addrs.push(addr);
-            let routes = api.clone().routes();
+            // gRPC and the HTTP endpoints on one port, as etcd serves them: the server
+            // takes HTTP/1.1 as well as HTTP/2, and the router tells them apart by path
+            // (and, for unknown paths, by content type).
+            let router = api
+                .clone()
+                .router()
+                .merge(crate::http::routes(http.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    server.metrics(),
+                    count_grpc,
+                ));
+            let routes = tonic::service::Routes::from(router);
             let mut stop = shutdown.subscribe();
             let node = server.node_id();
             grpc.push(tokio::spawn(async move {
@@ -73,6 +97,7 @@ impl EtcdNode {
                     stream
                 });
                 let result = tonic::transport::Server::builder()
+                    .accept_http1(true)
                     .tcp_nodelay(true)
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, async move {
@@ -83,7 +108,11 @@ impl EtcdNode {
                     tracing::error!(node, %addr, %error, "the client endpoint failed");
                 }
             }));
-            tracing::info!(node = server.node_id(), %addr, "serving etcd v3 gRPC clients");
+            tracing::info!(
+                node = server.node_id(),
+                %addr,
+                "serving etcd v3 gRPC clients, /health, /metrics and /version"
+            );
         }
         if let Some(policy) = auto_compaction {
             grpc.push(tokio::spawn(auto_compact(
@@ -97,11 +126,15 @@ impl EtcdNode {
                 let addr = listener
                     .local_addr()
                     .map_err(|error| ServerError::Io(error.to_string()))?;
-                tracing::info!(node = server.node_id(), %addr, "serving metrics at /metrics");
-                (
-                    Some(addr),
-                    Some(tokio::spawn(serve_metrics(listener, server.metrics()))),
-                )
+                tracing::info!(node = server.node_id(), %addr, "serving /metrics, /health and /version");
+                let serving = serve_http(
+                    listener,
+                    crate::http::routes(http),
+                    HttpLimits::default(),
+                    server.metrics(),
+                    shutdown.subscribe(),
+                );
+                (Some(addr), Some(tokio::spawn(serving)))
             }
             None => (None, None),
         };

@@ -6,7 +6,9 @@ use crate::data_dir::{amnesia_error, check_member_file, write_member_file, DataD
 use crate::driver::{Channels, Driver, DriverSettings, ReadFn, Request};
 use crate::metrics::Metrics;
 use crate::transport::PEER_QUEUE_FRAMES;
-use crate::transport::{accept_peers, dial_peer, Directory, PeerInfo, TransportContext};
+use crate::transport::{
+    accept_peers, dial_peer, Directory, PeerInfo, PeerTiming, TransportContext,
+};
 use crate::wire::Hello;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -267,8 +269,14 @@ impl<S: StateMachine> Server<S> {
         let clock_origin = std::time::Instant::now();
         let replica = Replica::recover(replica_config, durable, snapshot, state_machine, 0)
             .map_err(|error| ServerError::Recovery(error.to_string()))?;
-        let group_commit = Arc::new(GroupCommit::start(wal));
         let metrics = Metrics::new(config.node_id);
+        let fsync_seconds = metrics.fsync_seconds.clone();
+        let group_commit = Arc::new(GroupCommit::start_with_sync_observer(
+            wal,
+            Box::new(move |took| fsync_seconds.observe(took.as_secs_f64())),
+        ));
+        metrics.set_disk_bytes(group_commit.stats().disk_bytes, None);
+        crate::driver::record_snapshot_bytes(&snapshots, &metrics);
         let directory: Directory = Arc::new(Mutex::new(BTreeMap::new()));
         directory
             .lock()
@@ -289,6 +297,7 @@ impl<S: StateMachine> Server<S> {
             },
             cluster: config.cluster.clone(),
             max_frame_bytes: config.max_frame_bytes,
+            timing: PeerTiming::for_heartbeat(config.heartbeat_interval),
             metrics: Arc::clone(&metrics),
             directory: Arc::clone(&directory),
         });

@@ -2,9 +2,18 @@
 //!
 //! Each node dials every peer and sends its messages over that connection; it receives
 //! on the connections its peers dial to it. So a pair of nodes shares two connections,
-//! each carrying traffic one way (plus ping/pong for round-trip times). A dialer
-//! reconnects with exponential backoff; messages queued while a peer is unreachable are
-//! dropped when the queue is full, which Paxos tolerates (everything is retransmitted).
+//! each carrying traffic one way, plus the dialer's pings and the acceptor's pongs. A
+//! dialer redials with a backoff capped at a few heartbeats; messages queued while a
+//! peer is unreachable are dropped, which Paxos tolerates (everything is retransmitted).
+//!
+//! Dead connections are noticed by silence, not by TCP: after a partition heals, a
+//! connection whose segments were lost sits in retransmission backoff for seconds (the
+//! retransmission timer doubles from 200 ms). So the dialer pings every heartbeat and
+//! closes a connection that brought no pong for [`PeerTiming::silence_limit`], then
+//! redials, with a new attempt every backoff step even while earlier ones (a SYN lost
+//! in the partition) are still waiting. The acceptor closes an inbound connection that
+//! brought nothing for [`PeerTiming::inbound_silence_limit`]. Time this process itself
+//! was stalled (SIGSTOP, a starved CPU) is not held against the peer. docs/server.md.
 //!
 //! The acceptor checks the first frame, a `Hello`: same cluster id, a member's node id,
 //! not its own. Anything else — a foreign cluster, a malformed or oversized frame, a
@@ -13,14 +22,19 @@
 
 use crate::config::{Cluster, Member};
 use crate::metrics::Metrics;
-use crate::wire::{encode_frame_into, read_frame, write_frame, Frame, FrameError, Hello};
+use crate::wire::{
+    encode_frame, encode_frame_into, read_frame, write_frame, Frame, FrameError, Hello,
+};
 use bytes::Bytes;
+use prometheus::IntCounter;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use synod_core::{Envelope, NodeId, Slot};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -30,9 +44,10 @@ pub const PEER_QUEUE_FRAMES: usize = 4096;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const PING_INTERVAL: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Dial attempts to one peer waiting at once (each for at most CONNECT_TIMEOUT +
+/// HANDSHAKE_TIMEOUT); beyond it a new attempt waits for an old one to end.
+const DIALS_IN_FLIGHT_MAX: usize = 8;
 /// Read buffer of an inbound peer connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
 
@@ -65,6 +80,72 @@ pub struct TransportContext {
     pub max_frame_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub directory: Directory,
+    pub timing: PeerTiming,
+}
+
+/// How often peers are pinged, how long a silent connection lives, how fast a lost one
+/// is redialed. All follow the heartbeat interval, which operators already size to the
+/// network's round trip (etcd's tuning guide: about one round trip).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PeerTiming {
+    /// The dialer pings this often, busy or idle.
+    pub ping_interval: Duration,
+    /// The dialer closes a connection that brought no pong for this long and redials.
+    pub silence_limit: Duration,
+    /// The acceptor closes an inbound connection that brought nothing for this long. At
+    /// least 3 s, so that a dialer of an older version, pinging once a second, is kept.
+    pub inbound_silence_limit: Duration,
+    /// The longest pause between dial attempts to an unreachable peer.
+    pub redial_max: Duration,
+}
+
+impl PeerTiming {
+    /// Ping every heartbeat, give up on a connection after 4 silent heartbeats, redial
+    /// at least every 2 heartbeats: with the default 100 ms heartbeat, a connection cut
+    /// by a partition is closed 400 ms into it and redialed every 200 ms, so a member
+    /// is reconnected within about 200 ms of the heal.
+    pub fn for_heartbeat(heartbeat: Duration) -> PeerTiming {
+        let heartbeat = heartbeat.max(Duration::from_millis(1));
+        PeerTiming {
+            ping_interval: heartbeat,
+            silence_limit: heartbeat * 4,
+            inbound_silence_limit: (heartbeat * 4).max(Duration::from_secs(3)),
+            redial_max: (heartbeat * 2).clamp(BACKOFF_MIN, Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Decides when a connection has been silent too long, measured in checks made every
+/// `interval`. A check that comes much later than `interval` after the previous one means
+/// this process did not run meanwhile (SIGSTOP, a starved CPU): whatever the peer sent is
+/// still unread in the socket, so the silence is counted again from that check.
+#[derive(Clone, Copy, Debug)]
+struct SilenceWatch {
+    interval: Duration,
+    limit: Duration,
+    last_check: Instant,
+    counted_from: Instant,
+}
+
+impl SilenceWatch {
+    fn new(now: Instant, interval: Duration, limit: Duration) -> SilenceWatch {
+        SilenceWatch {
+            interval,
+            limit,
+            last_check: now,
+            counted_from: now,
+        }
+    }
+
+    /// How long the peer has been silent, when that is beyond the limit.
+    fn check(&mut self, now: Instant, last_heard: Instant) -> Option<Duration> {
+        if now.saturating_duration_since(self.last_check) > self.interval * 2 {
+            self.counted_from = now;
+        }
+        self.last_check = now;
+        let silence = now.saturating_duration_since(last_heard.max(self.counted_from));
+        (silence > self.limit).then_some(silence)
+    }
 }
 
 impl TransportContext {
@@ -163,6 +244,10 @@ async fn serve_inbound(
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, mut writer) = stream.into_split();
+    let reader = CountingReader {
+        inner: reader,
+        counter: None,
+    };
     // Buffered: a batch of frames arriving together costs one read, not two per frame.
     let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let me = context.me.node_id;
@@ -209,19 +294,46 @@ async fn serve_inbound(
     }
     context.learn(&hello);
     let peer = hello.node_id;
+    let peer_label = peer.to_string();
+    reader.get_mut().counter = Some(
+        context
+            .metrics
+            .peer_received_bytes
+            .with_label_values(&[&peer_label]),
+    );
+    let sent = context
+        .metrics
+        .peer_sent_bytes
+        .with_label_values(&[&peer_label]);
     tracing::debug!(node = me, peer, %remote, "accepted peer connection");
+    let mut reader = WatchedReader::new(
+        reader,
+        context.max_frame_bytes,
+        context.timing.ping_interval,
+        context.timing.inbound_silence_limit,
+    );
     loop {
-        let frame = match read_frame(&mut reader, context.max_frame_bytes).await {
-            Ok(frame) => frame,
-            Err(FrameError::Closed) => {
+        let frame = match reader.next().await {
+            Watched::Frame(frame) => frame,
+            Watched::Silent(silence) => {
+                tracing::info!(
+                    node = me,
+                    peer,
+                    ?silence,
+                    "inbound peer connection silent; closing it"
+                );
+                context.metrics.peer_connections_silent.inc();
+                return;
+            }
+            Watched::Failed(FrameError::Closed) => {
                 tracing::debug!(node = me, peer, "peer closed its connection");
                 return;
             }
-            Err(FrameError::Io(error)) => {
+            Watched::Failed(FrameError::Io(error)) => {
                 tracing::debug!(node = me, peer, %error, "peer connection lost");
                 return;
             }
-            Err(error) => {
+            Watched::Failed(error) => {
                 tracing::warn!(node = me, peer, %remote, %error, "refused frame from peer; closing its connection");
                 context.refuse(frame_error_reason(&error));
                 return;
@@ -255,12 +367,11 @@ async fn serve_inbound(
                 data,
             },
             Frame::Ping { nonce } => {
-                if write_frame(&mut writer, &Frame::Pong { nonce })
-                    .await
-                    .is_err()
-                {
+                let pong = encode_frame(&Frame::Pong { nonce });
+                if writer.write_all(&pong).await.is_err() {
                     return;
                 }
+                sent.inc_by(pong.len() as u64);
                 continue;
             }
             other => {
@@ -280,6 +391,60 @@ async fn serve_inbound(
     }
 }
 
+/// What reading the next frame of a watched connection gave.
+enum Watched {
+    Frame(Frame),
+    Failed(FrameError),
+    /// Nothing arrived for this long, beyond the silence limit.
+    Silent(Duration),
+}
+
+/// Reads frames and, while waiting for one, checks every `interval` that the peer has
+/// not been silent beyond the limit (without abandoning a frame half read).
+struct WatchedReader<R> {
+    reader: R,
+    max_frame_bytes: usize,
+    ticker: tokio::time::Interval,
+    watch: SilenceWatch,
+    last_heard: Instant,
+}
+
+impl<R: AsyncRead + Unpin> WatchedReader<R> {
+    fn new(reader: R, max_frame_bytes: usize, interval: Duration, limit: Duration) -> Self {
+        let now = Instant::now();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        WatchedReader {
+            reader,
+            max_frame_bytes,
+            ticker,
+            watch: SilenceWatch::new(now, interval, limit),
+            last_heard: now,
+        }
+    }
+
+    async fn next(&mut self) -> Watched {
+        let read = read_frame(&mut self.reader, self.max_frame_bytes);
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                frame = &mut read => {
+                    self.last_heard = Instant::now();
+                    return match frame {
+                        Ok(frame) => Watched::Frame(frame),
+                        Err(error) => Watched::Failed(error),
+                    };
+                }
+                _ = self.ticker.tick() => {
+                    if let Some(silence) = self.watch.check(Instant::now(), self.last_heard) {
+                        return Watched::Silent(silence);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -292,48 +457,81 @@ pub async fn dial_peer(
     peer: Member,
     mut outgoing: mpsc::Receiver<Frame>,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let mut last_failure = String::new();
+    let mut first_delay = Duration::ZERO;
     loop {
-        match connect(&context, &peer).await {
-            Ok(stream) => {
-                backoff = BACKOFF_MIN;
-                last_failure.clear();
-                tracing::info!(node = context.me.node_id, peer = peer.id, addr = %peer.peer_addr, "connected to peer");
-                if serve_outbound(&context, &peer, stream, &mut outgoing).await {
-                    return;
-                }
-                tracing::info!(
+        let Some(stream) = redial(&context, &peer, &mut outgoing, first_delay).await else {
+            return;
+        };
+        tracing::info!(node = context.me.node_id, peer = peer.id, addr = %peer.peer_addr, "connected to peer");
+        match serve_outbound(&context, &peer, stream, &mut outgoing).await {
+            OutboundEnd::Stopping => return,
+            OutboundEnd::Lost => tracing::info!(
+                node = context.me.node_id,
+                peer = peer.id,
+                "connection to peer lost; reconnecting"
+            ),
+            OutboundEnd::Silent(silence) => {
+                tracing::warn!(
                     node = context.me.node_id,
                     peer = peer.id,
-                    "connection to peer lost; reconnecting"
+                    ?silence,
+                    "no pong from peer within the silence limit; redialing"
                 );
+                context.metrics.peer_connections_silent.inc();
             }
-            Err(failure) => {
+        }
+        // A peer that accepts and at once drops every connection is redialed at this
+        // pace, not in a tight loop.
+        first_delay = BACKOFF_MIN;
+    }
+}
+
+/// Dials `peer` until a connection is up; `None` when the node stops. A new attempt
+/// starts every backoff step (doubling up to `redial_max`) even while earlier ones wait:
+/// an attempt whose SYN was lost in a partition would otherwise hold the redial for the
+/// whole connect timeout after the partition heals.
+async fn redial(
+    context: &Arc<TransportContext>,
+    peer: &Member,
+    outgoing: &mut mpsc::Receiver<Frame>,
+    first_delay: Duration,
+) -> Option<TcpStream> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut next_attempt = tokio::time::Instant::now() + first_delay;
+    let mut last_failure = String::new();
+    let mut dropped = 0;
+    let connected = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_attempt), if attempts.len() < DIALS_IN_FLIGHT_MAX => {
+                let (dialer, member) = (Arc::clone(context), peer.clone());
+                attempts.spawn(async move { connect(&dialer, &member).await });
+                next_attempt = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(context.timing.redial_max);
+            }
+            Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
+                let failure = match joined {
+                    Ok(Ok(stream)) => break Some(stream),
+                    Ok(Err(failure)) => failure,
+                    Err(error) => format!("dial task failed: {error}"),
+                };
                 // Log a failure once, not on every retry of an unreachable peer.
                 if failure != last_failure {
                     tracing::debug!(node = context.me.node_id, peer = peer.id, addr = %peer.peer_addr, %failure, "cannot connect to peer");
                     last_failure = failure;
                 }
             }
+            // Frames for an unreachable peer would be stale by the time it comes back:
+            // drop them while waiting (Paxos retransmits what still matters).
+            frame = outgoing.recv() => match frame {
+                Some(_) => dropped += 1,
+                None => break None,
+            },
         }
-        // Frames for an unreachable peer would be stale by the time it comes back: drop
-        // them while waiting (Paxos retransmits what still matters).
-        let retry = tokio::time::sleep(backoff);
-        tokio::pin!(retry);
-        let mut dropped = 0;
-        loop {
-            tokio::select! {
-                _ = &mut retry => break,
-                frame = outgoing.recv() => match frame {
-                    Some(_) => dropped += 1,
-                    None => return,
-                },
-            }
-        }
-        context.metrics.peer_messages_dropped.inc_by(dropped);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
+    };
+    context.metrics.peer_messages_dropped.inc_by(dropped);
+    // Dropping the set aborts the attempts still waiting, closing their sockets.
+    connected
 }
 
 async fn connect(context: &TransportContext, peer: &Member) -> Result<TcpStream, String> {
@@ -405,37 +603,64 @@ fn append_within_limit(
     }
 }
 
-/// Returns true when the node is shutting down (no more frames will come).
+/// Why an outbound connection ended.
+enum OutboundEnd {
+    /// The node is shutting down (no more frames will come).
+    Stopping,
+    /// The connection failed or the peer closed it.
+    Lost,
+    /// No pong for this long, beyond the silence limit.
+    Silent(Duration),
+}
+
 async fn serve_outbound(
     context: &TransportContext,
     peer: &Member,
     stream: TcpStream,
     outgoing: &mut mpsc::Receiver<Frame>,
-) -> bool {
-    let (mut reader, mut writer) = stream.into_split();
-    let max_frame_bytes = context.max_frame_bytes;
-    let round_trip = context
-        .metrics
+) -> OutboundEnd {
+    let (reader, mut writer) = stream.into_split();
+    let timing = context.timing;
+    let peer_label = peer.id.to_string();
+    let metrics = &context.metrics;
+    let round_trip = metrics
         .peer_round_trip_seconds
-        .with_label_values(&[&peer.id.to_string()]);
+        .with_label_values(&[&peer_label]);
+    let sent = metrics.peer_sent_bytes.with_label_values(&[&peer_label]);
+    let reader = CountingReader {
+        inner: reader,
+        counter: Some(
+            metrics
+                .peer_received_bytes
+                .with_label_values(&[&peer_label]),
+        ),
+    };
+    let mut reader = WatchedReader::new(
+        reader,
+        context.max_frame_bytes,
+        timing.ping_interval,
+        timing.silence_limit,
+    );
     let pongs = async move {
         loop {
-            match read_frame(&mut reader, max_frame_bytes).await {
-                Ok(Frame::Pong { nonce }) => {
+            match reader.next().await {
+                Watched::Frame(Frame::Pong { nonce }) => {
                     let now = epoch().elapsed().as_micros() as u64;
                     round_trip.observe(now.saturating_sub(nonce) as f64 / 1e6);
                 }
-                Ok(_) | Err(_) => return,
+                Watched::Silent(silence) => return OutboundEnd::Silent(silence),
+                Watched::Frame(_) | Watched::Failed(_) => return OutboundEnd::Lost,
             }
         }
     };
     let writes = async move {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut ping = tokio::time::interval(timing.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffer = Vec::new();
         loop {
             tokio::select! {
                 frame = outgoing.recv() => {
-                    let Some(frame) = frame else { return true };
+                    let Some(frame) = frame else { return OutboundEnd::Stopping };
                     buffer.clear();
                     append_within_limit(context, peer.id, &frame, &mut buffer);
                     // Coalesce what else is queued into one write.
@@ -449,20 +674,234 @@ async fn serve_outbound(
                         continue;
                     }
                     if writer.write_all(&buffer).await.is_err() {
-                        return false;
+                        return OutboundEnd::Lost;
                     }
+                    sent.inc_by(buffer.len() as u64);
                 }
                 _ = ping.tick() => {
                     let nonce = epoch().elapsed().as_micros() as u64;
-                    if write_frame(&mut writer, &Frame::Ping { nonce }).await.is_err() {
-                        return false;
+                    let ping = encode_frame(&Frame::Ping { nonce });
+                    if writer.write_all(&ping).await.is_err() {
+                        return OutboundEnd::Lost;
                     }
+                    sent.inc_by(ping.len() as u64);
                 }
             }
         }
     };
     tokio::select! {
-        _ = pongs => false,
-        stopping = writes => stopping,
+        end = pongs => end,
+        end = writes => end,
+    }
+}
+
+/// Counts the bytes read through it (`etcd_network_peer_received_bytes_total`), once the
+/// peer it reads from is known.
+struct CountingReader<R> {
+    inner: R,
+    counter: Option<IntCounter>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(context, buffer);
+        if let (Poll::Ready(Ok(())), Some(counter)) = (&polled, &self.counter) {
+            counter.inc_by((buffer.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const LIMIT: Duration = Duration::from_millis(400);
+
+    #[test]
+    fn timing_follows_the_heartbeat() {
+        let timing = PeerTiming::for_heartbeat(Duration::from_millis(100));
+        assert_eq!(timing.ping_interval, Duration::from_millis(100));
+        assert_eq!(timing.silence_limit, Duration::from_millis(400));
+        assert_eq!(timing.redial_max, Duration::from_millis(200));
+        assert_eq!(timing.inbound_silence_limit, Duration::from_secs(3));
+        let slow = PeerTiming::for_heartbeat(Duration::from_secs(2));
+        assert_eq!(slow.silence_limit, Duration::from_secs(8));
+        assert_eq!(slow.inbound_silence_limit, Duration::from_secs(8));
+        assert_eq!(slow.redial_max, Duration::from_secs(1));
+    }
+
+    /// Checks every interval from `start` for `checks` intervals, the peer last heard at
+    /// `heard`; the first silence reported, with its check number.
+    fn first_silence(
+        watch: &mut SilenceWatch,
+        start: Instant,
+        heard: Instant,
+        checks: u32,
+    ) -> Option<(u32, Duration)> {
+        (1..=checks).find_map(|n| {
+            watch
+                .check(start + INTERVAL * n, heard)
+                .map(|silence| (n, silence))
+        })
+    }
+
+    #[test]
+    fn a_peer_silent_beyond_the_limit_is_reported_at_the_first_check_past_it() {
+        let start = Instant::now();
+        let mut watch = SilenceWatch::new(start, INTERVAL, LIMIT);
+        let (check, silence) = first_silence(&mut watch, start, start, 20).expect("reported");
+        assert_eq!(check, 5);
+        assert_eq!(silence, INTERVAL * 5);
+    }
+
+    #[test]
+    fn a_peer_heard_within_the_limit_is_never_reported() {
+        let start = Instant::now();
+        let mut watch = SilenceWatch::new(start, INTERVAL, LIMIT);
+        for n in 1..=100u32 {
+            // Heard three intervals ago, every time: within the limit of four.
+            let now = start + INTERVAL * n;
+            let heard = start + INTERVAL * n.saturating_sub(3);
+            assert_eq!(watch.check(now, heard), None, "check {n}");
+        }
+    }
+
+    #[test]
+    fn time_this_process_was_stalled_is_not_held_against_the_peer() {
+        let start = Instant::now();
+        let mut watch = SilenceWatch::new(start, INTERVAL, LIMIT);
+        assert_eq!(watch.check(start + INTERVAL, start), None);
+        // Stopped for ten seconds: the first check after it counts the silence afresh,
+        // since what the peer sent meanwhile is still unread in the socket.
+        let resumed = start + INTERVAL + Duration::from_secs(10);
+        assert_eq!(watch.check(resumed, start), None);
+        assert_eq!(
+            first_silence(&mut watch, resumed, start, 20),
+            Some((5, INTERVAL * 5)),
+            "a peer still silent after the stall is reported one limit later"
+        );
+    }
+
+    fn context(cluster: &Cluster, heartbeat: Duration) -> Arc<TransportContext> {
+        Arc::new(TransportContext {
+            me: Hello {
+                cluster_id: cluster.cluster_id,
+                node_id: 1,
+                name: "n1".to_string(),
+                client_urls: Vec::new(),
+            },
+            cluster: cluster.clone(),
+            max_frame_bytes: 1 << 20,
+            metrics: Metrics::new(1),
+            directory: Arc::default(),
+            timing: PeerTiming::for_heartbeat(heartbeat),
+        })
+    }
+
+    /// Plays peer 2 on `listener`: takes one connection through the handshake.
+    async fn accept_as_peer_two(
+        listener: &TcpListener,
+        cluster: &Cluster,
+    ) -> tokio::io::BufReader<TcpStream> {
+        let (stream, _) = timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("a connection within 10 s")
+            .expect("accepted");
+        let mut stream = tokio::io::BufReader::new(stream);
+        match read_frame(&mut stream, 1 << 20).await {
+            Ok(Frame::Hello(hello)) => assert_eq!(hello.node_id, 1),
+            other => panic!("expected a hello, got {other:?}"),
+        }
+        let welcome = Frame::Welcome(Hello {
+            cluster_id: cluster.cluster_id,
+            node_id: 2,
+            name: "n2".to_string(),
+            client_urls: Vec::new(),
+        });
+        write_frame(stream.get_mut(), &welcome)
+            .await
+            .expect("welcome sent");
+        stream
+    }
+
+    /// Reads frames until the dialer closes the connection; how many were pings.
+    async fn pings_until_closed(stream: &mut tokio::io::BufReader<TcpStream>) -> usize {
+        let mut pings = 0;
+        while let Ok(frame) = read_frame(stream, 1 << 20).await {
+            if matches!(frame, Frame::Ping { .. }) {
+                pings += 1;
+            }
+        }
+        pings
+    }
+
+    /// A peer whose process or network stopped answering: the connection stays open
+    /// but nothing comes back. The dialer closes it and dials again.
+    #[tokio::test]
+    async fn a_dialer_that_hears_no_pong_closes_the_connection_and_redials() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cluster = Cluster::from_addrs(
+            &[unused.local_addr().unwrap(), listener.local_addr().unwrap()],
+            "test",
+        );
+        let context = context(&cluster, Duration::from_millis(50));
+        let (_frames, outgoing) = mpsc::channel(16);
+        let member = cluster.member(2).expect("member 2").clone();
+        let dialer = tokio::spawn(dial_peer(Arc::clone(&context), member, outgoing));
+
+        let mut silent = accept_as_peer_two(&listener, &cluster).await;
+        let pings = timeout(Duration::from_secs(10), pings_until_closed(&mut silent))
+            .await
+            .expect("the dialer closes a connection that brings no pong");
+        assert!(pings >= 1, "the dialer pinged before giving up");
+        let _second = accept_as_peer_two(&listener, &cluster).await;
+        assert!(context.metrics.peer_connections_silent.get() >= 1);
+        dialer.abort();
+    }
+
+    /// The acceptor, for its part, closes an inbound connection that brings nothing.
+    #[tokio::test]
+    async fn an_acceptor_closes_an_inbound_connection_that_brings_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        // This node is 1 and accepts; the connection claims to come from node 2.
+        let cluster = Cluster::from_addrs(&[addr, unused.local_addr().unwrap()], "test");
+        let context = context(&cluster, Duration::from_millis(50));
+        let (inputs, _received) = mpsc::channel(16);
+        let acceptor = tokio::spawn(accept_peers(listener, Arc::clone(&context), inputs));
+        let mut stream =
+            tokio::io::BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        let hello = Frame::Hello(Hello {
+            cluster_id: cluster.cluster_id,
+            node_id: 2,
+            name: "n2".to_string(),
+            client_urls: Vec::new(),
+        });
+        write_frame(stream.get_mut(), &hello)
+            .await
+            .expect("hello sent");
+        assert!(matches!(
+            read_frame(&mut stream, 1 << 20).await,
+            Ok(Frame::Welcome(_))
+        ));
+        let limit = context.timing.inbound_silence_limit;
+        let ended = timeout(limit * 4, read_frame(&mut stream, 1 << 20))
+            .await
+            .expect("the acceptor closes a silent connection");
+        assert!(
+            matches!(ended, Err(FrameError::Closed | FrameError::Io(_))),
+            "{ended:?}"
+        );
+        assert_eq!(context.metrics.peer_connections_silent.get(), 1);
+        acceptor.abort();
     }
 }

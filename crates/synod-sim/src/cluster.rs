@@ -84,6 +84,9 @@ pub struct Coverage {
     pub revision_reads: u64,
     /// `Compact` commands that took effect.
     pub mvcc_compactions: u64,
+    /// A leader heard of a stray higher ballot (raised by a node unable to reach a
+    /// quorum) and ran Phase 1 above it while staying the leader.
+    pub leader_refreshes: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -103,6 +106,7 @@ impl Coverage {
         self.chunked_promises += other.chunked_promises;
         self.long_delays += other.long_delays;
         self.leader_changes_after_heal += other.leader_changes_after_heal;
+        self.leader_refreshes += other.leader_refreshes;
         self.contested_leader_changes_after_heal += other.contested_leader_changes_after_heal;
         self.isolated_phase1 += other.isolated_phase1;
         self.revision_reads += other.revision_reads;
@@ -810,9 +814,14 @@ impl Simulation {
                 }
                 self.raised_ballots.insert(*ballot, isolated);
             }
+            ReplicaEvent::Core(CoreEvent::RefreshingLeadership { .. }) => {
+                self.report.coverage.leader_refreshes += 1;
+            }
             ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
                 if let Some((leader, watched, until)) = self.heal_watch {
-                    if leader == id && *ballot == watched && self.now <= until {
+                    // At the watched ballot, or at a later one of the same leadership
+                    // (a refresh that then lost).
+                    if leader == id && *ballot >= watched && self.now <= until {
                         self.heal_watch = None;
                         let disrupted = self
                             .raised_ballots

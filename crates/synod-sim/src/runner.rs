@@ -12,6 +12,8 @@ pub struct RunSettings {
     /// Override every seed's simulated clock drift bound (percent); the nodes still
     /// assume their configured bound, so a value far above it must produce stale reads.
     pub clock_drift_percent: Option<u64>,
+    /// Override every seed's read mode (the swarm draws one per seed).
+    pub read_mode: Option<synod_core::ReadMode>,
     /// Record the event trace.
     pub trace: bool,
 }
@@ -21,6 +23,9 @@ pub fn options_for_seed(seed: u64, settings: &RunSettings) -> SimOptions {
     let mut options = SimOptions::swarm(seed);
     if let Some(percent) = settings.clock_drift_percent {
         options.faults.clock_drift_percent = percent;
+    }
+    if let Some(mode) = settings.read_mode {
+        options.read_mode = mode;
     }
     options.trace = settings.trace;
     options
@@ -41,6 +46,9 @@ pub struct Summary {
     pub phase1_runs: u64,
     pub coverage: Coverage,
     pub failing_seeds: Vec<u64>,
+    /// Seeds where a returning node deposed a leader a quorum still followed
+    /// (`coverage.leader_changes_after_heal`): replay one with `--seed S --trace`.
+    pub disrupted_seeds: Vec<u64>,
 }
 
 impl Summary {
@@ -60,6 +68,10 @@ impl Summary {
         if !report.violations.is_empty() {
             self.failing_seeds.push(report.seed);
             self.failing_seeds.sort_unstable();
+        }
+        if report.coverage.leader_changes_after_heal > 0 {
+            self.disrupted_seeds.push(report.seed);
+            self.disrupted_seeds.sort_unstable();
         }
     }
 }

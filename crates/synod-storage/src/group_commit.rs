@@ -4,18 +4,24 @@
 //! submission order, so "request N is durable" implies every earlier one is too.
 
 use crate::error::StorageError;
-use crate::wal::Wal;
+use crate::wal::{SyncMode, Wal};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 use synod_core::{PersistRequest, Slot};
 
 /// Called on the group-commit thread once the request is durable (or failed). Keep it
 /// short: the next batch waits for it.
 pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// Called on the group-commit thread with how long one batch took to write and
+/// fdatasync, for a latency histogram. Batches that are not synced (commit marks only,
+/// or a log opened with [`SyncMode::None`]) and failed batches are not reported.
+pub type SyncObserver = Box<dyn Fn(Duration) + Send>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
 pub struct GroupCommitStats {
@@ -74,6 +80,15 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     pub fn start(wal: Wal) -> GroupCommit {
+        GroupCommit::start_observed(wal, None)
+    }
+
+    /// Like [`GroupCommit::start`], reporting each synced batch's duration to `observer`.
+    pub fn start_with_sync_observer(wal: Wal, observer: SyncObserver) -> GroupCommit {
+        GroupCommit::start_observed(wal, Some(observer))
+    }
+
+    fn start_observed(wal: Wal, observer: Option<SyncObserver>) -> GroupCommit {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -85,7 +100,7 @@ impl GroupCommit {
         let thread_shared = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("synod-group-commit".to_string())
-            .spawn(move || run(wal, &thread_shared))
+            .spawn(move || run(wal, &thread_shared, observer))
             .ok();
         if thread.is_none() {
             shared.queue().closed = true;
@@ -184,7 +199,7 @@ impl Drop for CloseOnExit<'_> {
     }
 }
 
-fn run(mut wal: Wal, shared: &Shared) -> Wal {
+fn run(mut wal: Wal, shared: &Shared, observer: Option<SyncObserver>) -> Wal {
     let _close_on_exit = CloseOnExit(shared);
     let mut batch: Vec<PersistRequest> = Vec::new();
     loop {
@@ -210,7 +225,15 @@ fn run(mut wal: Wal, shared: &Shared) -> Wal {
                 batch.push(request);
                 completions.push(done);
             }
+            let synced = wal.options().sync == SyncMode::Fsync
+                && batch.iter().any(PersistRequest::needs_sync);
+            let started = Instant::now();
             let result = wal.append(&batch);
+            if let (Some(observer), true, true) = (&observer, synced, result.is_ok()) {
+                let took = started.elapsed();
+                // Like a completion, a panicking observer must not take the log down.
+                let _ = catch_unwind(AssertUnwindSafe(|| observer(took)));
+            }
             {
                 let mut stats = shared.stats();
                 stats.requests += completions.len() as u64;

@@ -17,7 +17,7 @@ mod wal;
 
 pub use bench::{bench, bench_request, percentile, BenchOptions, BenchReport, BenchRow};
 pub use error::StorageError;
-pub use group_commit::{Completion, GroupCommit, GroupCommitStats};
+pub use group_commit::{Completion, GroupCommit, GroupCommitStats, SyncObserver};
 pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use wal::{
     segment_file_name, RecoveryReport, SyncMode, TruncatedTail, Wal, WalIdentity, WalOptions,

@@ -131,3 +131,40 @@ fn panicking_completion_does_not_stop_group_commit() {
     let wal = group.shutdown().expect("shutdown");
     assert_eq!(wal.last_persist_id(), 2);
 }
+
+/// Submits three accepts and one commit mark, one batch each, and returns how many
+/// batch durations the observer saw.
+fn observed_syncs(options: WalOptions) -> usize {
+    use synod_core::PersistRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), options).expect("open");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let observer_seen = Arc::clone(&seen);
+    let group = GroupCommit::start_with_sync_observer(
+        wal,
+        Box::new(move |took| observer_seen.lock().expect("seen lock").push(took)),
+    );
+    for id in 1..=3u64 {
+        group
+            .submit_and_wait(accept_request(id, id, Ballot::new(1, 1), 0))
+            .expect("durable");
+    }
+    group
+        .submit_and_wait(PersistRequest {
+            id: 4,
+            ops: vec![PersistOp::Commit(3)],
+        })
+        .expect("durable");
+    group.shutdown().expect("shutdown");
+    let count = seen.lock().expect("seen lock").len();
+    count
+}
+
+#[test]
+fn the_sync_observer_sees_each_synced_batch_and_nothing_else() {
+    // Each submit_and_wait is its own batch: three accepts are synced, the commit mark
+    // alone is not (PersistRequest::needs_sync).
+    assert_eq!(observed_syncs(WalOptions::default()), 3);
+    // A log that never syncs reports no fsync durations.
+    assert_eq!(observed_syncs(fast_options(1 << 20)), 0);
+}

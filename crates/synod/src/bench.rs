@@ -71,6 +71,11 @@ struct ClusterArgs {
         default_value = "put,get-linearizable,get-serializable,cas"
     )]
     workloads: Vec<String>,
+    /// Synod's read modes to measure linearizable gets in: lease, read-index or both
+    /// (both starts a second Synod cluster with `--read-mode read-index`; it adds one
+    /// cell per client count).
+    #[arg(long, default_value = "both", value_parser = parse_read_modes)]
+    read_mode: synod_bench::report::ReadModes,
     /// Measured seconds per cell (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -89,6 +94,11 @@ fn parse_workload(name: &str) -> Option<synod_bench::load::Workload> {
     synod_bench::load::Workload::ALL
         .into_iter()
         .find(|workload| workload.name() == name.trim())
+}
+
+fn parse_read_modes(name: &str) -> Result<synod_bench::report::ReadModes, String> {
+    synod_bench::report::ReadModes::parse(name)
+        .ok_or_else(|| format!("unknown read mode {name:?} (choose lease, read-index or both)"))
 }
 
 fn run_cluster(args: ClusterArgs) -> ExitCode {
@@ -124,6 +134,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     options.skip_failover = args.skip_failover;
     options.clients = args.clients;
     options.workloads = workloads;
+    options.read_modes = args.read_mode;
     options.cell_duration = std::time::Duration::from_secs_f64(args.seconds);
     options.timing.heartbeat_interval_ms = args.heartbeat_interval;
     options.timing.election_timeout_ms = args.election_timeout;
@@ -148,6 +159,11 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
         report.ceilings_line()
     );
     print!("{}", report.table());
+    let read_modes = report.read_mode_table();
+    if !read_modes.is_empty() {
+        println!();
+        print!("{read_modes}");
+    }
     if !report.failovers.is_empty() {
         println!();
         print!("{}", report.failover_table());

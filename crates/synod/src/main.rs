@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_mvcc;
+mod chaos;
 mod model_check;
 mod sim;
 
@@ -40,6 +41,10 @@ enum Command {
     /// Exhaustive model checking of synod-core in a small cluster (`--mutant list`
     /// names the deliberate bugs it must catch).
     ModelCheck(model_check::ModelCheckArgs),
+    /// Jepsen-style: three real members under kill -9, SIGSTOP, iptables partitions,
+    /// libfaketime clock rates and full disks, with concurrent clients; the history is
+    /// checked for linearizability and lost writes (docs/chaos.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),
         Command::ModelCheck(args) => model_check::run(args),
+        Command::Chaos(args) => chaos::run(args),
     }
 }
 

@@ -31,6 +31,25 @@ pub struct SimArgs {
     /// checkers must say so.
     #[arg(long)]
     clock_drift_percent: Option<u64>,
+    /// Every seed's linearizable reads in this mode (default: the swarm draws lease or
+    /// read-index per seed). With `read-index`, no clock drift makes a read stale.
+    #[arg(long, value_enum)]
+    read_mode: Option<ReadModeArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReadModeArg {
+    Lease,
+    ReadIndex,
+}
+
+impl From<ReadModeArg> for synod_core::ReadMode {
+    fn from(mode: ReadModeArg) -> synod_core::ReadMode {
+        match mode {
+            ReadModeArg::Lease => synod_core::ReadMode::Lease,
+            ReadModeArg::ReadIndex => synod_core::ReadMode::ReadIndex,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -50,6 +69,7 @@ pub fn run(args: SimArgs) -> ExitCode {
     }
     let settings = runner::RunSettings {
         clock_drift_percent: args.clock_drift_percent,
+        read_mode: args.read_mode.map(Into::into),
         trace: args.trace,
     };
     if let Some(seed) = args.seed {
