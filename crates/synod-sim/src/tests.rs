@@ -422,40 +422,41 @@ fn read_index_mode_reads_stay_linearizable_whatever_the_clocks_do() {
     );
 }
 
-/// `synod sim --seeds 2000 --clock-drift-percent 60 --read-mode lease` fails 15 seeds
-/// with stale reads; `--read-mode read-index` fails none. Four of those seeds, both ways:
-/// the same schedules, with the reads' mode the only difference.
+/// `synod sim --seeds 2000 --clock-drift-percent 60 --read-mode lease` fails about one
+/// seed in 130 with stale reads; `--read-mode read-index` fails none. The first four
+/// seeds whose lease reads go stale, replayed in read-index mode: the same schedules,
+/// with the reads' mode the only difference. (Found by scanning, so that a change to
+/// what the swarm draws does not leave the test replaying seeds that no longer show it.)
 #[test]
 fn swarm_seeds_with_stale_lease_reads_beyond_the_drift_bound_stay_linearizable_in_read_index_mode()
 {
-    let seeds = [88, 182, 345, 353];
-    for (mode, expect_stale) in [
-        (synod_core::ReadMode::Lease, true),
-        (synod_core::ReadMode::ReadIndex, false),
-    ] {
-        let settings = RunSettings {
-            clock_drift_percent: Some(60),
-            read_mode: Some(mode),
-            ..RunSettings::default()
-        };
-        for seed in seeds {
-            let report = run_seed(seed, &settings);
-            let stale = report
+    let settings = |mode| RunSettings {
+        clock_drift_percent: Some(60),
+        read_mode: Some(mode),
+        ..RunSettings::default()
+    };
+    let lease = settings(synod_core::ReadMode::Lease);
+    let stale_seeds: Vec<u64> = (0..2000)
+        .filter(|seed| {
+            run_seed(*seed, &lease)
                 .violations
                 .iter()
-                .any(|v| matches!(v, Violation::NotLinearizable(_)));
-            assert_eq!(
-                stale, expect_stale,
-                "seed {seed} in {mode:?} mode: {:?}",
-                report.violations
-            );
-            if !expect_stale {
-                assert!(
-                    report.violations.is_empty(),
-                    "seed {seed}: {:?}",
-                    report.violations
-                );
-            }
-        }
+                .any(|v| matches!(v, Violation::NotLinearizable(_)))
+        })
+        .take(4)
+        .collect();
+    assert_eq!(
+        stale_seeds.len(),
+        4,
+        "fewer than 4 of 2,000 seeds went stale in lease mode at 60 % drift: {stale_seeds:?}"
+    );
+    let read_index = settings(synod_core::ReadMode::ReadIndex);
+    for seed in stale_seeds {
+        let report = run_seed(seed, &read_index);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} in read-index mode: {:?}",
+            report.violations
+        );
     }
 }
