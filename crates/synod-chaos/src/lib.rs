@@ -171,19 +171,7 @@ fn run_dir(options: &ChaosOptions) -> Result<PathBuf, ChaosError> {
 /// Sets `flag` on SIGINT, SIGTERM or SIGHUP.
 fn watch_signals(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
     runtime.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            _ = hangup.recv() => {}
-        }
+        synod_server::cli::stop_requested().await;
         flag.store(true, Ordering::SeqCst);
     });
 }

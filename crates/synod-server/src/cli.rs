@@ -669,31 +669,37 @@ fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::
         .name("synod-dev-signals".to_string())
         .spawn(move || {
             runtime.block_on(async {
-                #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::interrupt()),
-                        signal(SignalKind::hangup()),
-                    ) else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = terminate.recv() => {}
-                        _ = interrupt.recv() => {}
-                        _ = hangup.recv() => {}
-                    }
-                }
-                #[cfg(not(unix))]
-                {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+                stop_requested().await;
                 set.store(true, std::sync::atomic::Ordering::SeqCst);
             })
         })
         .context("starting the signal thread")?;
     Ok(flag)
+}
+
+/// Returns once the process is asked to stop: SIGTERM, SIGINT or SIGHUP (Ctrl-C where
+/// there are no Unix signals). Never returns if the handlers cannot be installed.
+pub async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = hangup.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// SIGTERM to every member (a graceful stop), then SIGKILL to any still running after
