@@ -6,7 +6,8 @@
 //! here:
 //!
 //! * [`Broadcast`], total-order broadcast: it records each message with its slot.
-//! * [`KvStore`], a key-value store with etcd v3's API, revision rules and MVCC history.
+//! * [`KvStore`], a key-value store with etcd v3's API, revision rules and MVCC history,
+//!   and [`WatchHub`], etcd's watches over that history.
 //!
 //! # Revisions
 //!
@@ -109,18 +110,23 @@ mod image;
 mod sessions;
 mod store;
 mod types;
+mod watch;
 
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
 pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use sessions::DEFAULT_MAX_SESSIONS;
-pub use store::{KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
+pub use store::{Change, KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
     AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, Response, TxnRequest, TxnResponse,
+};
+pub use watch::{
+    key_in_range, EventKind, StreamId, WatchEvent, WatchHub, WatchOutput, WatchRequest, WatchStats,
+    WatchUpdate, CATCH_UP_BYTES, CATCH_UP_REVISIONS, STREAM_PROGRESS_ID,
 };
 
 /// The most operations one transaction branch may hold (etcd's `--max-txn-ops` default is 128).
@@ -200,3 +206,5 @@ impl From<codec::DecodeError> for SnapshotError {
 mod history_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod watch_tests;

@@ -30,6 +30,9 @@ pub const INITIAL_REVISION: i64 = 1;
 /// etcd's default `--quota-backend-bytes`: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
+/// One key's change at a revision: the key, its state after (`None`: deleted) and before.
+pub type Change = (Bytes, Option<KeyValue>, Option<KeyValue>);
+
 /// The replicated KV store (see the crate docs for its semantics).
 ///
 /// Key histories live in a persistent (structurally shared) ordered map of persistent
@@ -155,7 +158,7 @@ impl KvStore {
     /// The changes of `revision` in write order: each key with its state after the change
     /// (`None`: deleted) and before it, as a watch reports them (`kv`, `prev_kv`). Empty for
     /// revisions outside `(compacted, current]` and for revision 1.
-    pub fn changes_at(&self, revision: i64) -> Vec<(Bytes, Option<KeyValue>, Option<KeyValue>)> {
+    pub fn changes_at(&self, revision: i64) -> Vec<Change> {
         let mut changes = Vec::new();
         if revision <= self.compacted {
             return changes;
@@ -169,6 +172,23 @@ impl KvStore {
             changes.push((key.clone(), after, before));
         }
         changes
+    }
+
+    /// The puts of the compacted revision itself in `[key, range_end)` (etcd's range rules),
+    /// in key order, without their previous states: what a compaction at `revision` keeps
+    /// of that revision's changes (its deletes are gone). A watch that starts exactly at the
+    /// compacted revision gets these, as etcd delivers the revisions its compaction kept.
+    pub(crate) fn puts_at_compaction(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        let at = self.compacted;
+        if at <= INITIAL_REVISION {
+            return Vec::new();
+        }
+        self.keys_in(key, range_end)
+            .filter_map(|(key, history)| {
+                let entry = history.state_at(at)?;
+                (entry.mod_revision == at).then(|| entry.to_key_value(key))
+            })
+            .collect()
     }
 
     pub fn max_sessions(&self) -> usize {
