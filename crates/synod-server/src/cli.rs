@@ -105,6 +105,10 @@ pub struct NodeArgs {
     /// Every member must use the same value.
     #[arg(long, env = "SYNOD_QUOTA_BACKEND_BYTES", default_value_t = synod_kv::DEFAULT_QUOTA_BYTES)]
     pub quota_backend_bytes: u64,
+    /// How often a watch created with `progress_notify` that saw no events gets a progress
+    /// response (etcd's flag and default, 10m).
+    #[arg(long, env = "SYNOD_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_interval)]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// error, warn, info, debug, trace or off (RUST_LOG, when set, wins).
     #[arg(long, env = "SYNOD_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -218,6 +222,7 @@ impl NodeArgs {
             &self.auto_compaction_retention,
         )
         .map_err(|error| anyhow!(error))?;
+        config.watch_progress_notify_interval = self.experimental_watch_progress_notify_interval;
         config.quota_backend_bytes = match self.quota_backend_bytes {
             0 => synod_kv::DEFAULT_QUOTA_BYTES,
             bytes => bytes,
@@ -232,6 +237,12 @@ impl NodeArgs {
 
 /// The levels `--log-level` takes. Anything else is refused: the log filter would read
 /// an unknown word (`verbose`) as a module name and silence every log.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    crate::compactor::duration_with_unit(text)
+        .filter(|interval| !interval.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration (500ms, 10s, 10m, 1h)"))
+}
+
 fn parse_log_level(level: &str) -> Result<String, String> {
     let level = level.trim().to_ascii_lowercase();
     match level.as_str() {

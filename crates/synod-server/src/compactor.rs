@@ -61,21 +61,27 @@ impl CompactionPolicy {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("--auto-compaction-retention {text:?} is not a duration (1h, 30m, 10s)");
     if let Ok(hours) = text.parse::<u64>() {
         return Ok(Duration::from_secs(hours * 3600));
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    duration_with_unit(text).ok_or_else(|| {
+        format!("--auto-compaction-retention {text:?} is not a duration (1h, 30m, 10s)")
+    })
+}
+
+/// A duration written as Go's flags take them, with one unit: `500ms`, `10s`, `30m`, `1h`.
+pub(crate) fn duration_with_unit(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
+    let number: u64 = number.parse().ok()?;
     let unit_nanos: u64 = match unit {
         "ms" => 1_000_000,
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
         "h" => 3_600_000_000_000,
-        _ => return Err(bad()),
+        _ => return None,
     };
-    Ok(Duration::from_nanos(number.saturating_mul(unit_nanos)))
+    Some(Duration::from_nanos(number.saturating_mul(unit_nanos)))
 }
 
 /// etcd's periodic compactor samples every `min(retention, 1h) / 10`.

@@ -214,6 +214,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: u64,
     /// etcd's `--auto-compaction-mode/-retention`; `None` disables it.
     pub auto_compaction: Option<crate::compactor::CompactionPolicy>,
+    /// How often quiet watches that asked for progress get one (etcd's default 10 min).
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl ServerConfig {
@@ -237,6 +239,7 @@ impl ServerConfig {
             wal_segment_bytes: 64 << 20,
             quota_backend_bytes: synod_kv::DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 

@@ -82,6 +82,8 @@ pub struct Channels<S> {
     pub control_rx: mpsc::UnboundedReceiver<Control<S>>,
     pub stop: watch::Receiver<bool>,
     pub peers: HashMap<NodeId, mpsc::Sender<Frame>>,
+    /// Called after commands were applied (see `Server::start_observed`).
+    pub observer: Option<crate::server::Observer<S>>,
 }
 
 /// Most inputs handled before the replica's outputs are drained (commands arriving
@@ -112,6 +114,8 @@ pub struct Driver<S: StateMachine> {
     incoming_snapshot: Option<IncomingSnapshot>,
     stats: ReplicaStats,
     fatal: Option<String>,
+    /// The applied slot the observer last saw.
+    observed: Option<Slot>,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -139,6 +143,7 @@ impl<S: StateMachine> Driver<S> {
             incoming_snapshot: None,
             stats: ReplicaStats::default(),
             fatal: None,
+            observed: None,
         }
     }
 
@@ -451,10 +456,24 @@ impl<S: StateMachine> Driver<S> {
                     self.metrics.peer_messages_dropped.inc();
                 }
             }
+            // Before answering: whoever sees a reply then finds its effect observed.
+            self.observe();
             self.answer(&ready);
             self.carry_out_snapshots(ready);
         }
+        self.observe();
         self.update_metrics();
+    }
+
+    /// Shows the state machine to the observer when something was applied since last time.
+    fn observe(&mut self) {
+        let applied = self.replica.state_machine().applied();
+        if let Some(observer) = self.channels.observer.as_mut() {
+            if self.observed != Some(applied) {
+                self.observed = Some(applied);
+                observer(self.replica.state_machine());
+            }
+        }
     }
 
     /// Replies to proposals; runs the reads the replica released against its state.
@@ -807,6 +826,7 @@ mod tests {
                 control_rx,
                 stop,
                 peers: HashMap::new(),
+                observer: None,
             },
         );
         Running {

@@ -20,6 +20,7 @@ use crate::proto::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::proto::mvccpb;
 use crate::transport::Directory;
+use crate::watch::WatchTask;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
 use synod_kv::{
@@ -42,6 +43,7 @@ pub struct EtcdApi {
     cluster: Cluster,
     directory: Directory,
     metrics: Arc<Metrics>,
+    watches: WatchTask,
 }
 
 impl EtcdApi {
@@ -50,12 +52,14 @@ impl EtcdApi {
         cluster: Cluster,
         directory: Directory,
         metrics: Arc<Metrics>,
+        watches: WatchTask,
     ) -> EtcdApi {
         EtcdApi {
             handle,
             cluster,
             directory,
             metrics,
+            watches,
         }
     }
 
@@ -63,6 +67,7 @@ impl EtcdApi {
     /// UNIMPLEMENTED (with a message) to a gRPC request, 404 to any other.
     pub fn router(self) -> axum::Router {
         tonic::service::Routes::new(KvServer::new(self.clone()))
+            .add_service(self.watches.service())
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self))
             .prepare()
@@ -102,7 +107,7 @@ async fn unserved_path(
         );
     }
     let status = Status::unimplemented(format!(
-        "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, \
+        "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, Watch, \
          Cluster.MemberList, Maintenance.Status and Alarm)",
         uri.path()
     ));

@@ -24,6 +24,7 @@ mod node;
 pub mod proto;
 mod server;
 pub mod transport;
+pub mod watch;
 pub mod wire;
 
 /// Client sessions now live in the replica (`synod-replica`).
@@ -32,4 +33,4 @@ pub use synod_replica::sessions;
 pub use cli::{run_dev, run_node, DevArgs, NodeArgs};
 pub use config::{Cluster, ConfigError, Member, ServerConfig};
 pub use node::{EtcdNode, Listeners};
-pub use server::{Consistency, Handle, NodeStatus, Server, ServerError};
+pub use server::{Consistency, Handle, NodeStatus, Observer, Server, ServerError};

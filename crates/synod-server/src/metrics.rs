@@ -78,6 +78,16 @@ pub struct Metrics {
     /// Connections the metrics listener closed at once because it had as many open as
     /// it serves.
     pub http_connections_refused: IntCounter,
+    /// `etcd_debugging_mvcc_watcher_total`: watches open at this member.
+    pub watchers: IntGauge,
+    /// `etcd_debugging_mvcc_slow_watcher_total`: watches behind, catching up from history.
+    pub slow_watchers: IntGauge,
+    /// `etcd_debugging_mvcc_events_total`: events sent to watchers.
+    pub watch_events_sent: IntCounter,
+    /// Times a watch's stream could not take a response and the watch fell behind.
+    pub watch_stalls: IntCounter,
+    /// Watches canceled because the revision they needed next was compacted.
+    pub watch_compaction_cancels: IntCounter,
 }
 
 /// What every constructor below does with a malformed name or bucket layout: the names
@@ -321,6 +331,31 @@ impl Metrics {
                 &registry,
                 "synod_peer_messages_dropped_total",
                 "Messages dropped on a full peer queue",
+            ),
+            watchers: gauge(
+                &registry,
+                "etcd_debugging_mvcc_watcher_total",
+                "Watches open at this member",
+            ),
+            slow_watchers: gauge(
+                &registry,
+                "etcd_debugging_mvcc_slow_watcher_total",
+                "Watches behind, catching up from history",
+            ),
+            watch_events_sent: counter(
+                &registry,
+                "etcd_debugging_mvcc_events_total",
+                "Events sent to watchers",
+            ),
+            watch_stalls: counter(
+                &registry,
+                "synod_watch_stalls_total",
+                "Times a watch stream could not take a response and its watch fell behind",
+            ),
+            watch_compaction_cancels: counter(
+                &registry,
+                "synod_watch_compaction_cancels_total",
+                "Watches canceled because the revision they needed next was compacted",
             ),
             peer_connections_silent: counter(
                 &registry,

@@ -7,6 +7,7 @@ use crate::config::ServerConfig;
 use crate::etcd::EtcdApi;
 use crate::grpc_metrics::count_grpc;
 use crate::http::{serve_http, HttpLimits, HttpState};
+use crate::watch::{WatchSettings, WatchTask};
 use crate::{Consistency, Server, ServerError};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,23 +50,47 @@ impl EtcdNode {
     ) -> Result<EtcdNode, ServerError> {
         let store = KvStore::new().with_quota_bytes(config.quota_backend_bytes);
         let auto_compaction = config.auto_compaction;
-        let server = match listeners.peer {
-            Some(peer) => Server::start_with_listener(config, store, peer).await?,
-            None => Server::start(config, store).await?,
+        // The watch task sees every state the replica applies (an O(1) clone).
+        let (applied_tx, applied_rx) = watch::channel(store.clone());
+        let observer: crate::Observer<KvStore> = Box::new(move |store: &KvStore| {
+            applied_tx.send_replace(store.clone());
+        });
+        let peer = match listeners.peer {
+            Some(peer) => peer,
+            None => {
+                let addr = config.member()?.peer_addr;
+                TcpListener::bind(addr).await.map_err(|error| {
+                    ServerError::Io(format!("binding peer address {addr}: {error}"))
+                })?
+            }
         };
+        let watch_settings = WatchSettings {
+            cluster_id: config.cluster.cluster_id,
+            member_id: config.node_id,
+            progress_interval: config.watch_progress_notify_interval,
+            max_response_bytes: config.max_request_bytes,
+        };
+        let server = Server::start_observed(config, store, peer, Some(observer)).await?;
+        let (shutdown, _) = watch::channel(false);
+        let (watches, watch_task) = WatchTask::spawn(
+            applied_rx,
+            watch_settings,
+            server.metrics(),
+            shutdown.subscribe(),
+        );
         let api = EtcdApi::new(
             server.handle(),
             server.config().cluster.clone(),
             server.directory(),
             server.metrics(),
+            watches,
         );
         let http = HttpState {
             handle: server.handle(),
             metrics: server.metrics(),
             health_timeout: health_timeout(server.config()),
         };
-        let (shutdown, _) = watch::channel(false);
-        let mut grpc = Vec::new();
+        let mut grpc = vec![watch_task];
         let mut client_addrs = Vec::new();
         for listener in listeners.clients {
             let addr = listener

@@ -184,6 +184,9 @@ impl<S: StateMachine> Handle<S> {
     }
 }
 
+/// Sees the state machine after commands were applied (see [`Server::start_observed`]).
+pub type Observer<S> = Box<dyn FnMut(&S) + Send>;
+
 /// One running replica: its driver, peer transport and storage.
 pub struct Server<S: StateMachine> {
     handle: Handle<S>,
@@ -236,6 +239,19 @@ impl<S: StateMachine> Server<S> {
         config: ServerConfig,
         state_machine: S,
         peer_listener: TcpListener,
+    ) -> Result<Server<S>, ServerError> {
+        Server::start_observed(config, state_machine, peer_listener, None).await
+    }
+
+    /// As [`start_with_listener`](Self::start_with_listener), and `observer` sees the state
+    /// machine on the replica's task each time commands were applied (and once at start,
+    /// after recovery). It must be quick — say, clone a persistent structure and hand it
+    /// on — since the replica waits for it.
+    pub async fn start_observed(
+        config: ServerConfig,
+        state_machine: S,
+        peer_listener: TcpListener,
+        observer: Option<Observer<S>>,
     ) -> Result<Server<S>, ServerError> {
         let replica_config = config.replica_config()?;
         let member = config.member()?.clone();
@@ -345,6 +361,7 @@ impl<S: StateMachine> Server<S> {
                 control_rx,
                 stop: stop_rx,
                 peers,
+                observer,
             },
         );
         let driver = tokio::spawn(driver.run());
