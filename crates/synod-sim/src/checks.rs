@@ -22,6 +22,8 @@ use synod_core::{NodeId, Slot, Value};
 use synod_kv::{Command, Op};
 use synod_replica::Proposal;
 
+use crate::watchers::WatchRecord;
+
 /// Search budget of the linearizability checker per run.
 const LINEARIZABILITY_BUDGET: u64 = 2_000_000;
 
@@ -41,6 +43,9 @@ pub enum Violation {
         expected: Slot,
     },
     NotLinearizable(String),
+    /// A watch broke one of etcd's guarantees (ordered, unique, reliable, atomic,
+    /// resumable, bookmarkable) or got a wrong `prev_kv`.
+    Watch(String),
     /// An acknowledged write missing from the chosen log at the end.
     LostWrite {
         client: u64,
@@ -203,9 +208,56 @@ struct CommittedHistory {
     compacted: i64,
     /// Each compaction that took effect: (its revision, the store's revision then).
     compactions: Vec<(i64, i64)>,
+    /// Every revision's puts in write order: (key, value).
+    puts_at: BTreeMap<i64, Vec<(bytes::Bytes, bytes::Bytes)>>,
 }
 
 impl CommittedHistory {
+    /// The key's state as of `revision` (the clients never delete: a key lives from its
+    /// first put, and its version counts its puts).
+    fn key_value_at(&self, key: &bytes::Bytes, revision: i64) -> Option<synod_kv::KeyValue> {
+        let writes = self.writes.get(key)?;
+        let upto: Vec<&(i64, bytes::Bytes)> = writes
+            .iter()
+            .take_while(|(at, _)| *at <= revision)
+            .collect();
+        let (mod_revision, value) = upto.last()?;
+        Some(synod_kv::KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+            create_revision: writes[0].0,
+            mod_revision: *mod_revision,
+            version: upto.len() as i64,
+            lease: 0,
+        })
+    }
+
+    /// The events a watch must be sent from `start` through `through`.
+    fn watch_events(&self, record: &WatchRecord) -> Vec<synod_kv::WatchEvent> {
+        let request = &record.request;
+        if request.no_put || record.start > record.through {
+            return Vec::new();
+        }
+        self.puts_at
+            .range(record.start..=record.through)
+            .flat_map(|(revision, puts)| {
+                puts.iter()
+                    .filter(|(key, _)| {
+                        synod_kv::key_in_range(&request.key, &request.range_end, key)
+                    })
+                    .map(move |(key, _)| synod_kv::WatchEvent {
+                        kind: synod_kv::EventKind::Put,
+                        kv: self.key_value_at(key, *revision).expect("written"),
+                        prev_kv: if request.prev_kv {
+                            self.key_value_at(key, revision - 1)
+                        } else {
+                            None
+                        },
+                    })
+            })
+            .collect()
+    }
+
     fn value_at(&self, key: &[u8], revision: i64) -> Option<&bytes::Bytes> {
         let writes = self.writes.get(key)?;
         writes
@@ -221,6 +273,10 @@ impl CommittedHistory {
                 self.revision += 1;
                 let entry = self.writes.entry(put.key.clone()).or_default();
                 entry.push((self.revision, put.value.clone()));
+                self.puts_at
+                    .entry(self.revision)
+                    .or_default()
+                    .push((put.key.clone(), put.value.clone()));
             }
             Op::Txn(txn) => {
                 let holds = txn.compare.iter().all(|compare| match &compare.target {
@@ -242,6 +298,10 @@ impl CommittedHistory {
                     for put in puts {
                         let entry = self.writes.entry(put.key.clone()).or_default();
                         entry.push((self.revision, put.value.clone()));
+                        self.puts_at
+                            .entry(self.revision)
+                            .or_default()
+                            .push((put.key.clone(), put.value.clone()));
                     }
                 }
             }
@@ -293,6 +353,69 @@ impl Checker {
             }
         }
         history
+    }
+
+    /// Every watch was sent exactly the committed history's events for its range and
+    /// filters, from its start through the revision it was told it had everything
+    /// through: ordered, unique, reliable (nothing missing), with correct `prev_kv`
+    /// (absent only at a compacted revision the watch resumed at, as etcd) — and was
+    /// canceled by compaction only when the revision it needed next was compacted.
+    pub(crate) fn check_watches(&self, records: &[WatchRecord]) -> Option<Violation> {
+        if records.is_empty() {
+            return None;
+        }
+        let history = self.committed_history();
+        for record in records {
+            if record.through > history.revision {
+                return Some(Violation::Watch(format!(
+                    "a watch was told it had everything through revision {}, beyond the committed {}",
+                    record.through, history.revision
+                )));
+            }
+            if let Some(compacted) = record.canceled_at {
+                let real = history.compactions.iter().any(|&(at, _)| at == compacted);
+                if !real || compacted <= record.through + 1 {
+                    return Some(Violation::Watch(format!(
+                        "a watch needing revision {} was canceled by a compaction at {compacted} (a compaction there: {real})",
+                        record.through + 1
+                    )));
+                }
+            }
+            let expected = history.watch_events(record);
+            let compacted_at =
+                |revision: i64| history.compactions.iter().any(|&(at, _)| at == revision);
+            let matches = |got: &synod_kv::WatchEvent, want: &synod_kv::WatchEvent| {
+                got.kind == want.kind
+                    && got.kv == want.kv
+                    && (got.prev_kv == want.prev_kv
+                        || (got.prev_kv.is_none() && compacted_at(got.revision())))
+            };
+            let first_difference =
+                (0..expected.len().max(record.events.len())).find(|&index| {
+                    match (record.events.get(index), expected.get(index)) {
+                        (Some(got), Some(want)) => !matches(got, want),
+                        _ => true,
+                    }
+                });
+            if let Some(index) = first_difference {
+                return Some(Violation::Watch(format!(
+                    "a watch of {:?}..{:?} (prev_kv {}, noput {}) from revision {} through {} \
+                     was sent {} events, the committed history has {}; event {index} was {:?}, \
+                     the history has {:?}",
+                    record.request.key,
+                    record.request.range_end,
+                    record.request.prev_kv,
+                    record.request.no_put,
+                    record.start,
+                    record.through,
+                    record.events.len(),
+                    expected.len(),
+                    record.events.get(index),
+                    expected.get(index)
+                )));
+            }
+        }
+        None
     }
 
     /// Every read at an older revision returned exactly the committed state of its key at

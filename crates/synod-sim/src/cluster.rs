@@ -87,6 +87,18 @@ pub struct Coverage {
     /// A leader heard of a stray higher ballot (raised by a node unable to reach a
     /// quorum) and ran Phase 1 above it while staying the leader.
     pub leader_refreshes: u64,
+    /// Events sent to simulated watchers (checked against the committed history).
+    pub watch_events: u64,
+    /// Watches resumed at a node (after a crash took their stream, or a reconnect) from
+    /// the revision after the last one they had everything through.
+    pub watch_resumes: u64,
+    /// Times a slow watcher's stream refused a response and it fell behind, to be caught
+    /// up from history.
+    pub watch_stalls: u64,
+    /// Watches canceled because the revision they needed next was compacted.
+    pub watch_compaction_cancels: u64,
+    /// Progress responses (bookmarks) watchers were sent.
+    pub watch_progress: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -111,6 +123,11 @@ impl Coverage {
         self.isolated_phase1 += other.isolated_phase1;
         self.revision_reads += other.revision_reads;
         self.mvcc_compactions += other.mvcc_compactions;
+        self.watch_events += other.watch_events;
+        self.watch_resumes += other.watch_resumes;
+        self.watch_stalls += other.watch_stalls;
+        self.watch_compaction_cancels += other.watch_compaction_cancels;
+        self.watch_progress += other.watch_progress;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -203,6 +220,8 @@ pub(crate) enum Event {
     Script(Scripted),
     PauseEnd(NodeId),
     Heal,
+    /// A simulated watcher's periodic step (`watchers.rs`).
+    WatchStep(usize),
 }
 
 impl Event {
@@ -333,6 +352,13 @@ pub struct Simulation {
     pub(crate) raised_ballots: BTreeMap<synod_core::Ballot, bool>,
     pub(crate) report: SimReport,
     pub(crate) latencies: Vec<u64>,
+    /// Watchers and each node's watch hub (`watchers.rs`), with an RNG of their own.
+    pub(crate) watch_rng: ChaCha8Rng,
+    pub(crate) watchers: Vec<crate::watchers::SimWatcher>,
+    pub(crate) watches: BTreeMap<NodeId, crate::watchers::NodeWatches>,
+    pub(crate) finished_watches: Vec<crate::watchers::WatchRecord>,
+    /// The end of the run: watchers read everything.
+    pub(crate) draining_watches: bool,
 }
 
 impl Simulation {
@@ -377,6 +403,11 @@ impl Simulation {
                 ..SimReport::default()
             },
             latencies: Vec::new(),
+            watch_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x3a7c_4e5f),
+            watchers: Vec::new(),
+            watches: BTreeMap::new(),
+            finished_watches: Vec::new(),
+            draining_watches: false,
             options,
         };
         sim.start();
@@ -395,6 +426,7 @@ impl Simulation {
             let start = self.rng.gen_range(0..=self.options.max_start_units);
             self.schedule(start, Event::ClientNext(client));
         }
+        self.start_watchers();
         for (tick, fault) in self.options.script.clone() {
             self.schedule(tick * TICK_UNITS, Event::Script(fault));
         }
@@ -508,6 +540,7 @@ impl Simulation {
             Event::Script(fault) => self.run_script(fault),
             Event::PauseEnd(id) => self.resume(id),
             Event::Heal => self.heal(),
+            Event::WatchStep(index) => self.watch_step(index),
             node_event => self.handle_node_event(node_event),
         }
     }
@@ -686,10 +719,11 @@ impl Simulation {
             }
             let ready = match node.replica.as_mut() {
                 Some(replica) if replica.has_ready() => replica.take_ready(),
-                _ => return,
+                _ => break,
             };
             self.carry_out(id, ready);
         }
+        self.feed_watches(id);
     }
 
     fn carry_out(&mut self, id: NodeId, ready: ReplicaReady) {
@@ -958,6 +992,7 @@ impl Simulation {
         if let Some(violation) = self.checker.check_revision_reads(&self.revision_reads) {
             self.report.violations.push(violation);
         }
+        self.finish_watches();
         if self.options.check_linearizability {
             let history: Vec<_> = self.history.iter().flatten().cloned().collect();
             if let Some(violation) = crate::checks::check_history(&history) {

@@ -17,6 +17,7 @@ mod faults;
 pub mod linearizability;
 pub mod options;
 pub mod runner;
+mod watchers;
 
 #[cfg(test)]
 mod tests;

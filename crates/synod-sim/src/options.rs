@@ -143,6 +143,8 @@ pub struct SimOptions {
     /// random draws for them, so runs without them are unchanged). The swarm draws 0, 10
     /// or 30.
     pub mvcc_percent: u32,
+    /// Simulated watch clients (see `watchers.rs`); the swarm draws 0, 1, 2 or 4.
+    pub watchers: usize,
     /// A client gives up on one attempt and retries (same sequence number, maybe at
     /// another node) after this many ticks; during the fault phase it abandons the
     /// operation (outcome unknown) after `give_up_ticks`.
@@ -175,6 +177,21 @@ pub struct SimOptions {
     /// answer a read at an older revision from their latest state.
     #[cfg(test)]
     pub(crate) mutant_reads_ignore_revision: bool,
+    /// A deliberate bug in the watch path, for the tests that prove the watch checker can
+    /// fail.
+    #[cfg(test)]
+    pub(crate) mutant_watch: Option<WatchMutant>,
+}
+
+/// Bugs the watch checker must catch.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum WatchMutant {
+    /// A response the stream could not take is reported taken (and lost), as a hub that
+    /// queued nothing and resent nothing would.
+    LoseRefusedResponses,
+    /// A resumed watch starts one revision too late.
+    ResumeSkipsARevision,
 }
 
 /// A fault a scenario places at a given time.
@@ -217,6 +234,7 @@ impl SimOptions {
             oversize_percent: 0,
             snapshot_interval_slots: 0,
             mvcc_percent: 0,
+            watchers: 0,
             retry_ticks: 12,
             give_up_ticks: 60,
             link_delays: BTreeMap::new(),
@@ -231,6 +249,8 @@ impl SimOptions {
             script: Vec::new(),
             #[cfg(test)]
             mutant_reads_ignore_revision: false,
+            #[cfg(test)]
+            mutant_watch: None,
         }
     }
 
@@ -286,6 +306,8 @@ impl SimOptions {
         options.faults = swarm_faults(&mut rng, options.assumed_drift_percent);
         // Drawn last, so every other draw of a seed is what it was before the history mix.
         options.mvcc_percent = *pick(&mut rng, &[0, 10, 30]);
+        // Watchers draw from their own RNG: the run is the same with or without them.
+        options.watchers = *pick(&mut rng, &[0, 1, 2, 4]);
         options
     }
 }

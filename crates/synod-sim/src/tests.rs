@@ -41,6 +41,10 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("revision_reads", coverage.revision_reads),
         ("mvcc_compactions", coverage.mvcc_compactions),
         ("leader_refreshes", coverage.leader_refreshes),
+        ("watch_events", coverage.watch_events),
+        ("watch_resumes", coverage.watch_resumes),
+        ("watch_stalls", coverage.watch_stalls),
+        ("watch_progress", coverage.watch_progress),
     ]
     .into_iter()
     .filter(|(_, count)| *count == 0)
@@ -75,6 +79,64 @@ fn mvcc_seeds_read_the_committed_history() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(coverage.revision_reads > 0 && coverage.mvcc_compactions > 0);
+}
+
+/// Swarm seeds with four watchers each and compactions through the log: every watch holds
+/// etcd's guarantees against the committed history through crashes, snapshots, slow
+/// readers and resumes at other nodes, and some are canceled by a compaction.
+#[test]
+fn watch_seeds_hold_etcds_guarantees_through_faults() {
+    let mut failures = Vec::new();
+    let mut coverage = crate::cluster::Coverage::default();
+    for seed in 0..150 {
+        let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+        options.watchers = 4;
+        options.mvcc_percent = 30;
+        let report = run_options(options);
+        coverage.add(&report.coverage);
+        if !report.violations.is_empty() {
+            failures.push(describe(&report));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        coverage.watch_events > 0
+            && coverage.watch_resumes > 0
+            && coverage.watch_stalls > 0
+            && coverage.watch_compaction_cancels > 0
+            && coverage.watch_progress > 0,
+        "{coverage:?}"
+    );
+}
+
+/// Deliberate watch bugs: the watch checker must report each on some seeds that pass
+/// without it.
+#[test]
+fn checkers_catch_watches_that_lose_events_or_resume_too_late() {
+    use crate::options::WatchMutant;
+    for mutant in [
+        WatchMutant::LoseRefusedResponses,
+        WatchMutant::ResumeSkipsARevision,
+    ] {
+        let mut caught = 0;
+        for seed in 0..40 {
+            let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+            options.watchers = 4;
+            options.mutant_watch = Some(mutant);
+            let report = run_options(options);
+            if report
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::Watch(_)))
+            {
+                caught += 1;
+            }
+        }
+        assert!(
+            caught > 0,
+            "40 seeds of {mutant:?} and no watch violation seen"
+        );
+    }
 }
 
 /// A replica that answers a read at an older revision from its latest state (a deliberate
