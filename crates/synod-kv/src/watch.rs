@@ -432,6 +432,10 @@ impl WatchHub {
                 self.revision = self.revision.max(compacted);
             }
         }
+        if self.watchers.is_empty() {
+            // Nobody to tell: skip reading the changes.
+            self.revision = self.revision.max(store.revision());
+        }
         while self.revision < store.revision() {
             let revision = self.revision + 1;
             self.deliver(store, revision);

@@ -18,9 +18,10 @@ use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_server::{Cluster as ClusterService, ClusterServer};
 use crate::proto::etcdserverpb::kv_server::{Kv, KvServer};
 use crate::proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::mvccpb;
 use crate::transport::Directory;
-use crate::watch::WatchTask;
+use crate::watch::WatchService;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
 use synod_kv::{
@@ -43,7 +44,7 @@ pub struct EtcdApi {
     cluster: Cluster,
     directory: Directory,
     metrics: Arc<Metrics>,
-    watches: WatchTask,
+    watches: WatchServer<WatchService>,
 }
 
 impl EtcdApi {
@@ -52,7 +53,7 @@ impl EtcdApi {
         cluster: Cluster,
         directory: Directory,
         metrics: Arc<Metrics>,
-        watches: WatchTask,
+        watches: WatchServer<WatchService>,
     ) -> EtcdApi {
         EtcdApi {
             handle,
@@ -67,7 +68,7 @@ impl EtcdApi {
     /// UNIMPLEMENTED (with a message) to a gRPC request, 404 to any other.
     pub fn router(self) -> axum::Router {
         tonic::service::Routes::new(KvServer::new(self.clone()))
-            .add_service(self.watches.service())
+            .add_service(self.watches.clone())
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self))
             .prepare()

@@ -69,28 +69,34 @@ impl EtcdNode {
             member_id: config.node_id,
             progress_interval: config.watch_progress_notify_interval,
             max_response_bytes: config.max_request_bytes,
+            election_timeout: config.election_timeout,
         };
         let server = Server::start_observed(config, store, peer, Some(observer)).await?;
+        let mut grpc_tasks = Vec::new();
         let (shutdown, _) = watch::channel(false);
-        let (watches, watch_task) = WatchTask::spawn(
-            applied_rx,
-            watch_settings,
-            server.metrics(),
-            shutdown.subscribe(),
-        );
+        let watch_service = {
+            let (watches, watch_task) = WatchTask::spawn(
+                applied_rx,
+                watch_settings.clone(),
+                server.metrics(),
+                shutdown.subscribe(),
+            );
+            grpc_tasks.push(watch_task);
+            watches.service(&watch_settings, server.metrics())
+        };
         let api = EtcdApi::new(
             server.handle(),
             server.config().cluster.clone(),
             server.directory(),
             server.metrics(),
-            watches,
+            watch_service,
         );
         let http = HttpState {
             handle: server.handle(),
             metrics: server.metrics(),
             health_timeout: health_timeout(server.config()),
         };
-        let mut grpc = vec![watch_task];
+        let mut grpc = grpc_tasks;
         let mut client_addrs = Vec::new();
         for listener in listeners.clients {
             let addr = listener

@@ -55,6 +55,18 @@ pub struct WatchSettings {
     pub progress_interval: Duration,
     /// A watch created with `fragment` gets responses larger than this split in parts.
     pub max_response_bytes: usize,
+    /// A stream that requires a leader (`hasleader` metadata) is closed once the member
+    /// has known no leader for three of these in a row, as etcd's `monitorLeader`.
+    pub election_timeout: Duration,
+}
+
+/// The metadata key etcd clients set (`clientv3.WithRequireLeader`) on streams that must
+/// end when their member loses its leader.
+const REQUIRE_LEADER_KEY: &str = "hasleader";
+
+/// etcd's error for a stream that requires a leader at a member without one.
+fn no_leader() -> Status {
+    Status::unavailable("etcdserver: no leader")
 }
 
 enum Input {
@@ -127,8 +139,16 @@ impl WatchTask {
     }
 
     /// The gRPC service for this member's clients.
-    pub fn service(&self) -> pb::watch_server::WatchServer<WatchService> {
-        pb::watch_server::WatchServer::new(WatchService { task: self.clone() })
+    pub fn service(
+        &self,
+        settings: &WatchSettings,
+        metrics: Arc<Metrics>,
+    ) -> pb::watch_server::WatchServer<WatchService> {
+        pb::watch_server::WatchServer::new(WatchService {
+            task: self.clone(),
+            metrics,
+            election_timeout: settings.election_timeout,
+        })
     }
 }
 
@@ -385,6 +405,8 @@ fn request_from_proto(create: &pb::WatchCreateRequest) -> WatchRequest {
 #[derive(Clone)]
 pub struct WatchService {
     task: WatchTask,
+    metrics: Arc<Metrics>,
+    election_timeout: Duration,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
@@ -397,8 +419,16 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let require_leader = request
+            .metadata()
+            .get(REQUIRE_LEADER_KEY)
+            .is_some_and(|value| value == "true");
+        if require_leader && self.metrics.has_leader.get() == 0 {
+            return Err(no_leader());
+        }
         let mut requests = request.into_inner();
         let (responses, outgoing) = mpsc::unbounded_channel();
+        let errors = responses.clone();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (reply, opened) = oneshot::channel();
         self.task
@@ -416,6 +446,15 @@ impl pb::watch_server::Watch for WatchService {
         let stream = opened
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        if require_leader {
+            tokio::spawn(monitor_leader(
+                Arc::clone(&self.metrics),
+                self.election_timeout,
+                errors,
+                self.task.inputs.clone(),
+                stream,
+            ));
+        }
         let inputs = self.task.inputs.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
@@ -448,5 +487,35 @@ impl pb::watch_server::Watch for WatchService {
                 response
             });
         Ok(Response::new(Box::pin(outgoing)))
+    }
+}
+
+/// Ends a stream that requires a leader once its member has known none for three election
+/// timeouts in a row (etcd's `monitorLeader`), so the client moves to a member that has.
+async fn monitor_leader(
+    metrics: Arc<Metrics>,
+    election_timeout: Duration,
+    responses: mpsc::UnboundedSender<Result<pb::WatchResponse, Status>>,
+    inputs: mpsc::UnboundedSender<Input>,
+    stream: StreamId,
+) {
+    let mut every = tokio::time::interval(election_timeout);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut without_leader = 0;
+    loop {
+        every.tick().await;
+        if responses.is_closed() {
+            return;
+        }
+        if metrics.has_leader.get() == 0 {
+            without_leader += 1;
+        } else {
+            without_leader = 0;
+        }
+        if without_leader >= 3 {
+            let _ = responses.send(Err(no_leader()));
+            let _ = inputs.send(Input::Close { stream });
+            return;
+        }
     }
 }

@@ -45,19 +45,32 @@ struct Stream {
 
 impl Stream {
     async fn open(cluster: &EtcdCluster, index: usize) -> Stream {
+        Stream::open_with(cluster, index, false)
+            .await
+            .expect("watch")
+    }
+
+    /// With `require_leader`, as `clientv3.WithRequireLeader`: the `hasleader` metadata.
+    async fn open_with(
+        cluster: &EtcdCluster,
+        index: usize,
+        require_leader: bool,
+    ) -> Result<Stream, tonic::Status> {
         let mut client = WatchClient::connect(cluster.endpoint(index))
             .await
             .expect("connect");
         let (requests, receiver) = mpsc::channel(16);
-        let responses = client
-            .watch(ReceiverStream::new(receiver))
-            .await
-            .expect("watch")
-            .into_inner();
-        Stream {
+        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+        if require_leader {
+            request
+                .metadata_mut()
+                .insert("hasleader", "true".parse().unwrap());
+        }
+        let responses = client.watch(request).await?.into_inner();
+        Ok(Stream {
             requests,
             responses,
-        }
+        })
     }
 
     async fn send(&self, request: RequestUnion) {
@@ -420,5 +433,37 @@ async fn a_client_that_stops_reading_holds_up_neither_writes_nor_other_watchers(
     }
     assert_eq!(revisions.len(), 2000);
     assert!(revisions.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_requires_a_leader_ends_when_its_member_has_none() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut stream = Stream::open_with(&cluster, follower, true)
+        .await
+        .expect("a member with a leader serves it");
+    stream.create(create("k")).await;
+    assert!(stream.next().await.created);
+    // Without a quorum the follower soon knows no leader; after three election timeouts
+    // without one, etcd's answer: the stream ends with "no leader".
+    for index in 0..3 {
+        if index != follower {
+            cluster.stop(index).await;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.responses.message())
+        .await
+        .expect("the stream ends within 30 s");
+    let status = ended.expect_err("ended with an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "etcdserver: no leader");
+    // A new stream that requires a leader is refused at once.
+    let refused = Stream::open_with(&cluster, follower, true).await;
+    assert_eq!(
+        refused.err().map(|status| status.message().to_string()),
+        Some("etcdserver: no leader".to_string())
+    );
     cluster.stop_all().await;
 }

@@ -316,7 +316,9 @@ fn etcd_available(test: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("etcd is not installed, but CI=true requires it (apt-get install etcd-server)");
         }
-        eprintln!("\n*** SKIPPED {test}: etcd is not installed (apt-get install etcd-server) ***\n");
+        eprintln!(
+            "\n*** SKIPPED {test}: etcd is not installed (apt-get install etcd-server) ***\n"
+        );
     }
     found
 }
@@ -353,7 +355,7 @@ impl RealEtcd {
             .expect("etcd starts");
         let endpoint = client.to_string();
         for _ in 0..100 {
-            if etcdctl(&[endpoint.clone()], &["endpoint", "health"], "")
+            if etcdctl(std::slice::from_ref(&endpoint), &["endpoint", "health"], "")
                 .await
                 .success
             {
