@@ -109,6 +109,17 @@ fn watch_seeds_hold_etcds_guarantees_through_faults() {
     );
 }
 
+/// Seeds whose watches saw no write in their range at the end: the closing bookmark must
+/// be asked for after every hub has its node's final state, or the watch looks incomplete
+/// (the first 20,000-seed run with watchers reported these seven).
+#[test]
+fn closing_bookmarks_cover_the_final_revision() {
+    for seed in [3195, 4491, 6226, 7993, 11692, 18724, 19512] {
+        let report = run_seed(seed, &RunSettings::default());
+        assert!(report.violations.is_empty(), "{}", describe(&report));
+    }
+}
+
 /// Deliberate watch bugs: the watch checker must report each on some seeds that pass
 /// without it.
 #[test]

@@ -375,8 +375,11 @@ impl Simulation {
                 self.attach(index);
             }
         }
-        // A bookmark for each: a watch whose range saw no recent writes learns it is
-        // complete through its node's revision.
+        // A bookmark for each, once every hub has its node's final state: a watch whose
+        // range saw no recent writes learns it is complete through its node's revision.
+        for id in &nodes {
+            self.feed_watches(*id);
+        }
         for watcher in &self.watchers {
             if let Some((node, _, stream)) = watcher.stream {
                 if let Some(hub) = self.watches.get_mut(&node).and_then(|w| w.hub.as_mut()) {
