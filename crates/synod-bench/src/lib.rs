@@ -8,6 +8,9 @@
 //! disk's fdatasync latency and the loopback round trip ([`machine`]), and kills each
 //! cluster's leader under load. The results ([`report`]) print as a markdown table and
 //! are written as JSON, an SVG chart ([`chart`]) and a README section ([`write_outputs`]).
+//!
+//! `synod bench watch` ([`watch::run`]) measures etcd Watch event latency, from a put's
+//! acknowledgement to its watchers, at 1, 100 and 10,000 watchers on one member.
 
 pub mod chart;
 pub mod cluster;
@@ -16,6 +19,7 @@ pub mod load;
 pub mod machine;
 pub mod process;
 pub mod report;
+pub mod watch;
 
 pub use cluster::{run, Bar, ClusterOptions, Plain, Progress, Quiet};
 pub use error::BenchError;

@@ -186,6 +186,18 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     cpu_time_of_stat(&stat)
 }
 
+/// Resident set of a process (`VmRSS` of `/proc/<pid>/status`), in bytes.
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    rss_of_status(&status)
+}
+
+fn rss_of_status(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// CPU time of this process.
 pub fn own_cpu_time() -> Option<Duration> {
     process_cpu_time(std::process::id())
@@ -266,6 +278,14 @@ mod tests {
             Some(Duration::from_micros(300 * 1_000_000 / ticks))
         );
         assert_eq!(cpu_time_of_stat("garbage"), None);
+    }
+
+    #[test]
+    fn the_resident_set_is_read_from_vmrss() {
+        let status = "Name:\tsynod\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(rss_of_status(status), Some(1234 * 1024));
+        assert_eq!(rss_of_status("Name:\tkthread\n"), None);
+        assert!(process_rss_bytes(std::process::id()).is_some_and(|bytes| bytes > 0));
     }
 
     #[test]

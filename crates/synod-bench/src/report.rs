@@ -653,12 +653,23 @@ pub const README_END: &str = "<!-- synod bench cluster: end -->";
 
 /// `existing` with the generated section replaced (or appended, or a new document).
 pub fn splice_readme(existing: Option<&str>, section: &str) -> String {
-    let block = format!("{README_BEGIN}\n{section}{README_END}\n");
+    splice_section(existing, README_BEGIN, README_END, section)
+}
+
+/// `existing` with the text between `begin_marker` and `end_marker` replaced by `section`
+/// (or the marked section appended, or a new document holding it).
+pub fn splice_section(
+    existing: Option<&str>,
+    begin_marker: &str,
+    end_marker: &str,
+    section: &str,
+) -> String {
+    let block = format!("{begin_marker}\n{section}{end_marker}\n");
     match existing {
         None => format!("# Benchmarks\n\n{block}"),
-        Some(text) => match (text.find(README_BEGIN), text.find(README_END)) {
+        Some(text) => match (text.find(begin_marker), text.find(end_marker)) {
             (Some(begin), Some(end)) if end > begin => {
-                let after = &text[end + README_END.len()..];
+                let after = &text[end + end_marker.len()..];
                 let after = after.strip_prefix('\n').unwrap_or(after);
                 format!("{}{block}{after}", &text[..begin])
             }

@@ -36,6 +36,110 @@ enum BenchCommand {
     /// Memory of the KV store's history: 1 M revisions of 100-byte values over 1, 10,000
     /// and 1 M keys, before and after a compaction (docs/mvcc.md).
     Mvcc(crate::bench_mvcc::MvccArgs),
+    /// etcd Watch event latency, from a put's acknowledgement at the leader to each
+    /// watcher's stream, at 1, 100 and 10,000 watchers on one member, beside the puts' own
+    /// latency. A fresh Synod ×3 cluster per watcher count. Prints a table; writes
+    /// watch.json, watch.svg and a README section.
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Watcher counts, comma-separated: one cell, and one fresh cluster, each.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,10000")]
+    watchers: Vec<usize>,
+    /// Puts per cell, one at a time, at the leader.
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+    /// Puts start this many milliseconds apart (a modest pace: latency, not throughput).
+    #[arg(long, default_value_t = 50.0)]
+    write_interval_ms: f64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// gRPC watch streams carrying the watchers [default: min(watchers, 100)].
+    #[arg(long)]
+    streams: Option<usize>,
+    /// HTTP/2 connections carrying the streams (etcd's client uses one).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// The member the watches attach to (writes always go to the leader).
+    #[arg(long, default_value = "follower", value_parser = parse_watch_member)]
+    member: synod_bench::watch::WatchMember,
+    /// Where the members keep their data (removed afterwards).
+    #[arg(long, default_value = "synod-data/bench-watch")]
+    dir: PathBuf,
+    /// Where watch.json, watch.svg and README.md (generated section) are written.
+    #[arg(long, default_value = "docs/bench")]
+    out_dir: PathBuf,
+    /// The synod executable whose `node` subcommand runs the members [default: this one].
+    #[arg(long)]
+    synod_bin: Option<PathBuf>,
+    /// A line per cell instead of a progress bar (for logs).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_watch_member(name: &str) -> Result<synod_bench::watch::WatchMember, String> {
+    synod_bench::watch::WatchMember::parse(name)
+        .ok_or_else(|| format!("unknown member {name:?} (choose leader or follower)"))
+}
+
+fn run_watch(args: WatchArgs) -> ExitCode {
+    let synod_executable = match args.synod_bin.map_or_else(std::env::current_exe, Ok) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("cannot locate the synod executable: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(args.write_interval_ms.is_finite() && args.write_interval_ms >= 0.0) {
+        eprintln!("--write-interval-ms must be a number ≥ 0");
+        return ExitCode::FAILURE;
+    }
+    let mut options = synod_bench::watch::WatchOptions::new(synod_executable);
+    options.watchers = args.watchers;
+    options.writes = args.writes;
+    options.write_interval = std::time::Duration::from_secs_f64(args.write_interval_ms / 1000.0);
+    options.value_bytes = args.value_bytes;
+    options.streams = args.streams;
+    options.connections = args.connections;
+    options.member = args.member;
+    options.data_dir = args.dir;
+    let outcome = if args.quiet {
+        synod_bench::watch::run(&options, &synod_bench::Plain)
+    } else {
+        synod_bench::watch::run(&options, &synod_bench::Bar::new())
+    };
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("watch bench failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    let errors = report.errors();
+    for error in &errors {
+        println!("error: {error}");
+    }
+    eprintln!("run took {:.0} s", report.run_seconds);
+    match synod_bench::watch::write_outputs(&report, &args.out_dir) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(Args)]
@@ -188,6 +292,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     match args.command {
         BenchCommand::Cluster(args) => run_cluster(args),
         BenchCommand::Mvcc(args) => crate::bench_mvcc::run(args),
+        BenchCommand::Watch(args) => run_watch(args),
         BenchCommand::Storage {
             dir,
             writers,
