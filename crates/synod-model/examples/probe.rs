@@ -91,6 +91,9 @@ fn main() {
             .map(|k| &*Box::leak(k.to_string().into_boxed_str()))
             .collect();
     }
+    if env("DFS").is_some() {
+        options.depth_first = true;
+    }
     if let Some(v) = env("MUTANT") {
         options.mutant = Some(v.parse::<Mutant>().unwrap());
     }

@@ -79,7 +79,11 @@ pub struct ModelOptions {
     /// The random seed of node `i + 1` at index `i` (nodes past the list: their id). It
     /// fixes each node's random election timeouts.
     pub seeds: Vec<u64>,
-    /// Check with this many threads.
+    /// Search depth-first (`dfs.rs`, one thread, little memory) instead of breadth-first
+    /// (`bfs.rs`): for deep, narrow configurations. Both count the same states and find
+    /// shortest paths.
+    pub depth_first: bool,
+    /// Check with this many threads (breadth-first search only).
     pub threads: usize,
     /// Give up when the checker's resident memory passes this many MiB.
     pub memory_limit_mb: Option<u64>,
@@ -133,6 +137,7 @@ impl Default for ModelOptions {
             // First election timeouts 3, 4 and 5 ticks: n1 campaigns first, and the next
             // candidate's ballot is higher without it having heard of n1's.
             seeds: vec![3, 1, 2],
+            depth_first: false,
             threads: 2,
             memory_limit_mb: Some(6 * 1024),
             mutant: None,

@@ -1,5 +1,6 @@
 //! The model checker inside `cargo test`: bounded configurations (seconds) hold every
-//! `always` property, and a mutant is caught. The full suite is a command:
+//! `always` property, depth-first search counts what breadth-first search does, and a
+//! mutant is caught. The full suite is a command:
 //! `cargo run --release -p synod -- model-check` (docs/model-checking.md).
 
 use std::time::Duration;
@@ -82,6 +83,22 @@ fn prepare_before_durable_is_caught_with_a_shortest_trace() {
         "counterexample"
     );
     assert_eq!(report.path_lengths[property::PROMISE_MONOTONE], 7);
+}
+
+#[test]
+fn depth_first_search_counts_the_states_breadth_first_search_does() {
+    let breadth_first = run(ModelOptions {
+        threads: 1,
+        ..one_value()
+    });
+    let depth_first = run(ModelOptions {
+        depth_first: true,
+        ..one_value()
+    });
+    assert_eq!(depth_first.unique_states, breadth_first.unique_states);
+    assert_eq!(depth_first.levels, breadth_first.levels);
+    assert_eq!(depth_first.path_lengths, breadth_first.path_lengths);
+    assert_eq!(depth_first.properties, breadth_first.properties);
 }
 
 #[test]
