@@ -292,6 +292,54 @@ pub fn default_suite() -> Vec<(&'static str, ModelOptions)> {
                 values: 2,
                 timeouts: 1,
                 depth: Some(12),
+                ..quiet.clone()
+            },
+        ),
+        // Two leaders in one tick, n1 and n3 (both draw the shortest election timeout),
+        // "a" proposed at n1 and "b" at n3, for one slot: the first leader, preempted,
+        // refreshes its ballot above the second's, whose value may be chosen, applied
+        // and compacted meanwhile. Heartbeats and forwarded commands are lost, and
+        // compaction may happen between any two deliveries. Every schedule of up to 18
+        // actions, depth-first (a breadth-first level at this depth outgrows the memory
+        // limit).
+        (
+            "refreshed-leader",
+            ModelOptions {
+                ticks: 3,
+                slots: 1,
+                values: 2,
+                placement: Some(vec![1, 3]),
+                seeds: vec![3, 1, 3],
+                compactions: 1,
+                faults_at_ticks: false,
+                lost_kinds: vec!["heartbeat", "heartbeat_ack", "forward"],
+                depth: Some(18),
+                depth_first: true,
+                ..quiet.clone()
+            },
+        ),
+        // A leader (n1) whose runtime stalls through three ticks while n1 and n3 cannot
+        // talk: n3 (an early timeout) is elected through n2 and gets "a" chosen, then a
+        // client asks n1 for a read. Forwarded commands are lost. Every schedule of up to
+        // 18 actions, depth-first.
+        (
+            "stalled-leader",
+            ModelOptions {
+                ticks: 6,
+                slots: 1,
+                max_ballot: 2,
+                values: 1,
+                placement: Some(vec![3]),
+                reads: 1,
+                read_nodes: Some(vec![1]),
+                stalls: 3,
+                stall_nodes: Some(vec![1]),
+                timeouts: 1,
+                timeout_nodes: Some(vec![3]),
+                cut_links: vec![(1, 3)],
+                lost_kinds: vec!["forward"],
+                depth: Some(18),
+                depth_first: true,
                 ..quiet
             },
         ),
