@@ -63,6 +63,37 @@ fn main() {
     if let Some(v) = env("SEEDS") {
         options.seeds = v.split(',').map(|x| x.parse().unwrap()).collect();
     }
+    let ids = |v: String| -> Vec<u64> { v.split(',').map(|x| x.parse().unwrap()).collect() };
+    if let Some(v) = env("PLACE") {
+        options.placement = Some(ids(v));
+    }
+    if let Some(v) = env("SNODES") {
+        options.stall_nodes = Some(ids(v));
+    }
+    if let Some(v) = env("RNODES") {
+        options.read_nodes = Some(ids(v));
+    }
+    if let Some(v) = env("TNODES") {
+        options.timeout_nodes = Some(ids(v));
+    }
+    if let Some(v) = env("CUT") {
+        options.cut_links = v
+            .split(',')
+            .map(|pair| {
+                let (a, b) = pair.split_once('-').unwrap();
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect();
+    }
+    if let Some(v) = env("LOST") {
+        options.lost_kinds = v
+            .split(',')
+            .map(|k| &*Box::leak(k.to_string().into_boxed_str()))
+            .collect();
+    }
+    if env("DFS").is_some() {
+        options.depth_first = true;
+    }
     if let Some(v) = env("MUTANT") {
         options.mutant = Some(v.parse::<Mutant>().unwrap());
     }

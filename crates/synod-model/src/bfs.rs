@@ -16,7 +16,7 @@
 //! (at `max_depth`) are checked and counted but not kept.
 
 use crate::hashed::hash_of;
-use stateright::{Expectation, Model};
+use stateright::{Expectation, Model, Property};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,7 +71,7 @@ pub struct Search {
 
 /// A fingerprint is already a hash: the tables use it as it is.
 #[derive(Default)]
-struct Identity(u64);
+pub(crate) struct Identity(u64);
 
 impl Hasher for Identity {
     fn finish(&self) -> u64 {
@@ -87,15 +87,15 @@ impl Hasher for Identity {
     }
 }
 
-type Table<V> = HashMap<u64, V, BuildHasherDefault<Identity>>;
+pub(crate) type Table<V> = HashMap<u64, V, BuildHasherDefault<Identity>>;
 
 /// How a state was first reached: its parent's fingerprint and the position of the action
 /// among the parent's actions (`ROOT` for an initial state: the position among those).
 #[derive(Clone, Copy)]
-struct Link {
-    parent: u64,
-    action: u32,
-    root: bool,
+pub(crate) struct Link {
+    pub(crate) parent: u64,
+    pub(crate) action: u32,
+    pub(crate) root: bool,
 }
 
 /// Where a state of the next level came from, to order the candidates of one fingerprint.
@@ -133,20 +133,7 @@ where
             .all(|p| p.expectation != Expectation::Eventually),
         "`eventually` properties are not supported"
     );
-    let found_in = |state: &M::State| -> u64 {
-        let mut bits = 0;
-        for (at, property) in properties.iter().enumerate() {
-            let holds = (property.condition)(model, state);
-            let discovery = match property.expectation {
-                Expectation::Sometimes => holds,
-                _ => !holds,
-            };
-            if discovery {
-                bits |= 1 << at;
-            }
-        }
-        bits
-    };
+    let found_in = |state: &M::State| -> u64 { found_in(model, &properties, state) };
     let mut visited: Table<Link> = Table::default();
     let mut discovered: BTreeMap<usize, u64> = BTreeMap::new();
     let mut frontier: Vec<(u64, M::State)> = Vec::new();
@@ -285,7 +272,10 @@ where
     }
     let discoveries = discovered
         .into_iter()
-        .map(|(at, fingerprint)| (properties[at].name, path_to(model, &visited, fingerprint)))
+        .map(|(at, fingerprint)| {
+            let path = path_to(model, |at| visited[&at], fingerprint);
+            (properties[at].name, path)
+        })
         .collect();
     Outcome {
         states: generated.load(Ordering::Relaxed),
@@ -295,6 +285,23 @@ where
         out_of_memory,
         discoveries,
     }
+}
+
+/// The properties `state` is a discovery for, a bit each: a counterexample of an
+/// `always` property, an example of a `sometimes` one.
+pub(crate) fn found_in<M: Model>(model: &M, properties: &[Property<M>], state: &M::State) -> u64 {
+    let mut bits = 0;
+    for (at, property) in properties.iter().enumerate() {
+        let holds = (property.condition)(model, state);
+        let discovery = match property.expectation {
+            Expectation::Sometimes => holds,
+            _ => !holds,
+        };
+        if discovery {
+            bits |= 1 << at;
+        }
+    }
+    bits
 }
 
 /// The process's resident memory (Linux `VmRSS`), in MiB.
@@ -404,7 +411,11 @@ fn expand<M>(
 
 /// The initial state and the actions from it to the state with `fingerprint`, replayed
 /// through the parent links.
-fn path_to<M>(model: &M, visited: &Table<Link>, fingerprint: u64) -> (usize, Vec<M::Action>)
+pub(crate) fn path_to<M>(
+    model: &M,
+    link_of: impl Fn(u64) -> Link,
+    fingerprint: u64,
+) -> (usize, Vec<M::Action>)
 where
     M: Model,
     M::State: Hash,
@@ -413,7 +424,7 @@ where
     let mut chain = Vec::new();
     let mut at = fingerprint;
     let root = loop {
-        let link = visited[&at];
+        let link = link_of(at);
         if link.root {
             break link.action as usize;
         }

@@ -66,6 +66,14 @@ pub enum Packet {
 }
 
 impl Packet {
+    /// The node that sent the packet.
+    pub fn from(&self) -> NodeId {
+        match self {
+            Packet::Message(envelope) => envelope.from,
+            Packet::Snapshot { from, .. } => *from,
+        }
+    }
+
     /// The node the packet is for.
     pub fn to(&self) -> NodeId {
         match self {
@@ -215,6 +223,9 @@ pub fn placements(options: &ModelOptions) -> Vec<Vec<NodeId>> {
     if options.propose_until != Some(0) {
         return all;
     }
+    if let Some(placement) = &options.placement {
+        return vec![placement.clone()];
+    }
     let mut last = all.clone();
     for _ in 0..options.values {
         let mut longer = Vec::new();
@@ -339,7 +350,10 @@ impl Cluster {
         if lockstep && slowest < options.ticks {
             actions.push(Action::TickAll);
             if can_stall {
-                for replica in self.replicas.iter().filter(|r| r.node.is_some()) {
+                let stalls = |r: &&Hashed<Replica>| {
+                    r.node.is_some() && ModelOptions::allows(&options.stall_nodes, r.id)
+                };
+                for replica in self.replicas.iter().filter(stalls) {
                     actions.push(Action::Stall(replica.id));
                 }
             }
@@ -352,7 +366,10 @@ impl Cluster {
                 && replica.clock < slowest + options.max_skew
             {
                 actions.push(Action::Tick(id));
-                if can_stall && replica.node.is_some() {
+                if can_stall
+                    && replica.node.is_some()
+                    && ModelOptions::allows(&options.stall_nodes, id)
+                {
                     actions.push(Action::Stall(id));
                 }
             }
@@ -368,6 +385,7 @@ impl Cluster {
             if faults_now
                 && self.budget.timeouts < options.timeouts
                 && node.status().role != synod_core::Role::Leader
+                && ModelOptions::allows(&options.timeout_nodes, id)
             {
                 actions.push(Action::Timeout(id));
             }
@@ -389,7 +407,10 @@ impl Cluster {
             {
                 actions.push(Action::Propose(id));
             }
-            if self.budget.reads < options.reads && node.status().leader.is_some() {
+            if self.budget.reads < options.reads
+                && node.status().leader.is_some()
+                && ModelOptions::allows(&options.read_nodes, id)
+            {
                 actions.push(Action::Read(id));
             }
             if faults_now
@@ -541,6 +562,11 @@ impl Cluster {
         } = step;
         self.happened |= happened;
         self.budget.ballots = self.budget.ballots.saturating_add(ballots_started);
+        // Packets across a cut link are lost as they leave.
+        let sent: Vec<Packet> = sent
+            .into_iter()
+            .filter(|packet| !model.options.loses(packet))
+            .collect();
         if !sent.is_empty() {
             let network = Arc::make_mut(&mut self.network);
             for packet in sent {

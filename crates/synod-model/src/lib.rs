@@ -22,6 +22,7 @@
 
 pub mod bfs;
 pub mod cluster;
+pub mod dfs;
 pub mod hashed;
 pub mod model;
 pub mod mutant;

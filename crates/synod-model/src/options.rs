@@ -1,5 +1,6 @@
 //! The bounds of one model-checking run and the timing the nodes run with.
 
+use crate::cluster::Packet;
 use crate::mutant::Mutant;
 use serde::Serialize;
 use synod_core::{Backoff, Config, NodeId};
@@ -25,6 +26,13 @@ pub struct ModelOptions {
     /// takes it out of the network). None: every packet sent stays deliverable for ever,
     /// any number of times. Other delays are not supported.
     pub max_delay: Option<u8>,
+    /// Pairs of nodes that never hear each other, either way: a partition for the whole
+    /// run (every packet between them is lost). A restriction: loss is a behaviour the
+    /// network has anyway.
+    pub cut_links: Vec<(NodeId, NodeId)>,
+    /// Kinds of message (`Message::kind`) the network loses, every one of them. A
+    /// restriction, as `cut_links` is.
+    pub lost_kinds: Vec<&'static str>,
     /// Deliveries that leave the packet in flight (network duplication), in all (with
     /// `max_delay` only).
     pub duplicates: u8,
@@ -32,6 +40,9 @@ pub struct ModelOptions {
     pub values: u8,
     /// Clients propose only until this time (None: at any time).
     pub propose_until: Option<u8>,
+    /// With `propose_until` 0: the node each value is proposed at (one initial state),
+    /// instead of every placement. A restriction: it keeps one of the initial states.
+    pub placement: Option<Vec<NodeId>>,
     /// Linearizable reads asked for.
     pub reads: u8,
     /// Ticks some node's runtime stalls through (its core hears of the time only at its
@@ -40,6 +51,12 @@ pub struct ModelOptions {
     /// Early election timeouts in all: at a tick's start a node's election timer runs
     /// out, whatever its random draw (`Node::expire_election_timer`).
     pub timeouts: u8,
+    /// The nodes whose election timer may run out early (None: any non-leader).
+    pub timeout_nodes: Option<Vec<NodeId>>,
+    /// The nodes whose runtime may stall (None: any).
+    pub stall_nodes: Option<Vec<NodeId>>,
+    /// The nodes clients ask for reads (None: any that knows a leader).
+    pub read_nodes: Option<Vec<NodeId>>,
     /// Slow-disk episodes in all: outside them a persist request is durable at once.
     pub slow_disks: u8,
     /// Crashes, restarts, compactions and slow disks happen only at the start of a tick
@@ -62,7 +79,11 @@ pub struct ModelOptions {
     /// The random seed of node `i + 1` at index `i` (nodes past the list: their id). It
     /// fixes each node's random election timeouts.
     pub seeds: Vec<u64>,
-    /// Check with this many threads.
+    /// Search depth-first (`dfs.rs`, one thread, little memory) instead of breadth-first
+    /// (`bfs.rs`): for deep, narrow configurations. Both count the same states and find
+    /// shortest paths.
+    pub depth_first: bool,
+    /// Check with this many threads (breadth-first search only).
     pub threads: usize,
     /// Give up when the checker's resident memory passes this many MiB.
     pub memory_limit_mb: Option<u64>,
@@ -92,12 +113,18 @@ impl Default for ModelOptions {
             ticks: 6,
             max_skew: 0,
             max_delay: Some(0),
+            cut_links: Vec::new(),
+            lost_kinds: Vec::new(),
             duplicates: 0,
             values: 2,
             propose_until: Some(0),
+            placement: None,
             reads: 1,
             stalls: 0,
             timeouts: 0,
+            timeout_nodes: None,
+            stall_nodes: None,
+            read_nodes: None,
             slow_disks: 1,
             faults_at_ticks: true,
             crashes: 1,
@@ -110,6 +137,7 @@ impl Default for ModelOptions {
             // First election timeouts 3, 4 and 5 ticks: n1 campaigns first, and the next
             // candidate's ballot is higher without it having heard of n1's.
             seeds: vec![3, 1, 2],
+            depth_first: false,
             threads: 2,
             memory_limit_mb: Some(6 * 1024),
             mutant: None,
@@ -142,6 +170,22 @@ impl ModelOptions {
         u8::try_from(self.election_timeout_ticks.saturating_sub(1)).unwrap_or(u8::MAX)
     }
 
+    /// Whether the network loses `packet` as it leaves (`cut_links`, `lost_kinds`).
+    pub fn loses(&self, packet: &Packet) -> bool {
+        let (from, to) = (packet.from(), packet.to());
+        let cut = self
+            .cut_links
+            .iter()
+            .any(|link| *link == (from, to) || *link == (to, from));
+        cut || matches!(packet, Packet::Message(envelope)
+            if self.lost_kinds.contains(&envelope.message.kind()))
+    }
+
+    /// Whether `ids` (one of the `*_nodes` restrictions) lets node `id` act.
+    pub fn allows(ids: &Option<Vec<NodeId>>, id: NodeId) -> bool {
+        ids.as_ref().is_none_or(|ids| ids.contains(&id))
+    }
+
     /// A quorum of the cluster.
     pub fn quorum(&self) -> usize {
         self.nodes as usize / 2 + 1
@@ -157,6 +201,25 @@ impl ModelOptions {
         }
         if self.max_delay.is_some_and(|delay| delay != 0) {
             return Err("--max-delay must be 0 (or unbounded)".into());
+        }
+        if let Some(placement) = &self.placement {
+            if self.propose_until != Some(0) || placement.len() != usize::from(self.values) {
+                return Err("a placement needs propose_until 0 and one node per value".into());
+            }
+        }
+        let known = |ids: &Option<Vec<NodeId>>| {
+            ids.iter().flatten().all(|id| (1..=self.nodes).contains(id))
+        };
+        let linked: Vec<NodeId> = self.cut_links.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        let restricted = [
+            &self.placement,
+            &self.timeout_nodes,
+            &self.stall_nodes,
+            &self.read_nodes,
+            &Some(linked),
+        ];
+        if !restricted.into_iter().all(known) {
+            return Err(format!("node ids are 1 to {}", self.nodes));
         }
         if self.threads == 0 {
             return Err("--threads must be positive".into());
@@ -229,6 +292,54 @@ pub fn default_suite() -> Vec<(&'static str, ModelOptions)> {
                 values: 2,
                 timeouts: 1,
                 depth: Some(12),
+                ..quiet.clone()
+            },
+        ),
+        // Two leaders in one tick, n1 and n3 (both draw the shortest election timeout),
+        // "a" proposed at n1 and "b" at n3, for one slot: the first leader, preempted,
+        // refreshes its ballot above the second's, whose value may be chosen, applied
+        // and compacted meanwhile. Heartbeats and forwarded commands are lost, and
+        // compaction may happen between any two deliveries. Every schedule of up to 18
+        // actions, depth-first (a breadth-first level at this depth outgrows the memory
+        // limit).
+        (
+            "refreshed-leader",
+            ModelOptions {
+                ticks: 3,
+                slots: 1,
+                values: 2,
+                placement: Some(vec![1, 3]),
+                seeds: vec![3, 1, 3],
+                compactions: 1,
+                faults_at_ticks: false,
+                lost_kinds: vec!["heartbeat", "heartbeat_ack", "forward"],
+                depth: Some(18),
+                depth_first: true,
+                ..quiet.clone()
+            },
+        ),
+        // A leader (n1) whose runtime stalls through three ticks while n1 and n3 cannot
+        // talk: n3 (an early timeout) is elected through n2 and gets "a" chosen, then a
+        // client asks n1 for a read. Forwarded commands are lost. Every schedule of up to
+        // 18 actions, depth-first.
+        (
+            "stalled-leader",
+            ModelOptions {
+                ticks: 6,
+                slots: 1,
+                max_ballot: 2,
+                values: 1,
+                placement: Some(vec![3]),
+                reads: 1,
+                read_nodes: Some(vec![1]),
+                stalls: 3,
+                stall_nodes: Some(vec![1]),
+                timeouts: 1,
+                timeout_nodes: Some(vec![3]),
+                cut_links: vec![(1, 3)],
+                lost_kinds: vec!["forward"],
+                depth: Some(18),
+                depth_first: true,
                 ..quiet
             },
         ),

@@ -80,7 +80,11 @@ pub fn check(
         stop_at_failure: options.mutant.is_some(),
         memory_limit_mb: options.memory_limit_mb,
     };
-    let outcome = bfs::search(&model, search, interval, progress);
+    let outcome = if options.depth_first {
+        crate::dfs::search(&model, search, interval, progress)
+    } else {
+        bfs::search(&model, search, interval, progress)
+    };
     let mut verdicts = BTreeMap::new();
     let mut path_lengths = BTreeMap::new();
     let mut found = Vec::new();

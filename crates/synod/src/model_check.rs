@@ -54,7 +54,10 @@ pub struct ModelCheckArgs {
     /// Early election timeouts in all (at a tick's start, whatever the random draw).
     #[arg(long)]
     timeouts: Option<u8>,
-    /// Checker threads.
+    /// Search depth-first (one thread, little memory) instead of breadth-first.
+    #[arg(long)]
+    depth_first: bool,
+    /// Checker threads (breadth-first search only).
     #[arg(long, default_value_t = ModelOptions::default().threads)]
     threads: usize,
 }
@@ -186,12 +189,16 @@ fn custom(args: &ModelCheckArgs) -> Option<ModelOptions> {
         options.depth = args.depth;
         any = true;
     }
+    if args.depth_first {
+        options.depth_first = true;
+        any = true;
+    }
     any.then_some(options)
 }
 
 fn describe(options: &ModelOptions) -> String {
     format!(
-        "{} nodes, {} slots, {} ballots, {} ticks (skew {}), {} values, {} read(s), {} crash(es), {} compaction(s), {} stall(s), {} slow disk(s), depth {}{}",
+        "{} nodes, {} slots, {} ballots, {} ticks (skew {}), {} values, {} read(s), {} crash(es), {} compaction(s), {} stall(s), {} slow disk(s), depth {}{}{}",
         options.nodes,
         options.slots,
         options.max_ballot,
@@ -204,6 +211,11 @@ fn describe(options: &ModelOptions) -> String {
         options.stalls,
         options.slow_disks,
         options.depth.map_or("unbounded".to_string(), |d| d.to_string()),
+        if options.depth_first {
+            " (depth-first)"
+        } else {
+            ""
+        },
         options.mutant.map(|m| format!(", mutant {m}")).unwrap_or_default()
     )
 }
