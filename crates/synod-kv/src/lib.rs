@@ -207,4 +207,6 @@ mod history_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod watch_tests;

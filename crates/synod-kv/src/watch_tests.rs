@@ -10,36 +10,7 @@ use proptest::prelude::*;
 
 use crate::*;
 
-fn b(text: &str) -> Bytes {
-    Bytes::copy_from_slice(text.as_bytes())
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Put(PutRequest {
-        key: b(key),
-        value: b(value),
-        ..PutRequest::default()
-    })
-}
-
-fn delete(key: &str) -> Op {
-    Op::DeleteRange(DeleteRangeRequest {
-        key: b(key),
-        ..DeleteRangeRequest::default()
-    })
-}
-
-fn compact(revision: i64) -> Op {
-    Op::Compact(CompactRequest {
-        revision,
-        physical: false,
-    })
-}
-
-fn run(store: &mut KvStore, op: Op) -> Response {
-    let slot = store.applied() + 1;
-    store.execute(slot, &Command::unsessioned(op))
-}
+use crate::test_support::{b, compact, delete, put, run};
 
 fn watch(key: &str) -> WatchRequest {
     WatchRequest {

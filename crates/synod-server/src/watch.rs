@@ -211,11 +211,11 @@ async fn run(
                 .get(&output.watch_id)
                 .copied()
                 .unwrap_or(false);
-            let responses = to_responses(&settings, &metrics, output, fragment);
             if sink.responses.is_closed() {
                 closed.push(output.stream);
                 return false;
             }
+            let responses = to_responses(&settings, &metrics, output, fragment);
             let taken = sink.offer(responses);
             if taken {
                 match output.update {
