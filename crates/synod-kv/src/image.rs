@@ -3,10 +3,12 @@
 //!
 //! Layout (behind [`SNAPSHOT_FORMAT_VERSION`]): applied slot, revision, compacted revision,
 //! the NOSPACE alarm, every key with its events in key order, the change log (the keys of
-//! each revision above its base, in write order), the sessions. Histories are written
-//! straight from the persistent maps, never copied first. Snapshots of format 1 (the latest
-//! state only, before history was kept) are still read: they restore as compacted at their
-//! revision.
+//! each revision above its base, in write order), the sessions, the leases (id and TTL; the
+//! keys attached to each are rebuilt from the live keys), the lease epoch and the grant count.
+//! Histories are written straight from the persistent maps, never copied first. Snapshots of
+//! format 1 (the latest state only, before history was kept) are still read: they restore as
+//! compacted at their revision; those of format 2 (before leases) get a lease of the minimum
+//! TTL for every lease id their keys name, so the keys expire unless someone keeps it alive.
 
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -20,7 +22,13 @@ use crate::store::{KvStore, INITIAL_REVISION};
 use crate::{KeyValue, Slot, SnapshotError, FORMAT_VERSION};
 
 /// The format-version byte of snapshots with history.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+
+/// Format 2: history, no leases.
+const HISTORY_FORMAT_VERSION: u8 = 2;
+
+/// The TTL a format-2 snapshot's lease ids get (etcd's minimum with default timings).
+const RESTORED_LEASE_TTL_SECONDS: i64 = 2;
 
 /// Serializes a sequence from an iterator without collecting it.
 struct Seq<I>(std::cell::Cell<Option<I>>);
@@ -61,7 +69,7 @@ struct StoreRef<'a>(&'a KvStore);
 impl Serialize for StoreRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let store = self.0;
-        let mut image = serializer.serialize_struct("StoreImage", 8)?;
+        let mut image = serializer.serialize_struct("StoreImage", 11)?;
         image.serialize_field("applied", &store.applied)?;
         image.serialize_field("revision", &store.revision)?;
         image.serialize_field("compacted", &store.compacted)?;
@@ -77,6 +85,10 @@ impl Serialize for StoreRef<'_> {
             "sessions",
             &Seq::of(ExactLen(sessions, store.sessions.len())),
         )?;
+        let leases = store.lease_ttls.iter().map(|(id, ttl)| (*id, *ttl));
+        image.serialize_field("leases", &Seq::of(ExactLen(leases, store.lease_ttls.len())))?;
+        image.serialize_field("lease_epoch", &store.lease_epoch)?;
+        image.serialize_field("leases_granted", &store.leases_granted)?;
         image.end()
     }
 }
@@ -114,6 +126,22 @@ struct StoreImage {
     changes_base: i64,
     changes: Vec<Vec<Bytes>>,
     sessions: Vec<Session>,
+    leases: Vec<(i64, i64)>,
+    lease_epoch: crate::LeaseEpoch,
+    leases_granted: u64,
+}
+
+/// Format 2: as format 3 without the leases.
+#[derive(Deserialize)]
+struct HistoryImage {
+    applied: Slot,
+    revision: i64,
+    compacted: i64,
+    nospace: bool,
+    keys: Vec<KeyImage>,
+    changes_base: i64,
+    changes: Vec<Vec<Bytes>>,
+    sessions: Vec<Session>,
 }
 
 /// Format 1: the latest state only.
@@ -133,15 +161,26 @@ pub(crate) fn encode(store: &KvStore) -> Bytes {
 pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, SnapshotError> {
     let image = match snapshot.first() {
         Some(&FORMAT_VERSION) => from_latest(codec::decode_as(FORMAT_VERSION, snapshot)?),
+        Some(&HISTORY_FORMAT_VERSION) => {
+            from_history(codec::decode_as(HISTORY_FORMAT_VERSION, snapshot)?)
+        }
         _ => codec::decode_as::<StoreImage>(SNAPSHOT_FORMAT_VERSION, snapshot)?,
     };
     check(&image).map_err(SnapshotError::Inconsistent)?;
     let mut store = KvStore::with_max_sessions(template.max_sessions())
         .with_quota_bytes(template.quota_bytes());
     let mut keys = OrdMap::new();
+    store.lease_ttls = image.leases.iter().copied().collect();
     for KeyImage { key, events } in image.keys {
-        if events.last().and_then(KeyEvent::live).is_some() {
+        if let Some(entry) = events.last().and_then(KeyEvent::live) {
             store.live_keys += 1;
+            if entry.lease != 0 {
+                store
+                    .lease_keys
+                    .entry(entry.lease)
+                    .or_default()
+                    .insert(key.clone());
+            }
         }
         let history = KeyHistory::from(events);
         store.history_bytes += history.bytes(&key);
@@ -166,7 +205,35 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
     store.nospace = image.nospace;
     store.applied = image.applied;
     store.sessions = Sessions::from_sessions(template.max_sessions(), image.sessions);
+    store.lease_epoch = image.lease_epoch;
+    store.leases_granted = image.leases_granted;
     Ok(store)
+}
+
+fn from_history(image: HistoryImage) -> StoreImage {
+    let leases: std::collections::BTreeSet<i64> = image
+        .keys
+        .iter()
+        .filter_map(|key| key.events.last().and_then(KeyEvent::live))
+        .map(|entry| entry.lease)
+        .filter(|lease| *lease != 0)
+        .collect();
+    StoreImage {
+        applied: image.applied,
+        revision: image.revision,
+        compacted: image.compacted,
+        nospace: image.nospace,
+        keys: image.keys,
+        changes_base: image.changes_base,
+        changes: image.changes,
+        sessions: image.sessions,
+        leases: leases
+            .into_iter()
+            .map(|id| (id, RESTORED_LEASE_TTL_SECONDS))
+            .collect(),
+        lease_epoch: crate::LeaseEpoch::ZERO,
+        leases_granted: 0,
+    }
 }
 
 fn from_latest(image: LatestImage) -> StoreImage {
@@ -193,6 +260,9 @@ fn from_latest(image: LatestImage) -> StoreImage {
         changes_base: image.revision,
         changes: Vec::new(),
         sessions: image.sessions,
+        leases: Vec::new(),
+        lease_epoch: crate::LeaseEpoch::ZERO,
+        leases_granted: 0,
     }
 }
 
@@ -234,7 +304,41 @@ fn check(image: &StoreImage) -> Result<(), String> {
             }
         }
     }
+    check_leases(image)?;
     check_sessions(&image.sessions, image.applied)
+}
+
+/// Leases in id order, positive ids, TTLs in range, and every live key's lease present.
+fn check_leases(image: &StoreImage) -> Result<(), String> {
+    for pair in image.leases.windows(2) {
+        if pair[0].0 >= pair[1].0 {
+            return Err(format!("leases out of order at {}", pair[1].0));
+        }
+    }
+    if let Some((id, ttl)) = image
+        .leases
+        .iter()
+        .find(|(id, ttl)| *id <= 0 || *ttl > crate::MAX_LEASE_TTL_SECONDS)
+    {
+        return Err(format!("impossible lease {id} with TTL {ttl}"));
+    }
+    for key in &image.keys {
+        let Some(entry) = key.events.last().and_then(KeyEvent::live) else {
+            continue;
+        };
+        if entry.lease != 0
+            && image
+                .leases
+                .binary_search_by(|(id, _)| id.cmp(&entry.lease))
+                .is_err()
+        {
+            return Err(format!(
+                "{:?} is attached to lease {}, which does not exist",
+                key.key, entry.lease
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A key's events: a put first, revisions rising up to the store's, no two deletes in a row,

@@ -43,6 +43,15 @@
 //! deletes and compactions still run). The alarm is raised while applying the log, so every
 //! replica must run with the same quota.
 //!
+//! # Leases
+//!
+//! [`Op::LeaseGrant`] creates a lease with a TTL (not a write: the revision stays); a put may
+//! attach its key to an existing lease ([`KvError::LeaseNotFound`] otherwise), and a later put
+//! or delete detaches it. [`Op::LeaseRevoke`] deletes the lease and every key attached to it
+//! at one revision, so watchers see all the deletes together. When a lease *expires* is
+//! decided by the leader's [`Lessor`] and applied as [`Op::LeaseExpire`] under the lease epoch
+//! of [`Op::LeasePromote`]; see `lessor.rs` for why a deposed leader's decision is ignored.
+//!
 //! # Transactions
 //!
 //! A txn evaluates all compares against the current state, then runs `success` (all hold) or
@@ -107,6 +116,7 @@ mod broadcast;
 mod codec;
 mod history;
 mod image;
+mod lessor;
 mod sessions;
 mod store;
 mod types;
@@ -116,18 +126,23 @@ pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
 pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
+pub use lessor::{Lessor, RenewError, EXPIRY_RETRY_NANOS};
 pub use sessions::DEFAULT_MAX_SESSIONS;
 pub use store::{Change, KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
     AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, Response, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch, LeaseGrantRequest, Op,
+    OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Response, TxnRequest,
+    TxnResponse,
 };
 pub use watch::{
     key_in_range, EventKind, StreamId, WatchEvent, WatchHub, WatchOutput, WatchRequest, WatchStats,
     WatchUpdate, CATCH_UP_BYTES, CATCH_UP_REVISIONS, STREAM_PROGRESS_ID,
 };
+
+/// The longest lease TTL a grant may ask for, in seconds (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL_SECONDS: i64 = 9_000_000_000;
 
 /// The most operations one transaction branch may hold (etcd's `--max-txn-ops` default is 128).
 pub const MAX_TXN_OPS: usize = 1024;
@@ -204,6 +219,8 @@ impl From<codec::DecodeError> for SnapshotError {
 
 #[cfg(test)]
 mod history_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

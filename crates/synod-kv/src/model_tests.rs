@@ -106,7 +106,13 @@ impl Model {
                 }
                 OpResponse::Range(RangeResponse { kvs, more, count })
             }
-            Op::Txn(_) | Op::Compact(_) | Op::Alarm(_) => {
+            Op::Txn(_)
+            | Op::Compact(_)
+            | Op::Alarm(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+            | Op::LeasePromote(_)
+            | Op::LeaseExpire { .. } => {
                 unreachable!("the model only knows put, delete and range")
             }
         };

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use bytes::Bytes;
 
@@ -19,9 +19,10 @@ use crate::image;
 use crate::sessions::{Lookup, Sessions, DEFAULT_MAX_SESSIONS};
 use crate::{
     AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, Response, Slot, SnapshotError, StateMachine,
-    TxnRequest, TxnResponse, MAX_TXN_DEPTH, MAX_TXN_OPS,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch, LeaseGrantRequest, Op,
+    OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Response, Slot,
+    SnapshotError, StateMachine, TxnRequest, TxnResponse, MAX_LEASE_TTL_SECONDS, MAX_TXN_DEPTH,
+    MAX_TXN_OPS,
 };
 
 /// The revision of an empty store, as in etcd; the first write gets revision 2.
@@ -56,6 +57,15 @@ pub struct KvStore {
     pub(crate) nospace: bool,
     pub(crate) applied: Slot,
     pub(crate) sessions: Sessions,
+    /// Every lease: its TTL in seconds. Kept apart from the attached keys so a lessor can
+    /// diff it cheaply (it changes only on grants and revokes).
+    pub(crate) lease_ttls: OrdMap<i64, i64>,
+    /// The live keys attached to each lease that has any.
+    pub(crate) lease_keys: OrdMap<i64, OrdSet<Bytes>>,
+    /// The leadership whose lessor decides expiries (`Op::LeasePromote`).
+    pub(crate) lease_epoch: LeaseEpoch,
+    /// Grants so far: the seed of the next store-chosen lease id.
+    pub(crate) leases_granted: u64,
     /// A setting, not state: the same on every replica, like `max_sessions`.
     pub(crate) quota_bytes: u64,
 }
@@ -103,8 +113,36 @@ impl KvStore {
             nospace: false,
             applied: 0,
             sessions: Sessions::new(max_sessions),
+            lease_ttls: OrdMap::new(),
+            lease_keys: OrdMap::new(),
+            lease_epoch: LeaseEpoch::ZERO,
+            leases_granted: 0,
             quota_bytes: DEFAULT_QUOTA_BYTES,
         }
+    }
+
+    /// Every lease with its TTL in seconds, by id. Cloning it is O(1) and two clones diff
+    /// in time proportional to their differences (`OrdMap::diff`).
+    pub fn leases(&self) -> &OrdMap<i64, i64> {
+        &self.lease_ttls
+    }
+
+    /// A lease's TTL in seconds, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.lease_ttls.get(&id).copied()
+    }
+
+    /// The keys attached to a lease, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Bytes> {
+        self.lease_keys
+            .get(&id)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The leadership whose lessor decides expiries (`Ballot::ZERO` before any).
+    pub fn lease_epoch(&self) -> LeaseEpoch {
+        self.lease_epoch
     }
 
     /// The same store with another history quota (etcd's `--quota-backend-bytes`). Every
@@ -284,8 +322,25 @@ impl KvStore {
                     changed: before != self.nospace,
                 });
             }
+            Op::LeaseGrant(request) => {
+                return match self.grant(request) {
+                    Ok(response) => self.success(response),
+                    Err(error) => self.failure(error),
+                }
+            }
+            Op::LeasePromote(epoch) => {
+                let promoted = *epoch > self.lease_epoch;
+                if promoted {
+                    self.lease_epoch = *epoch;
+                }
+                return self.success(OpResponse::LeasePromote { promoted });
+            }
             _ => {}
         }
+        // Revokes delete keys and so grow the history by tombstones, but like deletes they
+        // free space at the next compaction: etcd never refuses its lessor's revokes.
+        let exempt_from_quota = matches!(op, Op::LeaseRevoke(_) | Op::LeaseExpire { .. });
+        let (lease_ttls, lease_keys) = (self.lease_ttls.clone(), self.lease_keys.clone());
         let mut batch = WriteBatch {
             revision: self.revision + 1,
             written: Vec::new(),
@@ -296,7 +351,7 @@ impl KvStore {
         let result = self.run(op, &mut batch).and_then(|response| {
             // etcd checks the quota before a request that adds data; a delete may pass it.
             let grew = batch.history_bytes > self.history_bytes;
-            if grew && batch.history_bytes > self.quota_bytes {
+            if grew && !exempt_from_quota && batch.history_bytes > self.quota_bytes {
                 self.nospace = true;
                 return Err(KvError::NoSpace {
                     history_bytes: batch.history_bytes,
@@ -316,6 +371,8 @@ impl KvStore {
                 self.success(response)
             }
             Err(error) => {
+                self.lease_ttls = lease_ttls;
+                self.lease_keys = lease_keys;
                 for (key, existed) in batch.undo.into_iter().rev() {
                     let popped = existed && self.keys.get_mut(&key).is_some_and(KeyHistory::pop);
                     if !popped {
@@ -350,7 +407,96 @@ impl KvStore {
                 .delete_range(request, batch)
                 .map(OpResponse::DeleteRange),
             Op::Txn(request) => self.txn(request, batch).map(OpResponse::Txn),
-            Op::Compact(_) | Op::Alarm(_) => Err(KvError::NotInTxn),
+            Op::LeaseRevoke(id) => self
+                .revoke(*id, batch)
+                .map(|deleted| OpResponse::LeaseRevoke { deleted }),
+            Op::LeaseExpire { id, epoch } => {
+                if *epoch != self.lease_epoch || !self.lease_ttls.contains_key(id) {
+                    return Ok(OpResponse::LeaseExpire {
+                        expired: false,
+                        deleted: 0,
+                    });
+                }
+                let deleted = self.revoke(*id, batch)?;
+                Ok(OpResponse::LeaseExpire {
+                    expired: true,
+                    deleted,
+                })
+            }
+            Op::Compact(_) | Op::Alarm(_) | Op::LeaseGrant(_) | Op::LeasePromote(_) => {
+                Err(KvError::NotInTxn)
+            }
+        }
+    }
+
+    /// etcd's `LeaseGrant`: id 0 picks an unused id from the log alone (every replica picks
+    /// the same). A grant is not a write: the revision stays.
+    fn grant(&mut self, request: &LeaseGrantRequest) -> Result<OpResponse, KvError> {
+        if request.ttl > MAX_LEASE_TTL_SECONDS {
+            return Err(KvError::LeaseInvalid("too large lease TTL".to_string()));
+        }
+        if request.id < 0 {
+            return Err(KvError::LeaseInvalid(format!(
+                "lease id {} is negative",
+                request.id
+            )));
+        }
+        let id = if request.id != 0 {
+            if self.lease_ttls.contains_key(&request.id) {
+                return Err(KvError::LeaseExists(request.id));
+            }
+            request.id
+        } else {
+            let mut seed = self.applied ^ self.leases_granted.rotate_left(32);
+            loop {
+                seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let candidate = (mix64(seed) >> 1) as i64;
+                if candidate != 0 && !self.lease_ttls.contains_key(&candidate) {
+                    break candidate;
+                }
+            }
+        };
+        self.leases_granted += 1;
+        self.lease_ttls.insert(id, request.ttl);
+        Ok(OpResponse::LeaseGrant {
+            id,
+            ttl: request.ttl,
+        })
+    }
+
+    /// Deletes a lease and every key attached to it, in key order, at the batch's revision.
+    fn revoke(&mut self, id: i64, batch: &mut WriteBatch) -> Result<i64, KvError> {
+        if self.lease_ttls.remove(&id).is_none() {
+            return Err(KvError::LeaseNotFound(id));
+        }
+        let keys = self.lease_keys.remove(&id).unwrap_or_default();
+        let mut deleted = 0;
+        for key in keys {
+            let tombstone = KeyEvent::Delete {
+                revision: batch.revision,
+            };
+            self.record(&key, tombstone, batch);
+            batch.live_keys -= 1;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Moves `key` from one lease's keys to another's (0: none).
+    fn reattach(&mut self, key: &Bytes, from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        if from != 0 {
+            if let Some(keys) = self.lease_keys.get_mut(&from) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.lease_keys.remove(&from);
+                }
+            }
+        }
+        if to != 0 {
+            self.lease_keys.entry(to).or_default().insert(key.clone());
         }
     }
 
@@ -438,6 +584,9 @@ impl KvStore {
         if before.is_none() && (request.ignore_value || request.ignore_lease) {
             return Err(KvError::KeyNotFound(request.key.clone()));
         }
+        if request.lease != 0 && !self.lease_ttls.contains_key(&request.lease) {
+            return Err(KvError::LeaseNotFound(request.lease));
+        }
         let entry = match &before {
             Some(previous) => Entry {
                 value: if request.ignore_value {
@@ -469,6 +618,8 @@ impl KvStore {
         if before.is_none() {
             batch.live_keys += 1;
         }
+        let lease_before = before.as_ref().map_or(0, |previous| previous.lease);
+        self.reattach(&request.key, lease_before, entry.lease);
         self.record(&request.key, KeyEvent::Put(entry), batch);
         Ok(PutResponse { prev_kv })
     }
@@ -490,6 +641,7 @@ impl KvStore {
             if request.prev_kv {
                 response.prev_kvs.push(entry.to_key_value(&key));
             }
+            self.reattach(&key, entry.lease, 0);
             let tombstone = KeyEvent::Delete {
                 revision: batch.revision,
             };
@@ -612,6 +764,13 @@ fn txn_is_free_of_puts(txn: &TxnRequest) -> bool {
     })
 }
 
+/// splitmix64's finalizer: spreads consecutive seeds over the id space.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The bounds handed to `BTreeMap::range`.
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
@@ -681,7 +840,12 @@ fn check_txn_shape(txn: &TxnRequest, depth: usize) -> Result<(), KvError> {
                 }
                 Op::Put(request) => check_put(request)?,
                 Op::Txn(inner) => check_txn_shape(inner, depth + 1)?,
-                Op::Compact(_) | Op::Alarm(_) => return Err(KvError::NotInTxn),
+                Op::Compact(_)
+                | Op::Alarm(_)
+                | Op::LeaseGrant(_)
+                | Op::LeaseRevoke(_)
+                | Op::LeasePromote(_)
+                | Op::LeaseExpire { .. } => return Err(KvError::NotInTxn),
                 Op::Range(_) | Op::DeleteRange(_) => {}
             }
         }

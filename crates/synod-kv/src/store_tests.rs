@@ -406,6 +406,10 @@ fn empty_keys_are_rejected_without_a_revision_change() {
 #[test]
 fn put_returns_prev_kv_and_ignore_flags_keep_value_and_lease() {
     let mut store = KvStore::new();
+    for id in [5, 77] {
+        let grant = Op::LeaseGrant(LeaseGrantRequest { id, ttl: 60 });
+        run(&mut store, grant).result.unwrap();
+    }
     let leased = Op::Put(PutRequest {
         key: b("a"),
         value: b("1"),
@@ -497,6 +501,8 @@ fn a_txn_failing_part_way_rolls_back_its_earlier_writes() {
 #[test]
 fn compares_on_every_target_of_an_existing_key() {
     let mut store = KvStore::new();
+    let grant = Op::LeaseGrant(LeaseGrantRequest { id: 9, ttl: 60 });
+    run(&mut store, grant).result.unwrap(); // not a write: still revision 1
     run(&mut store, put("other", "x")); // revision 2
     run(
         &mut store,
@@ -882,11 +888,11 @@ fn bad_snapshots_are_refused_and_change_nothing() {
     let before = store.clone();
     let good = store.snapshot();
     let mut wrong_version = good.to_vec();
-    wrong_version[0] = 3;
+    wrong_version[0] = 4;
     assert_eq!(store.restore(&[]), Err(SnapshotError::Empty));
     assert_eq!(
         store.restore(&wrong_version),
-        Err(SnapshotError::UnknownVersion(3))
+        Err(SnapshotError::UnknownVersion(4))
     );
     for cut in 1..good.len() {
         assert!(store.restore(&good[..cut]).is_err(), "truncated at {cut}");

@@ -16,7 +16,7 @@ pub struct KeyValue {
     pub mod_revision: i64,
     /// Puts since creation: 1 after the creating put.
     pub version: i64,
-    /// The lease id attached to the key; 0 means none. Leases never expire here.
+    /// The lease id attached to the key; 0 means none. The key is deleted with its lease.
     pub lease: i64,
 }
 
@@ -118,8 +118,22 @@ pub enum AlarmAction {
     Deactivate,
 }
 
-/// One operation of the store. `Compact` and `Alarm` are commands of their own: a txn cannot
-/// hold them.
+/// Creates a lease (etcd's `LeaseGrant`). The TTL is taken as given: the proposer applies
+/// etcd's minimum-TTL rule before proposing, since it depends on its election timeout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantRequest {
+    /// 0: the store picks an unused id (deterministically, from the log).
+    pub id: i64,
+    /// Seconds.
+    pub ttl: i64,
+}
+
+/// The leader that decides lease expiries: the ballot of its leadership (see
+/// [`Op::LeasePromote`]). Ordered as ballots are.
+pub type LeaseEpoch = synod_core::Ballot;
+
+/// One operation of the store. `Compact`, `Alarm` and the lease operations are commands of
+/// their own: a txn cannot hold them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Range(RangeRequest),
@@ -128,6 +142,19 @@ pub enum Op {
     Txn(TxnRequest),
     Compact(CompactRequest),
     Alarm(AlarmAction),
+    LeaseGrant(LeaseGrantRequest),
+    /// Revokes a lease: deletes it and every key attached to it, at one revision.
+    LeaseRevoke(i64),
+    /// A leader's lessor starts deciding expiries: applied only if `epoch` is above the
+    /// store's lease epoch (a stale leader's promotion changes nothing). See `lessor.rs`.
+    LeasePromote(LeaseEpoch),
+    /// The lessor of `epoch` found the lease expired: revoked as by [`Op::LeaseRevoke`] only
+    /// if `epoch` is still the store's lease epoch, so a deposed leader's late decision
+    /// never deletes a lease its successor kept alive.
+    LeaseExpire {
+        id: i64,
+        epoch: LeaseEpoch,
+    },
 }
 
 impl Op {
@@ -135,7 +162,14 @@ impl Op {
     pub fn is_read_only(&self) -> bool {
         match self {
             Op::Range(_) => true,
-            Op::Put(_) | Op::DeleteRange(_) | Op::Compact(_) | Op::Alarm(_) => false,
+            Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Compact(_)
+            | Op::Alarm(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+            | Op::LeasePromote(_)
+            | Op::LeaseExpire { .. } => false,
             Op::Txn(txn) => txn.success.iter().chain(&txn.failure).all(Op::is_read_only),
         }
     }
@@ -185,6 +219,25 @@ pub enum OpResponse {
         nospace: bool,
         changed: bool,
     },
+    /// The lease granted: its id and TTL in seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// The lease is gone; `deleted` keys went with it.
+    LeaseRevoke {
+        deleted: i64,
+    },
+    /// Whether the promotion took effect (its epoch was above the store's).
+    LeasePromote {
+        promoted: bool,
+    },
+    /// Whether the expiry took effect (its epoch was current and the lease existed), and
+    /// how many keys went with the lease.
+    LeaseExpire {
+        expired: bool,
+        deleted: i64,
+    },
 }
 
 /// Why a command failed. A failed command changes nothing (except that the session records it).
@@ -220,8 +273,15 @@ pub enum KvError {
         history_bytes: u64,
         quota_bytes: u64,
     },
-    /// A compaction or an alarm inside a txn.
+    /// A compaction, an alarm or a lease operation inside a txn.
     NotInTxn,
+    /// A put with, or a revoke of, a lease that does not exist (etcd `ErrLeaseNotFound`).
+    LeaseNotFound(i64),
+    /// A grant of an id already in use (etcd `ErrLeaseExist`).
+    LeaseExists(i64),
+    /// A grant with a TTL above [`crate::MAX_LEASE_TTL_SECONDS`] (etcd `ErrLeaseTTLTooLarge`)
+    /// or a negative id.
+    LeaseInvalid(String),
 }
 
 impl std::fmt::Display for KvError {
@@ -265,7 +325,13 @@ impl std::fmt::Display for KvError {
                 f,
                 "database space exceeded (history ~{history_bytes} bytes, quota {quota_bytes})"
             ),
-            KvError::NotInTxn => write!(f, "a txn cannot hold a compaction or an alarm"),
+            KvError::NotInTxn => write!(
+                f,
+                "a txn cannot hold a compaction, an alarm or a lease operation"
+            ),
+            KvError::LeaseNotFound(_) => write!(f, "requested lease not found"),
+            KvError::LeaseExists(_) => write!(f, "lease already exists"),
+            KvError::LeaseInvalid(why) => write!(f, "{why}"),
         }
     }
 }
