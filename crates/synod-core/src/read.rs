@@ -114,12 +114,16 @@ impl Node {
     /// plus `read_lease_ticks`, shortened for clock drift. See docs/protocol.md. Never
     /// valid in [`ReadMode::ReadIndex`].
     pub(crate) fn leader_lease_valid(&self) -> bool {
+        self.config.read_mode != ReadMode::ReadIndex && self.holds_leader_lease()
+    }
+
+    /// Whether this node is the leader and holds the leader lease now (whatever the read
+    /// mode): no other node can have been elected since the lease began, nor until it ends.
+    /// What a lessor needs before it acknowledges a keep-alive or decides an expiry.
+    pub fn holds_leader_lease(&self) -> bool {
         let RoleState::Leader(leader) = &self.role else {
             return false;
         };
-        if self.config.read_mode == ReadMode::ReadIndex {
-            return false;
-        }
         let mut acked: Vec<Tick> = leader.peers.values().map(|p| p.acked_sent_at).collect();
         acked.push(self.now);
         acked.sort_unstable_by(|a, b| b.cmp(a));

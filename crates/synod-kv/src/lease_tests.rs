@@ -251,12 +251,12 @@ fn a_snapshot_naming_a_missing_lease_is_refused() {
 
 // ---- the lessor ----
 
-fn promoted_store(node: u64) -> KvStore {
-    let mut store = KvStore::new();
-    run(&mut store, Op::LeasePromote(epoch(1, node)))
-        .result
-        .unwrap();
-    store
+/// A store whose lease epoch is `lessor`'s promotion, applied.
+fn promoted(lessor: &mut Lessor, store: &mut KvStore, ballot: LeaseEpoch, now: u64) {
+    let promotion = lessor.promotion(now, store, ballot).expect("promotes");
+    run(store, promotion).result.unwrap();
+    lessor.on_applied(now, store);
+    assert_eq!(lessor.primary(), Some(ballot));
 }
 
 #[test]
@@ -269,16 +269,23 @@ fn a_lessor_decides_only_after_its_promotion_is_applied() {
     assert_eq!(lessor.renew(0, 1, &store), Err(RenewError::NotPrimary));
     assert!(lessor.expired(100 * SECOND, 10).is_empty());
     let promotion = lessor
-        .promotion(&store, epoch(1, 1))
+        .promotion(0, &store, epoch(1, 1))
         .expect("a leader promotes");
     assert!(
-        lessor.promotion(&store, epoch(1, 2)).is_none(),
+        lessor.promotion(0, &store, epoch(1, 2)).is_none(),
         "not its ballot"
     );
+    assert!(
+        lessor.promotion(SECOND, &store, epoch(1, 1)).is_none(),
+        "proposed already"
+    );
+    assert!(lessor
+        .promotion(EXPIRY_RETRY_NANOS, &store, epoch(1, 1))
+        .is_some());
     run(&mut store, promotion).result.unwrap();
     lessor.on_applied(5 * SECOND, &store);
     assert_eq!(lessor.primary(), Some(epoch(1, 1)));
-    assert!(lessor.promotion(&store, epoch(1, 1)).is_none());
+    assert!(lessor.promotion(6 * SECOND, &store, epoch(1, 1)).is_none());
     // Promoted at 5 s with a 2 s extension: due at 17 s, not before.
     assert_eq!(lessor.remaining_seconds(5 * SECOND, 1), Some(12));
     assert!(lessor.expired(17 * SECOND - 1, 10).is_empty());
@@ -299,9 +306,9 @@ fn a_lessor_decides_only_after_its_promotion_is_applied() {
 
 #[test]
 fn a_keep_alive_moves_the_deadline_and_an_expired_lease_cannot_be_renewed() {
-    let mut store = promoted_store(1);
+    let mut store = KvStore::new();
     let mut lessor = Lessor::new(1, 0);
-    lessor.on_applied(0, &store);
+    promoted(&mut lessor, &mut store, epoch(1, 1), 0);
     granted(&mut store, 9, 10);
     lessor.on_applied(SECOND, &store);
     assert_eq!(lessor.next_deadline(), Some(11 * SECOND));
@@ -321,11 +328,10 @@ fn a_keep_alive_moves_the_deadline_and_an_expired_lease_cannot_be_renewed() {
 
 #[test]
 fn another_members_promotion_demotes_a_lessor() {
-    let mut store = promoted_store(1);
+    let mut store = KvStore::new();
     granted(&mut store, 4, 10);
     let mut lessor = Lessor::new(1, 0);
-    lessor.on_applied(0, &store);
-    assert!(lessor.primary().is_some());
+    promoted(&mut lessor, &mut store, epoch(1, 1), 0);
     run(&mut store, Op::LeasePromote(epoch(2, 2)))
         .result
         .unwrap();
@@ -335,7 +341,7 @@ fn another_members_promotion_demotes_a_lessor() {
     assert_eq!(lessor.renew(SECOND, 4, &store), Err(RenewError::NotPrimary));
     // Leader again at a higher ballot: it must promote again before deciding.
     assert_eq!(
-        lessor.promotion(&store, epoch(3, 1)),
+        lessor.promotion(SECOND, &store, epoch(3, 1)),
         Some(Op::LeasePromote(epoch(3, 1)))
     );
 }
@@ -347,13 +353,39 @@ fn a_promotion_gives_every_lease_a_full_ttl_from_the_promotion() {
     let mut store = KvStore::new();
     granted(&mut store, 1, 10);
     granted(&mut store, 2, 20);
-    run(&mut store, Op::LeasePromote(epoch(7, 3)))
-        .result
-        .unwrap();
     let mut lessor = Lessor::new(3, SECOND);
-    lessor.on_applied(100 * SECOND, &store);
+    promoted(&mut lessor, &mut store, epoch(7, 3), 100 * SECOND);
     assert_eq!(lessor.remaining_seconds(100 * SECOND, 1), Some(11));
     assert_eq!(lessor.remaining_seconds(100 * SECOND, 2), Some(21));
     assert!(lessor.expired(110 * SECOND, 10).is_empty());
     assert_eq!(lessor.expired(111 * SECOND, 10).len(), 1);
+}
+
+#[test]
+fn a_restarted_member_does_not_decide_under_the_epoch_of_its_earlier_life() {
+    let mut store = KvStore::new();
+    granted(&mut store, 1, 10);
+    let mut before_crash = Lessor::new(1, 0);
+    promoted(&mut before_crash, &mut store, epoch(1, 1), 0);
+    // The earlier life decided an expiry that is still on its way when the member restarts.
+    let late = before_crash.expired(11 * SECOND, 10);
+    assert_eq!(late.len(), 1);
+    let mut after_restart = Lessor::new(1, 0);
+    after_restart.on_applied(12 * SECOND, &store);
+    assert_eq!(after_restart.primary(), None, "the store's epoch is not this life's");
+    assert_eq!(
+        after_restart.renew(12 * SECOND, 1, &store),
+        Err(RenewError::NotPrimary)
+    );
+    // It promotes anew; the old decision then changes nothing.
+    promoted(&mut after_restart, &mut store, epoch(2, 1), 12 * SECOND);
+    assert_eq!(after_restart.renew(13 * SECOND, 1, &store), Ok(10));
+    let outcome = run(&mut store, late[0].clone()).result;
+    assert_eq!(
+        outcome,
+        Ok(OpResponse::LeaseExpire {
+            expired: false,
+            deleted: 0
+        })
+    );
 }

@@ -58,6 +58,9 @@ pub enum RenewError {
 pub struct Lessor {
     me: u64,
     extension_nanos: Nanos,
+    /// How long one unit of a lease's TTL lasts: a second in production; the simulator
+    /// shrinks it so leases expire within its short runs.
+    ttl_unit_nanos: Nanos,
     /// The epoch this lessor decides for (its promotion applied), if any.
     primary: Option<LeaseEpoch>,
     /// Every lease's deadline while primary.
@@ -67,19 +70,29 @@ pub struct Lessor {
     expiring: BTreeMap<i64, Nanos>,
     /// The store's leases as last seen (diffed against the next).
     seen: OrdMap<i64, i64>,
+    /// The promotion last proposed and when.
+    promoting: Option<(LeaseEpoch, Nanos)>,
 }
 
 impl Lessor {
     /// The lessor of member `me`; a promotion extends every deadline by `extension_nanos`.
+    /// TTLs count in seconds.
     pub fn new(me: u64, extension_nanos: Nanos) -> Lessor {
+        Lessor::with_ttl_unit(me, extension_nanos, 1_000_000_000)
+    }
+
+    /// As [`Lessor::new`], with TTLs counting in units of `ttl_unit_nanos`.
+    pub fn with_ttl_unit(me: u64, extension_nanos: Nanos, ttl_unit_nanos: Nanos) -> Lessor {
         Lessor {
             me,
             extension_nanos,
+            ttl_unit_nanos: ttl_unit_nanos.max(1),
             primary: None,
             deadlines: BTreeMap::new(),
             by_deadline: BTreeSet::new(),
             expiring: BTreeMap::new(),
             seen: OrdMap::new(),
+            promoting: None,
         }
     }
 
@@ -88,24 +101,38 @@ impl Lessor {
         self.primary
     }
 
-    /// The store after commands were applied: promotes (the store's epoch is this member's
-    /// and newer than the one it decides for), demotes (another member's epoch), and tracks
-    /// leases granted (deadline `now + TTL`) and revoked.
+    /// The store after commands were applied: promotes (the store's epoch is the promotion
+    /// this lessor proposed), demotes (any other epoch), and tracks leases granted (deadline
+    /// `now + TTL`) and revoked.
     pub fn on_applied(&mut self, now: Nanos, store: &KvStore) {
         let epoch = store.lease_epoch();
-        let mine = epoch.node == self.me && epoch != LeaseEpoch::ZERO;
-        match (mine, self.primary) {
-            (true, Some(current)) if current == epoch => self.track(now, store),
-            (true, _) => self.promote(now, epoch, store),
-            (false, _) => self.demote(store),
+        if self.primary == Some(epoch) {
+            self.track(now, store);
+        } else if self.promoting.is_some_and(|(ballot, _)| ballot == epoch) {
+            self.promote(now, epoch, store);
+        } else {
+            // Another member's epoch — or one of this member's from before a restart: a new
+            // life promotes afresh, so an expiry it decided in its earlier life and that
+            // is still on its way can never meet a keep-alive it acknowledged in this one.
+            self.demote(store);
         }
     }
 
     /// Whether this member, whose replica holds the leader lease at `ballot`, should propose
-    /// a promotion, and the command. A leader whose ballot rose (a refreshed leadership)
-    /// promotes again: that only moves deadlines later.
-    pub fn promotion(&self, store: &KvStore, ballot: LeaseEpoch) -> Option<Op> {
-        (ballot.node == self.me && store.lease_epoch() < ballot).then_some(Op::LeasePromote(ballot))
+    /// a promotion, and the command; proposed again after [`EXPIRY_RETRY_NANOS`] if it has
+    /// not taken effect. A leader whose ballot rose (a refreshed leadership) promotes again:
+    /// that only moves deadlines later.
+    pub fn promotion(&mut self, now: Nanos, store: &KvStore, ballot: LeaseEpoch) -> Option<Op> {
+        if ballot.node != self.me || store.lease_epoch() >= ballot {
+            return None;
+        }
+        if let Some((proposed, at)) = self.promoting {
+            if proposed == ballot && now < at.saturating_add(EXPIRY_RETRY_NANOS) {
+                return None;
+            }
+        }
+        self.promoting = Some((ballot, now));
+        Some(Op::LeasePromote(ballot))
     }
 
     /// A keep-alive: the lease's deadline moves to `now + TTL`; the TTL is returned. The
@@ -124,16 +151,16 @@ impl Lessor {
             // Expired: its revoke is (or will be) on its way; etcd refuses to renew it too.
             return Err(RenewError::NotFound);
         }
-        self.set_deadline(id, now.saturating_add(seconds(ttl)));
+        self.set_deadline(id, now.saturating_add(self.duration(ttl)));
         Ok(ttl)
     }
 
-    /// The seconds a lease has left (rounded up; 0 once due), while primary.
+    /// The TTL units (seconds) a lease has left, rounded up (0 once due), while primary.
     pub fn remaining_seconds(&self, now: Nanos, id: i64) -> Option<i64> {
         self.primary?;
         let deadline = *self.deadlines.get(&id)?;
         let left = deadline.saturating_sub(now);
-        Some(left.div_ceil(1_000_000_000) as i64)
+        Some(left.div_ceil(self.ttl_unit_nanos) as i64)
     }
 
     /// Leases whose deadline passed, as commands to propose (at most `max`); each is asked
@@ -177,7 +204,7 @@ impl Lessor {
         self.expiring.clear();
         let base = now.saturating_add(self.extension_nanos);
         for (id, ttl) in store.leases().iter() {
-            self.set_deadline(*id, base.saturating_add(seconds(*ttl)));
+            self.set_deadline(*id, base.saturating_add(self.duration(*ttl)));
         }
         self.seen = store.leases().clone();
     }
@@ -212,9 +239,13 @@ impl Lessor {
             self.expiring.remove(&id);
         }
         for (id, ttl) in granted {
-            self.set_deadline(id, now.saturating_add(seconds(ttl)));
+            self.set_deadline(id, now.saturating_add(self.duration(ttl)));
         }
         self.seen = leases.clone();
+    }
+
+    fn duration(&self, ttl: i64) -> Nanos {
+        (ttl.max(0) as u64).saturating_mul(self.ttl_unit_nanos)
     }
 
     fn set_deadline(&mut self, id: i64, deadline: Nanos) {
@@ -225,6 +256,4 @@ impl Lessor {
     }
 }
 
-fn seconds(ttl: i64) -> Nanos {
-    (ttl.max(0) as u64).saturating_mul(1_000_000_000)
-}
+

@@ -371,6 +371,16 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// The ballot of this replica's leadership, if it is the leader and holds the leader
+    /// lease at `now` (the clock is advanced first): the moment a lessor may acknowledge a
+    /// keep-alive or decide an expiry (`synod_kv::Lessor`).
+    pub fn leader_lease(&mut self, now: Nanos) -> Option<synod_core::Ballot> {
+        self.advance(now);
+        let status = self.node.status();
+        (status.role == synod_core::Role::Leader && self.node.holds_leader_lease())
+            .then_some(status.promised)
+    }
+
     // ---- inputs ----
 
     /// Time passes: timeouts, heartbeats, retransmissions, deadlines, retries.

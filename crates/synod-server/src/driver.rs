@@ -41,7 +41,13 @@ pub enum Request<S> {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// Runs with the leadership ballot if the replica is the leader and holds the leader
+    /// lease at this moment (`Replica::leader_lease`), and the state machine.
+    WithLeaderLease { run: LeaderLeaseFn<S> },
 }
+
+/// See [`Request::WithLeaderLease`].
+pub type LeaderLeaseFn<S> = Box<dyn FnOnce(Option<synod_core::Ballot>, &S) + Send>;
 
 /// Completions of work done off the driver task.
 pub enum Control<S> {
@@ -235,6 +241,10 @@ impl<S: StateMachine> Driver<S> {
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Request::WithLeaderLease { run } => {
+                let lease = self.replica.leader_lease(self.now());
+                run(lease, self.replica.state_machine());
             }
         }
     }

@@ -21,6 +21,8 @@ use crate::proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceSer
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::mvccpb;
 use crate::transport::Directory;
+use crate::lease::LeaseService;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::watch::WatchService;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
@@ -45,6 +47,7 @@ pub struct EtcdApi {
     directory: Directory,
     metrics: Arc<Metrics>,
     watches: WatchServer<WatchService>,
+    leases: Option<LeaseServer<LeaseService>>,
 }
 
 impl EtcdApi {
@@ -61,15 +64,26 @@ impl EtcdApi {
             directory,
             metrics,
             watches,
+            leases: None,
         }
+    }
+
+    /// Serves etcd's Lease service too.
+    pub fn with_leases(mut self, leases: LeaseServer<LeaseService>) -> EtcdApi {
+        self.leases = Some(leases);
+        self
     }
 
     /// The gRPC routes: KV, Cluster and Maintenance, and for every other path
     /// UNIMPLEMENTED (with a message) to a gRPC request, 404 to any other.
     pub fn router(self) -> axum::Router {
-        tonic::service::Routes::new(KvServer::new(self.clone()))
+        let mut routes = tonic::service::Routes::new(KvServer::new(self.clone()))
             .add_service(self.watches.clone())
-            .add_service(ClusterServer::new(self.clone()))
+            .add_service(ClusterServer::new(self.clone()));
+        if let Some(leases) = self.leases.clone() {
+            routes = routes.add_service(leases);
+        }
+        routes
             .add_service(MaintenanceServer::new(self))
             .prepare()
             .into_axum_router()
@@ -109,7 +123,7 @@ async fn unserved_path(
     }
     let status = Status::unimplemented(format!(
         "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, Watch, \
-         Cluster.MemberList, Maintenance.Status and Alarm)",
+         Lease, Cluster.MemberList, Maintenance.Status and Alarm)",
         uri.path()
     ));
     let mut headers = axum::http::HeaderMap::new();
@@ -127,7 +141,7 @@ fn unserved(method: &str, why: &str) -> Status {
 }
 
 /// Runtime failures as etcd reports them.
-fn server_status(error: ServerError) -> Status {
+pub(crate) fn server_status(error: ServerError) -> Status {
     match error {
         ServerError::Timeout { .. } => {
             Status::unavailable(format!("etcdserver: request timed out ({error})"))
@@ -141,7 +155,7 @@ fn server_status(error: ServerError) -> Status {
 }
 
 /// KV errors with etcd's messages and codes (clients match on them).
-fn kv_status(error: KvError) -> Status {
+pub(crate) fn kv_status(error: KvError) -> Status {
     match error {
         KvError::EmptyKey => Status::invalid_argument("etcdserver: key is not provided"),
         KvError::DuplicateKeyInTxn(_) => {
@@ -166,18 +180,13 @@ fn kv_status(error: KvError) -> Status {
             Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
         }
         KvError::NotInTxn => Status::invalid_argument(format!("etcdserver: {error}")),
+        KvError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+        KvError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
+        KvError::LeaseInvalid(_) => Status::out_of_range("etcdserver: too large lease TTL"),
         KvError::StaleSequence { .. } | KvError::SlotRegression { .. } => {
             Status::internal(format!("etcdserver: {error}"))
         }
     }
-}
-
-/// Leases are not served, so no lease id exists: etcd's answer to an unknown lease.
-fn check_lease(lease: i64) -> Result<(), Status> {
-    if lease != 0 {
-        return Err(Status::not_found("etcdserver: requested lease not found"));
-    }
-    Ok(())
 }
 
 fn kv_to_proto(kv: KeyValue) -> mvccpb::KeyValue {
@@ -203,7 +212,6 @@ fn range_from_proto(request: &pb::RangeRequest) -> RangeRequest {
 }
 
 fn put_from_proto(request: pb::PutRequest) -> Result<PutRequest, Status> {
-    check_lease(request.lease)?;
     Ok(PutRequest {
         key: request.key.into(),
         value: request.value.into(),
@@ -337,8 +345,14 @@ impl EtcdApi {
                     .map(|response| self.op_response_to_proto(response, revision))
                     .collect(),
             }),
-            // The store refuses compactions and alarms inside a txn, so neither answers here.
-            OpResponse::Compact | OpResponse::Alarm { .. } => {
+            // The store refuses compactions, alarms and lease operations inside a txn, so
+            // none answers here.
+            OpResponse::Compact
+            | OpResponse::Alarm { .. }
+            | OpResponse::LeaseGrant { .. }
+            | OpResponse::LeaseRevoke { .. }
+            | OpResponse::LeasePromote { .. }
+            | OpResponse::LeaseExpire { .. } => {
                 return pb::ResponseOp { response: None }
             }
         };
@@ -825,14 +839,12 @@ mod tests {
     }
 
     #[test]
-    fn puts_with_a_lease_are_refused_as_etcd_refuses_unknown_leases() {
-        let error = put_from_proto(pb::PutRequest {
-            key: b"k".to_vec(),
-            lease: 7,
-            ..Default::default()
-        })
-        .unwrap_err();
+    fn lease_errors_carry_etcds_codes_and_messages() {
+        let error = kv_status(KvError::LeaseNotFound(7));
         assert_eq!(error.code(), tonic::Code::NotFound);
-        assert!(error.message().contains("lease not found"));
+        assert_eq!(error.message(), "etcdserver: requested lease not found");
+        let error = kv_status(KvError::LeaseExists(7));
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(error.message(), "etcdserver: lease already exists");
     }
 }

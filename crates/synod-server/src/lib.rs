@@ -19,6 +19,7 @@ mod driver;
 pub mod etcd;
 mod grpc_metrics;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 mod node;
 pub mod proto;

@@ -7,6 +7,7 @@ use crate::config::ServerConfig;
 use crate::etcd::EtcdApi;
 use crate::grpc_metrics::count_grpc;
 use crate::http::{serve_http, HttpLimits, HttpState};
+use crate::lease::{LeaseService, LeaseSettings, SharedLessor};
 use crate::watch::{WatchSettings, WatchTask};
 use crate::{Consistency, Server, ServerError};
 use std::net::SocketAddr;
@@ -50,9 +51,21 @@ impl EtcdNode {
     ) -> Result<EtcdNode, ServerError> {
         let store = KvStore::new().with_quota_bytes(config.quota_backend_bytes);
         let auto_compaction = config.auto_compaction;
-        // The watch task sees every state the replica applies (an O(1) clone).
+        // The watch task sees every state the replica applies (an O(1) clone), and so does
+        // the lessor (which leases exist, and whose epoch it is).
         let (applied_tx, applied_rx) = watch::channel(store.clone());
+        let lessor = SharedLessor::new(config.node_id, config.election_timeout);
+        let lease_settings = LeaseSettings {
+            cluster_id: config.cluster.cluster_id,
+            member_id: config.node_id,
+            min_ttl_seconds: LeaseSettings::min_ttl_for(config.election_timeout),
+            pass_interval: config.heartbeat_interval,
+            request_timeout: config.request_timeout,
+            promotion_extension: config.election_timeout,
+        };
+        let observed_lessor = lessor.clone();
         let observer: crate::Observer<KvStore> = Box::new(move |store: &KvStore| {
+            observed_lessor.on_applied(store);
             applied_tx.send_replace(store.clone());
         });
         let peer = match listeners.peer {
@@ -84,13 +97,16 @@ impl EtcdNode {
             grpc_tasks.push(watch_task);
             watches.service(&watch_settings, server.metrics())
         };
+        let leases = LeaseService::new(server.handle(), lessor, lease_settings, server.directory());
+        grpc_tasks.push(tokio::spawn(leases.clone().run_lessor(shutdown.subscribe())));
         let api = EtcdApi::new(
             server.handle(),
             server.config().cluster.clone(),
             server.directory(),
             server.metrics(),
             watch_service,
-        );
+        )
+        .with_leases(leases.server());
         let http = HttpState {
             handle: server.handle(),
             metrics: server.metrics(),

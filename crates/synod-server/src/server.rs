@@ -174,6 +174,24 @@ impl<S: StateMachine> Handle<S> {
         response.await.map_err(|_| ServerError::Stopped)?
     }
 
+    /// Runs `run` on the replica's task with its leadership ballot if it is the leader and
+    /// holds the leader lease at this moment (else `None`), and the state machine as applied.
+    pub async fn with_leader_lease<R, F>(&self, run: F) -> Result<R, ServerError>
+    where
+        R: Send + 'static,
+        F: FnOnce(Option<synod_core::Ballot>, &S) -> R + Send + 'static,
+    {
+        let (reply, response) = oneshot::channel();
+        let run: crate::driver::LeaderLeaseFn<S> = Box::new(move |lease, state: &S| {
+            let _ = reply.send(run(lease, state));
+        });
+        self.requests
+            .send(Request::WithLeaderLease { run })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        response.await.map_err(|_| ServerError::Stopped)
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, ServerError> {
         let (reply, response) = oneshot::channel();
         self.requests

@@ -311,7 +311,13 @@ impl CommittedHistory {
                     self.compactions.push((request.revision, self.revision));
                 }
             }
-            Op::Range(_) | Op::DeleteRange(_) | Op::Alarm(_) => {}
+            Op::Range(_)
+            | Op::DeleteRange(_)
+            | Op::Alarm(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+            | Op::LeasePromote(_)
+            | Op::LeaseExpire { .. } => {}
         }
     }
 }
