@@ -372,7 +372,11 @@ fn a_restarted_member_does_not_decide_under_the_epoch_of_its_earlier_life() {
     assert_eq!(late.len(), 1);
     let mut after_restart = Lessor::new(1, 0);
     after_restart.on_applied(12 * SECOND, &store);
-    assert_eq!(after_restart.primary(), None, "the store's epoch is not this life's");
+    assert_eq!(
+        after_restart.primary(),
+        None,
+        "the store's epoch is not this life's"
+    );
     assert_eq!(
         after_restart.renew(12 * SECOND, 1, &store),
         Err(RenewError::NotPrimary)

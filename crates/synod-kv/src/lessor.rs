@@ -155,12 +155,13 @@ impl Lessor {
         Ok(ttl)
     }
 
-    /// The TTL units (seconds) a lease has left, rounded up (0 once due), while primary.
+    /// The whole TTL units (seconds) a lease has left, as etcd truncates them, while
+    /// primary. After a promotion this can exceed the granted TTL by the extension.
     pub fn remaining_seconds(&self, now: Nanos, id: i64) -> Option<i64> {
         self.primary?;
         let deadline = *self.deadlines.get(&id)?;
         let left = deadline.saturating_sub(now);
-        Some(left.div_ceil(self.ttl_unit_nanos) as i64)
+        Some((left / self.ttl_unit_nanos) as i64)
     }
 
     /// Leases whose deadline passed, as commands to propose (at most `max`); each is asked
@@ -255,5 +256,3 @@ impl Lessor {
         self.by_deadline.insert((deadline, id));
     }
 }
-
-

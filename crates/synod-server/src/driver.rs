@@ -43,7 +43,9 @@ pub enum Request<S> {
     },
     /// Runs with the leadership ballot if the replica is the leader and holds the leader
     /// lease at this moment (`Replica::leader_lease`), and the state machine.
-    WithLeaderLease { run: LeaderLeaseFn<S> },
+    WithLeaderLease {
+        run: LeaderLeaseFn<S>,
+    },
 }
 
 /// See [`Request::WithLeaderLease`].

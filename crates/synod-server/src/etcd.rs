@@ -13,16 +13,16 @@
 #![allow(clippy::result_large_err)]
 
 use crate::config::Cluster;
+use crate::lease::LeaseService;
 use crate::metrics::Metrics;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::cluster_server::{Cluster as ClusterService, ClusterServer};
 use crate::proto::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::mvccpb;
 use crate::transport::Directory;
-use crate::lease::LeaseService;
-use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::watch::WatchService;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
@@ -352,9 +352,7 @@ impl EtcdApi {
             | OpResponse::LeaseGrant { .. }
             | OpResponse::LeaseRevoke { .. }
             | OpResponse::LeasePromote { .. }
-            | OpResponse::LeaseExpire { .. } => {
-                return pb::ResponseOp { response: None }
-            }
+            | OpResponse::LeaseExpire { .. } => return pb::ResponseOp { response: None },
         };
         pb::ResponseOp {
             response: Some(response),

@@ -20,9 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_core::NodeId;
-use synod_kv::{
-    Command, KvStore, LeaseGrantRequest, Lessor, Op, OpResponse, RenewError, Response,
-};
+use synod_kv::{Command, KvStore, LeaseGrantRequest, Lessor, Op, OpResponse, RenewError, Response};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -82,7 +80,10 @@ impl SharedLessor {
 
     fn with<R>(&self, run: impl FnOnce(&mut Lessor, u64) -> R) -> R {
         let now = self.now();
-        let mut lessor = self.lessor.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut lessor = self
+            .lessor
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         run(&mut lessor, now)
     }
 
@@ -166,9 +167,8 @@ impl LeaseService {
             }
             if !forwarded {
                 if let Some(mut leader) = self.leader_client().await? {
-                    let mut request = Request::new(tokio_stream::once(pb::LeaseKeepAliveRequest {
-                        id,
-                    }));
+                    let mut request =
+                        Request::new(tokio_stream::once(pb::LeaseKeepAliveRequest { id }));
                     request
                         .metadata_mut()
                         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
@@ -194,7 +194,9 @@ impl LeaseService {
         &self,
     ) -> Result<Option<LeaseClient<tonic::transport::Channel>>, Status> {
         let status = self.handle.status().await.map_err(server_status)?;
-        let Some(leader) = status.leader.filter(|leader| *leader != self.settings.member_id)
+        let Some(leader) = status
+            .leader
+            .filter(|leader| *leader != self.settings.member_id)
         else {
             return Ok(None);
         };
@@ -244,8 +246,10 @@ impl LeaseService {
             tokio::spawn(async move {
                 match service.execute(op.clone()).await {
                     Ok(response) => {
-                        if let Ok(OpResponse::LeaseExpire { expired: true, deleted }) =
-                            response.result
+                        if let Ok(OpResponse::LeaseExpire {
+                            expired: true,
+                            deleted,
+                        }) = response.result
                         {
                             tracing::debug!(?op, deleted, "lease expired");
                         }
@@ -281,15 +285,20 @@ impl Lease for LeaseService {
         let request = request.into_inner();
         let ttl = request.ttl.max(self.settings.min_ttl_seconds);
         let response = self
-            .execute(Op::LeaseGrant(LeaseGrantRequest { id: request.id, ttl }))
+            .execute(Op::LeaseGrant(LeaseGrantRequest {
+                id: request.id,
+                ttl,
+            }))
             .await?;
         match response.result.map_err(kv_status)? {
-            OpResponse::LeaseGrant { id, ttl } => Ok(tonic::Response::new(pb::LeaseGrantResponse {
-                header: self.header(response.revision),
-                id,
-                ttl,
-                error: String::new(),
-            })),
+            OpResponse::LeaseGrant { id, ttl } => {
+                Ok(tonic::Response::new(pb::LeaseGrantResponse {
+                    header: self.header(response.revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
             other => Err(Status::internal(format!("a grant produced {other:?}"))),
         }
     }
@@ -318,24 +327,26 @@ impl Lease for LeaseService {
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(next) = requests.next().await {
-                let reply = match next {
-                    Ok(request) => service
-                        .keep_alive(request.id, forwarded)
-                        .await
-                        .map(|(ttl, revision)| pb::LeaseKeepAliveResponse {
-                            header: service.header(revision),
-                            id: request.id,
-                            ttl,
-                        }),
-                    Err(_) => return, // the client went away
-                };
+                let reply =
+                    match next {
+                        Ok(request) => service.keep_alive(request.id, forwarded).await.map(
+                            |(ttl, revision)| pb::LeaseKeepAliveResponse {
+                                header: service.header(revision),
+                                id: request.id,
+                                ttl,
+                            },
+                        ),
+                        Err(_) => return, // the client went away
+                    };
                 let failed = reply.is_err();
                 if responses.send(reply).await.is_err() || failed {
                     return;
                 }
             }
         });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
+            receiver,
+        ))))
     }
 
     async fn lease_time_to_live(
@@ -358,7 +369,11 @@ impl Lease for LeaseService {
                     })?;
                     let granted = store.lease_ttl(id);
                     let keys = if want_keys {
-                        store.lease_keys(id).into_iter().map(|k| k.to_vec()).collect()
+                        store
+                            .lease_keys(id)
+                            .into_iter()
+                            .map(|k| k.to_vec())
+                            .collect()
                     } else {
                         Vec::new()
                     };

@@ -98,7 +98,9 @@ impl EtcdNode {
             watches.service(&watch_settings, server.metrics())
         };
         let leases = LeaseService::new(server.handle(), lessor, lease_settings, server.directory());
-        grpc_tasks.push(tokio::spawn(leases.clone().run_lessor(shutdown.subscribe())));
+        grpc_tasks.push(tokio::spawn(
+            leases.clone().run_lessor(shutdown.subscribe()),
+        ));
         let api = EtcdApi::new(
             server.handle(),
             server.config().cluster.clone(),

@@ -178,8 +178,12 @@ async fn a_lease_expires_unless_kept_alive_and_takes_its_keys_along() {
     let kept = grant(&mut lease, 1, 2).await.id;
     let dropped = grant(&mut lease, 2, 2).await.id;
     put_with_lease(&mut store, "kept/a", kept).await.unwrap();
-    put_with_lease(&mut store, "dropped/a", dropped).await.unwrap();
-    put_with_lease(&mut store, "dropped/b", dropped).await.unwrap();
+    put_with_lease(&mut store, "dropped/a", dropped)
+        .await
+        .unwrap();
+    put_with_lease(&mut store, "dropped/b", dropped)
+        .await
+        .unwrap();
     let start = Instant::now();
     // Keep one alive for three TTLs; the other one expires meanwhile.
     while start.elapsed() < Duration::from_secs(6) {
@@ -192,7 +196,10 @@ async fn a_lease_expires_unless_kept_alive_and_takes_its_keys_along() {
     assert_eq!(keep_alive_once(&mut lease, dropped).await, 0);
     // Left alone, the kept one expires too: not before its TTL, and soon after it.
     let waited = until_gone(&mut store, "kept/", Duration::from_secs(10)).await;
-    assert!(waited >= Duration::from_millis(1500), "expired early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "expired early: {waited:?}"
+    );
     cluster.stop_all().await;
 }
 

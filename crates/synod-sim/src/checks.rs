@@ -46,6 +46,8 @@ pub enum Violation {
     /// A watch broke one of etcd's guarantees (ordered, unique, reliable, atomic,
     /// resumable, bookmarkable) or got a wrong `prev_kv`.
     Watch(String),
+    /// A lease expired too early, or a key outlived its lease.
+    Lease(String),
     /// An acknowledged write missing from the chosen log at the end.
     LostWrite {
         client: u64,
@@ -210,6 +212,11 @@ struct CommittedHistory {
     compactions: Vec<(i64, i64)>,
     /// Every revision's puts in write order: (key, value).
     puts_at: BTreeMap<i64, Vec<(bytes::Bytes, bytes::Bytes)>>,
+    /// Leases as the log decides them: id → (TTL, the keys attached).
+    leases: BTreeMap<i64, (i64, std::collections::BTreeSet<bytes::Bytes>)>,
+    lease_epoch: synod_kv::LeaseEpoch,
+    /// Expiries that took effect: (lease, slot).
+    expiries: Vec<(i64, Slot)>,
 }
 
 impl CommittedHistory {
@@ -267,8 +274,51 @@ impl CommittedHistory {
             .map(|(_, value)| value)
     }
 
-    fn apply(&mut self, op: &Op) {
+    /// Deletes a lease and its keys (one revision if it had keys).
+    fn end_lease(&mut self, id: i64) {
+        if let Some((_, keys)) = self.leases.remove(&id) {
+            if !keys.is_empty() {
+                self.revision += 1;
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op, slot: Slot) {
         match op {
+            Op::LeaseGrant(grant) => {
+                if grant.id > 0 && !self.leases.contains_key(&grant.id) {
+                    self.leases
+                        .insert(grant.id, (grant.ttl, Default::default()));
+                }
+            }
+            Op::LeaseRevoke(id) => self.end_lease(*id),
+            Op::LeasePromote(epoch) => {
+                if *epoch > self.lease_epoch {
+                    self.lease_epoch = *epoch;
+                }
+            }
+            Op::LeaseExpire { id, epoch } => {
+                if *epoch == self.lease_epoch && self.leases.contains_key(id) {
+                    self.expiries.push((*id, slot));
+                    self.end_lease(*id);
+                }
+            }
+            Op::Put(put) if put.lease != 0 => {
+                // Lease clients put each key once, attached to their lease.
+                let Some((_, keys)) = self.leases.get_mut(&put.lease) else {
+                    return;
+                };
+                keys.insert(put.key.clone());
+                self.revision += 1;
+                self.writes
+                    .entry(put.key.clone())
+                    .or_default()
+                    .push((self.revision, put.value.clone()));
+                self.puts_at
+                    .entry(self.revision)
+                    .or_default()
+                    .push((put.key.clone(), put.value.clone()));
+            }
             Op::Put(put) => {
                 self.revision += 1;
                 let entry = self.writes.entry(put.key.clone()).or_default();
@@ -311,13 +361,7 @@ impl CommittedHistory {
                     self.compactions.push((request.revision, self.revision));
                 }
             }
-            Op::Range(_)
-            | Op::DeleteRange(_)
-            | Op::Alarm(_)
-            | Op::LeaseGrant(_)
-            | Op::LeaseRevoke(_)
-            | Op::LeasePromote(_)
-            | Op::LeaseExpire { .. } => {}
+            Op::Range(_) | Op::DeleteRange(_) | Op::Alarm(_) => {}
         }
     }
 }
@@ -355,10 +399,94 @@ impl Checker {
                     }
                     *last = command.seq;
                 }
-                history.apply(&command.op);
+                history.apply(&command.op, *slot);
             }
         }
         history
+    }
+
+    /// Leases: every converged replica holds exactly the leases and lease keys the chosen
+    /// log gives (no key outlives its revoked or expired lease), and no expiry that took
+    /// effect was chosen before `TTL × (100 − margin_percent)%` had passed since the
+    /// lease's grant was sent or a keep-alive of it was acknowledged.
+    pub(crate) fn check_leases(
+        &self,
+        log: &crate::leases::LeaseLog,
+        stores: &[&synod_kv::KvStore],
+        ttl_unit_units: u64,
+        margin_percent: u64,
+    ) -> (Option<Violation>, u64) {
+        let history = self.committed_history();
+        let expiries = history.expiries.len() as u64;
+        for &(id, slot) in &history.expiries {
+            let Some(&(ttl, since)) = log.alive_since.get(&id) else {
+                return (
+                    Some(Violation::Lease(format!(
+                        "lease {id} expired at slot {slot}, but no client ever granted it"
+                    ))),
+                    expiries,
+                );
+            };
+            let chosen_by = log.applied_at.get(&slot).copied().unwrap_or(u64::MAX);
+            let bound = ttl as u64 * ttl_unit_units * (100 - margin_percent) / 100;
+            if chosen_by < since + bound {
+                return (
+                    Some(Violation::Lease(format!(
+                        "lease {id} (TTL {ttl} × {ttl_unit_units} units) expired at slot {slot}, applied by {chosen_by}, \
+                         only {} units after it was last kept alive at {since}",
+                        chosen_by - since
+                    ))),
+                    expiries,
+                );
+            }
+        }
+        for store in stores {
+            let held: Vec<i64> = store.leases().keys().copied().collect();
+            let expected: Vec<i64> = history.leases.keys().copied().collect();
+            if held != expected {
+                return (
+                    Some(Violation::Lease(format!(
+                        "a replica holds leases {held:?}, the log gives {expected:?}"
+                    ))),
+                    expiries,
+                );
+            }
+            let live = store.read(&synod_kv::RangeRequest {
+                key: bytes::Bytes::from_static(b"lease/"),
+                range_end: bytes::Bytes::from_static(b"lease0"),
+                keys_only: true,
+                ..Default::default()
+            });
+            let Ok(synod_kv::OpResponse::Range(range)) = live.result else {
+                continue;
+            };
+            for kv in range.kvs {
+                let attached = history
+                    .leases
+                    .get(&kv.lease)
+                    .is_some_and(|(_, keys)| keys.contains(&kv.key));
+                if !attached {
+                    return (
+                        Some(Violation::Lease(format!(
+                            "{:?} outlived lease {}, which the log revoked or never granted",
+                            kv.key, kv.lease
+                        ))),
+                        expiries,
+                    );
+                }
+            }
+            let expected_keys: usize = history.leases.values().map(|(_, keys)| keys.len()).sum();
+            if range.count as usize != expected_keys {
+                return (
+                    Some(Violation::Lease(format!(
+                        "a replica holds {} lease keys, the log gives {expected_keys}",
+                        range.count
+                    ))),
+                    expiries,
+                );
+            }
+        }
+        (None, expiries)
     }
 
     /// Every watch was sent exactly the committed history's events for its range and

@@ -312,6 +312,9 @@ impl Simulation {
         request: RequestId,
         result: Result<Bytes, RequestError>,
     ) {
+        if self.on_lease_reply(request, &result) {
+            return;
+        }
         let Some(pending) = self.requests.remove(&request) else {
             return;
         };

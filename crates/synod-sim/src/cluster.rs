@@ -45,7 +45,7 @@ use synod_replica::{
 pub(crate) type ClientOperation = Operation<KeyedOp<u64, u64>, RegisterRet<u64>>;
 
 /// Nanoseconds of a node's clock per unit of real time at the nominal rate.
-const NANOS_PER_UNIT: u64 = 1_000;
+pub(crate) const NANOS_PER_UNIT: u64 = 1_000;
 /// Rates are in millionths: 1,000,000 is real time.
 pub(crate) const PPM: u64 = 1_000_000;
 /// Snapshot bytes encoded, written, sent or decoded per unit of time.
@@ -99,6 +99,17 @@ pub struct Coverage {
     pub watch_compaction_cancels: u64,
     /// Progress responses (bookmarks) watchers were sent.
     pub watch_progress: u64,
+    /// Leases granted to simulated lease clients.
+    pub lease_grants: u64,
+    /// Keep-alives acknowledged (by the lessor of the current epoch, its replica holding
+    /// the leader lease).
+    pub lease_keep_alives: u64,
+    /// Revokes lease clients sent.
+    pub lease_revokes: u64,
+    /// Promotions lessors proposed (a leader starting to decide expiries).
+    pub lease_promotions: u64,
+    /// Expiries that took effect in the chosen log (checked against the keep-alives).
+    pub lease_expiries: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -128,6 +139,11 @@ impl Coverage {
         self.watch_stalls += other.watch_stalls;
         self.watch_compaction_cancels += other.watch_compaction_cancels;
         self.watch_progress += other.watch_progress;
+        self.lease_grants += other.lease_grants;
+        self.lease_keep_alives += other.lease_keep_alives;
+        self.lease_revokes += other.lease_revokes;
+        self.lease_promotions += other.lease_promotions;
+        self.lease_expiries += other.lease_expiries;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -222,6 +238,8 @@ pub(crate) enum Event {
     Heal,
     /// A simulated watcher's periodic step (`watchers.rs`).
     WatchStep(usize),
+    /// A simulated lease client's periodic step (`leases.rs`).
+    LeaseStep(usize),
 }
 
 impl Event {
@@ -331,7 +349,7 @@ pub struct Simulation {
     pub(crate) faulty: bool,
     /// Nodes with new inputs since their last `take_ready`. A runtime hands a node every
     /// input that arrives at one instant before draining it, so batching works.
-    dirty: BTreeSet<NodeId>,
+    pub(crate) dirty: BTreeSet<NodeId>,
     pub(crate) healed_at: Option<u64>,
     /// Every client operation, in call order (`None`: refused as too large, so never an
     /// operation at all).
@@ -357,6 +375,13 @@ pub struct Simulation {
     pub(crate) watchers: Vec<crate::watchers::SimWatcher>,
     pub(crate) watches: BTreeMap<NodeId, crate::watchers::NodeWatches>,
     pub(crate) finished_watches: Vec<crate::watchers::WatchRecord>,
+    /// Lease clients and each node's lessor (`leases.rs`), with an RNG of their own.
+    pub(crate) lease_rng: ChaCha8Rng,
+    pub(crate) lease_clients: Vec<crate::leases::LeaseClient>,
+    pub(crate) lessors: BTreeMap<NodeId, crate::leases::NodeLessor>,
+    /// Proposals of lease clients (Some(client)) and lessors (None), by request.
+    pub(crate) lease_requests: BTreeMap<RequestId, Option<usize>>,
+    pub(crate) lease_log: crate::leases::LeaseLog,
     /// The end of the run: watchers read everything.
     pub(crate) draining_watches: bool,
 }
@@ -404,6 +429,11 @@ impl Simulation {
             },
             latencies: Vec::new(),
             watch_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x3a7c_4e5f),
+            lease_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x1ea5_e5ed),
+            lease_clients: Vec::new(),
+            lessors: BTreeMap::new(),
+            lease_requests: BTreeMap::new(),
+            lease_log: Default::default(),
             watchers: Vec::new(),
             watches: BTreeMap::new(),
             finished_watches: Vec::new(),
@@ -427,6 +457,7 @@ impl Simulation {
             self.schedule(start, Event::ClientNext(client));
         }
         self.start_watchers();
+        self.start_lease_clients();
         for (tick, fault) in self.options.script.clone() {
             self.schedule(tick * TICK_UNITS, Event::Script(fault));
         }
@@ -496,7 +527,11 @@ impl Simulation {
                 break;
             }
             self.handle(next.event);
-            if self.healed_at.is_some() && self.all_clients_done() && self.converged() {
+            if self.healed_at.is_some()
+                && self.all_clients_done()
+                && self.lease_clients_done()
+                && self.converged()
+            {
                 break;
             }
         }
@@ -541,6 +576,7 @@ impl Simulation {
             Event::PauseEnd(id) => self.resume(id),
             Event::Heal => self.heal(),
             Event::WatchStep(index) => self.watch_step(index),
+            Event::LeaseStep(index) => self.lease_step(index),
             node_event => self.handle_node_event(node_event),
         }
     }
@@ -550,6 +586,7 @@ impl Simulation {
         match event {
             Event::Tick(id) => {
                 self.with_replica(id, |replica, now| replica.tick(now));
+                self.lessor_pass(id);
                 self.schedule_tick(id);
             }
             Event::Deliver(envelope) => self.deliver(envelope),
@@ -724,6 +761,7 @@ impl Simulation {
             self.carry_out(id, ready);
         }
         self.feed_watches(id);
+        self.feed_lessor(id);
     }
 
     fn carry_out(&mut self, id: NodeId, ready: ReplicaReady) {
@@ -824,6 +862,9 @@ impl Simulation {
     }
 
     fn observe_applied(&mut self, id: NodeId, slot: Slot, value: &synod_core::Value) {
+        if self.options.lease_clients > 0 {
+            self.lease_log.applied_at.entry(slot).or_insert(self.now);
+        }
         let fresh = self.checker.on_commit(id, slot, value);
         match fresh {
             Err(violation) => self.report.violations.push(violation),
@@ -993,6 +1034,7 @@ impl Simulation {
             self.report.violations.push(violation);
         }
         self.finish_watches();
+        self.finish_leases(healed);
         if self.options.check_linearizability {
             let history: Vec<_> = self.history.iter().flatten().cloned().collect();
             if let Some(violation) = crate::checks::check_history(&history) {
@@ -1000,6 +1042,31 @@ impl Simulation {
             }
         }
         self.report
+    }
+
+    /// The lease checks (see `leases.rs`): expiries never early; and once converged,
+    /// every replica holds exactly the leases and lease keys of the chosen log.
+    fn finish_leases(&mut self, healed: bool) {
+        if self.options.lease_clients == 0 {
+            return;
+        }
+        let converged = healed && self.converged();
+        let stores: Vec<&KvStore> = if converged {
+            self.nodes
+                .values()
+                .filter_map(|node| node.replica.as_ref())
+                .map(|replica| replica.state_machine())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let unit = crate::leases::TTL_UNIT_NANOS / NANOS_PER_UNIT;
+        let margin = self.options.faults.clock_drift_percent + 2;
+        let (violation, expiries) =
+            self.checker
+                .check_leases(&self.lease_log, &stores, unit, margin.min(50));
+        self.report.coverage.lease_expiries += expiries;
+        self.report.violations.extend(violation);
     }
 
     fn check_liveness(&mut self) {

@@ -14,6 +14,7 @@ pub mod checks;
 mod clients;
 pub mod cluster;
 mod faults;
+mod leases;
 pub mod linearizability;
 pub mod options;
 pub mod runner;

@@ -145,6 +145,11 @@ pub struct SimOptions {
     pub mvcc_percent: u32,
     /// Simulated watch clients (see `watchers.rs`); the swarm draws 0, 1, 2 or 4.
     pub watchers: usize,
+    /// Simulated lease clients (see `leases.rs`); with none, no lessor runs either. The
+    /// swarm draws 0, 1 or 3.
+    pub lease_clients: usize,
+    /// A deliberate lessor bug (checker tests only).
+    pub lease_bug: Option<LeaseBug>,
     /// A client gives up on one attempt and retries (same sequence number, maybe at
     /// another node) after this many ticks; during the fault phase it abandons the
     /// operation (outcome unknown) after `give_up_ticks`.
@@ -235,6 +240,8 @@ impl SimOptions {
             snapshot_interval_slots: 0,
             mvcc_percent: 0,
             watchers: 0,
+            lease_clients: 0,
+            lease_bug: None,
             retry_ticks: 12,
             give_up_ticks: 60,
             link_delays: BTreeMap::new(),
@@ -308,8 +315,17 @@ impl SimOptions {
         options.mvcc_percent = *pick(&mut rng, &[0, 10, 30]);
         // Watchers draw from their own RNG: the run is the same with or without them.
         options.watchers = *pick(&mut rng, &[0, 1, 2, 4]);
+        // So do lease clients and lessors.
+        options.lease_clients = *pick(&mut rng, &[0, 1, 3]);
         options
     }
+}
+
+/// A deliberate lessor bug, to show the lease checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LeaseBug {
+    /// Keep-alives are acknowledged without moving the lease's deadline.
+    AckWithoutRenew,
 }
 
 fn swarm_faults(rng: &mut ChaCha8Rng, drift_percent: u64) -> Faults {

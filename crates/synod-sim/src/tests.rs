@@ -62,6 +62,53 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     assert!(coverage.max_drift_percent > 5.0 && coverage.max_value_bytes > 1_000);
 }
 
+/// Swarm seeds with three lease clients each: leases granted, kept alive, revoked and left
+/// to expire through the swarm's faults; no expiry comes early, no key outlives its lease,
+/// and every kind of lease event happens.
+#[test]
+fn lease_seeds_never_expire_a_lease_kept_alive() {
+    let mut failures = Vec::new();
+    let mut coverage = crate::cluster::Coverage::default();
+    for seed in 0..150 {
+        let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+        options.lease_clients = 3;
+        let report = run_options(options);
+        coverage.add(&report.coverage);
+        if !report.violations.is_empty() {
+            failures.push(describe(&report));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let never: Vec<&str> = [
+        ("lease_grants", coverage.lease_grants),
+        ("lease_keep_alives", coverage.lease_keep_alives),
+        ("lease_revokes", coverage.lease_revokes),
+        ("lease_promotions", coverage.lease_promotions),
+        ("lease_expiries", coverage.lease_expiries),
+    ]
+    .into_iter()
+    .filter(|(_, count)| *count == 0)
+    .map(|(name, _)| name)
+    .collect();
+    assert!(never.is_empty(), "lease seeds never saw: {never:?}");
+}
+
+/// A lessor that acknowledges keep-alives without moving the deadline expires leases their
+/// clients kept alive: the lease checker says so.
+#[test]
+fn the_lease_checker_catches_keep_alives_that_do_not_renew() {
+    let caught = (0..100).any(|seed| {
+        let mut options = crate::runner::options_for_seed(seed, &RunSettings::default());
+        options.lease_clients = 3;
+        options.lease_bug = Some(crate::options::LeaseBug::AckWithoutRenew);
+        run_options(options)
+            .violations
+            .iter()
+            .any(|violation| matches!(violation, Violation::Lease(_)))
+    });
+    assert!(caught, "no seed caught keep-alives that do not renew");
+}
+
 /// Swarm seeds whose clients also read at older revisions and compact through the log:
 /// every check holds (the history checker included) and both happen.
 #[test]
