@@ -2,7 +2,13 @@
 //! protobuf compiler), so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/rpc.proto", "proto/kv.proto", "proto/lease.proto"];
+    let protos = [
+        "proto/rpc.proto",
+        "proto/kv.proto",
+        "proto/lease.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

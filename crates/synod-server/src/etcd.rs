@@ -12,6 +12,7 @@
 // return it too rather than box and unbox it at each boundary.
 #![allow(clippy::result_large_err)]
 
+use crate::concurrency::Concurrency;
 use crate::config::Cluster;
 use crate::lease::LeaseService;
 use crate::metrics::Metrics;
@@ -48,6 +49,7 @@ pub struct EtcdApi {
     metrics: Arc<Metrics>,
     watches: WatchServer<WatchService>,
     leases: Option<LeaseServer<LeaseService>>,
+    concurrency: Option<Concurrency>,
 }
 
 impl EtcdApi {
@@ -65,7 +67,14 @@ impl EtcdApi {
             metrics,
             watches,
             leases: None,
+            concurrency: None,
         }
+    }
+
+    /// Serves etcd's v3lock and v3election services too.
+    pub fn with_concurrency(mut self, concurrency: Concurrency) -> EtcdApi {
+        self.concurrency = Some(concurrency);
+        self
     }
 
     /// Serves etcd's Lease service too.
@@ -82,6 +91,11 @@ impl EtcdApi {
             .add_service(ClusterServer::new(self.clone()));
         if let Some(leases) = self.leases.clone() {
             routes = routes.add_service(leases);
+        }
+        if let Some(concurrency) = self.concurrency.clone() {
+            routes = routes
+                .add_service(concurrency.clone().lock_server())
+                .add_service(concurrency.election_server());
         }
         routes
             .add_service(MaintenanceServer::new(self))
@@ -123,7 +137,7 @@ async fn unserved_path(
     }
     let status = Status::unimplemented(format!(
         "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, Watch, \
-         Lease, Cluster.MemberList, Maintenance.Status and Alarm)",
+         Lease, v3lock, v3election, Cluster.MemberList, Maintenance.Status and Alarm)",
         uri.path()
     ));
     let mut headers = axum::http::HeaderMap::new();

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod compactor;
+pub mod concurrency;
 pub mod config;
 pub mod data_dir;
 mod driver;

@@ -3,6 +3,7 @@
 //! runs, and what the tests start in-process.
 
 use crate::compactor::{AutoCompactor, CompactionPolicy};
+use crate::concurrency::Concurrency;
 use crate::config::ServerConfig;
 use crate::etcd::EtcdApi;
 use crate::grpc_metrics::count_grpc;
@@ -89,7 +90,7 @@ impl EtcdNode {
         let (shutdown, _) = watch::channel(false);
         let watch_service = {
             let (watches, watch_task) = WatchTask::spawn(
-                applied_rx,
+                applied_rx.clone(),
                 watch_settings.clone(),
                 server.metrics(),
                 shutdown.subscribe(),
@@ -108,7 +109,13 @@ impl EtcdNode {
             server.metrics(),
             watch_service,
         )
-        .with_leases(leases.server());
+        .with_leases(leases.server())
+        .with_concurrency(Concurrency::new(
+            server.handle(),
+            applied_rx,
+            server.config().cluster.cluster_id,
+            server.node_id(),
+        ));
         let http = HttpState {
             handle: server.handle(),
             metrics: server.metrics(),
