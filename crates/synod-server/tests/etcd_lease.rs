@@ -223,3 +223,155 @@ async fn a_lease_outlives_the_leader_that_granted_it_and_expires_at_the_next() {
     assert!(kept_alive_at.elapsed() >= Duration::from_secs(3));
     cluster.stop_all().await;
 }
+
+/// v3lock: a second locker waits until the first unlocks — or until the first holder's
+/// lease expires; v3election: the lowest campaigner leads, a proclaim by a non-leader is
+/// refused, observers see every new leader, resigning hands leadership on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_and_elections_wait_their_turn_and_follow_their_leases() {
+    use synod_server::proto::v3electionpb as election;
+    use synod_server::proto::v3electionpb::election_client::ElectionClient;
+    use synod_server::proto::v3lockpb as lock;
+    use synod_server::proto::v3lockpb::lock_client::LockClient;
+
+    let mut cluster = EtcdCluster::start(3).await;
+    let at = follower(&cluster).await;
+    let mut lease = leases(&cluster, at).await;
+    let first = grant(&mut lease, 11, 60).await.id;
+    let second = grant(&mut lease, 12, 60).await.id;
+    let short = grant(&mut lease, 13, 1).await.id;
+
+    let mut locks = LockClient::connect(cluster.endpoint(at)).await.unwrap();
+    let held = locks
+        .lock(lock::LockRequest {
+            name: b"job".to_vec(),
+            lease: first,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.key, b"job/b".to_vec());
+    let mut waiting_locks = locks.clone();
+    let waiter = tokio::spawn(async move {
+        waiting_locks
+            .lock(lock::LockRequest {
+                name: b"job".to_vec(),
+                lease: second,
+            })
+            .await
+            .map(|response| response.into_inner().key)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the second locker must wait");
+    locks
+        .unlock(lock::UnlockRequest { key: held.key })
+        .await
+        .unwrap();
+    let key = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, b"job/c".to_vec());
+    // A holder whose lease goes (revoked here; an expiry deletes the same way) loses the
+    // lock to the next in line.
+    let mut other = locks.clone();
+    let behind_expiring = tokio::spawn(async move {
+        other
+            .lock(lock::LockRequest {
+                name: b"job".to_vec(),
+                lease: short,
+            })
+            .await
+            .map(|response| response.into_inner().key)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: second })
+        .await
+        .unwrap();
+    let key = tokio::time::timeout(Duration::from_secs(10), behind_expiring)
+        .await
+        .expect("revoking the holder's lease releases the lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, b"job/d".to_vec());
+
+    let mut elections = ElectionClient::connect(cluster.endpoint(at)).await.unwrap();
+    let mut observer = elections
+        .observe(election::LeaderRequest {
+            name: b"mayor".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let alice = elections
+        .campaign(election::CampaignRequest {
+            name: b"mayor".to_vec(),
+            lease: first,
+            value: b"alice".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let seen = observer.message().await.unwrap().unwrap().kv.unwrap();
+    assert_eq!(seen.value, b"alice".to_vec());
+    let fresh = grant(&mut lease, 14, 60).await.id;
+    let mut candidate = elections.clone();
+    let bob = tokio::spawn(async move {
+        candidate
+            .campaign(election::CampaignRequest {
+                name: b"mayor".to_vec(),
+                lease: fresh,
+                value: b"bob".to_vec(),
+            })
+            .await
+            .map(|response| response.into_inner().leader.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bob.is_finished(), "bob waits behind alice");
+    let leader = elections
+        .leader(election::LeaderRequest {
+            name: b"mayor".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kv
+        .unwrap();
+    assert_eq!(leader.value, b"alice".to_vec());
+    elections
+        .proclaim(election::ProclaimRequest {
+            leader: Some(alice.clone()),
+            value: b"alice again".to_vec(),
+        })
+        .await
+        .unwrap();
+    let seen = observer.message().await.unwrap().unwrap().kv.unwrap();
+    assert_eq!(seen.value, b"alice again".to_vec());
+    elections
+        .resign(election::ResignRequest {
+            leader: Some(alice.clone()),
+        })
+        .await
+        .unwrap();
+    let bob = tokio::time::timeout(Duration::from_secs(10), bob)
+        .await
+        .expect("bob leads once alice resigns")
+        .unwrap()
+        .unwrap();
+    let seen = observer.message().await.unwrap().unwrap().kv.unwrap();
+    assert_eq!((seen.key, seen.value), (bob.key.clone(), b"bob".to_vec()));
+    // Alice no longer leads: her proclaim is refused.
+    let refused = elections
+        .proclaim(election::ProclaimRequest {
+            leader: Some(alice),
+            value: b"usurp".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    cluster.stop_all().await;
+}

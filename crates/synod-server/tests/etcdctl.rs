@@ -480,3 +480,68 @@ async fn etcdctl_watch_and_compaction_print_what_etcd_prints() {
         "{synod_name} (left) and {etcd_name} (right) print differently"
     );
 }
+
+/// `etcdctl lease grant/keep-alive/timetolive/list/revoke`, `put --lease`, `lock` and `elect`
+/// as an operator uses them, printing what etcdctl prints against etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_leases_locks_and_elections_work() {
+    if !etcdctl_available("etcdctl_leases_locks_and_elections_work") {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3).await;
+    let endpoints: Vec<String> = (0..3).map(|index| cluster.endpoint(index)).collect();
+    let granted = ok(&endpoints, &["lease", "grant", "60"]).await;
+    // "lease 694d7a1b2c3d4e5f granted with TTL(60s)"
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("an id")
+        .to_string();
+    assert_eq!(granted, format!("lease {id} granted with TTL(60s)\n"));
+    assert_eq!(
+        ok(&endpoints, &["put", "--lease", &id, "held", "v"]).await,
+        "OK\n"
+    );
+    let ttl = ok(&endpoints, &["lease", "timetolive", "--keys", &id]).await;
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining("))
+            && ttl.ends_with("s), attached keys([held])\n"),
+        "{ttl}"
+    );
+    assert_eq!(
+        ok(&endpoints, &["lease", "keep-alive", "--once", &id]).await,
+        format!("lease {id} keepalived with TTL(60)\n")
+    );
+    assert_eq!(
+        ok(&endpoints, &["lease", "list"]).await,
+        format!("found 1 leases\n{id}\n")
+    );
+    assert_eq!(
+        ok(&endpoints, &["lease", "revoke", &id]).await,
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(ok(&endpoints, &["get", "held"]).await, "");
+    assert_eq!(
+        ok(&endpoints, &["lease", "timetolive", &id]).await,
+        format!("lease {id} already expired\n")
+    );
+
+    // A lock around a command: etcdctl holds it while the command runs.
+    let locked = ok(&endpoints, &["lock", "job", "echo", "held", "the", "lock"]).await;
+    assert_eq!(locked, "held the lock\n");
+    assert_eq!(ok(&endpoints, &["get", "--prefix", "job/"]).await, "");
+
+    // A campaign wins an empty election and prints its key and value; a second candidate
+    // waits; the listener sees the leader.
+    let first = watch_output(
+        &endpoints,
+        &["elect", "mayor", "alice"],
+        std::time::Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        first.starts_with("mayor/") && first.contains("\nalice\n"),
+        "{first}"
+    );
+    cluster.stop_all().await;
+}
