@@ -2,11 +2,11 @@
 //! every read at or above the compacted revision exactly as the replica that took it.
 //!
 //! Layout (behind [`SNAPSHOT_FORMAT_VERSION`]): applied slot, revision, compacted revision,
-//! the NOSPACE alarm, every key with its events in key order, the change log (the keys of
+//! the quota's NOSPACE alarm, the members' alarms, every key with its events in key order, the change log (the keys of
 //! each revision above its base, in write order), the sessions. Histories are written
 //! straight from the persistent maps, never copied first. Snapshots of format 1 (the latest
 //! state only, before history was kept) are still read: they restore as compacted at their
-//! revision.
+//! revision; so are those of format 2 (before members' alarms).
 
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -17,10 +17,13 @@ use crate::codec;
 use crate::history::{ChangeLog, Entry, KeyEvent, KeyHistory};
 use crate::sessions::{Session, Sessions};
 use crate::store::{KvStore, INITIAL_REVISION};
-use crate::{KeyValue, Slot, SnapshotError, FORMAT_VERSION};
+use crate::{AlarmKind, KeyValue, Slot, SnapshotError, FORMAT_VERSION};
 
-/// The format-version byte of snapshots with history.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// The format-version byte of snapshots with history and members' alarms.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+
+/// Snapshots with history, before members' alarms.
+const HISTORY_FORMAT_VERSION: u8 = 2;
 
 /// Serializes a sequence from an iterator without collecting it.
 struct Seq<I>(std::cell::Cell<Option<I>>);
@@ -61,11 +64,13 @@ struct StoreRef<'a>(&'a KvStore);
 impl Serialize for StoreRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let store = self.0;
-        let mut image = serializer.serialize_struct("StoreImage", 8)?;
+        let mut image = serializer.serialize_struct("StoreImage", 9)?;
         image.serialize_field("applied", &store.applied)?;
         image.serialize_field("revision", &store.revision)?;
         image.serialize_field("compacted", &store.compacted)?;
         image.serialize_field("nospace", &store.nospace)?;
+        let alarms = store.alarms.iter();
+        image.serialize_field("alarms", &Seq::of(ExactLen(alarms, store.alarms.len())))?;
         let keys = store.keys.iter().map(|(key, history)| KeyRef(key, history));
         image.serialize_field("keys", &Seq::of(ExactLen(keys, store.keys.len())))?;
         image.serialize_field("changes_base", &store.changes.base())?;
@@ -110,6 +115,20 @@ struct StoreImage {
     revision: i64,
     compacted: i64,
     nospace: bool,
+    alarms: Vec<(u64, AlarmKind)>,
+    keys: Vec<KeyImage>,
+    changes_base: i64,
+    changes: Vec<Vec<Bytes>>,
+    sessions: Vec<Session>,
+}
+
+/// Format 2: [`StoreImage`] without the members' alarms.
+#[derive(Deserialize)]
+struct HistoryImage {
+    applied: Slot,
+    revision: i64,
+    compacted: i64,
+    nospace: bool,
     keys: Vec<KeyImage>,
     changes_base: i64,
     changes: Vec<Vec<Bytes>>,
@@ -133,6 +152,9 @@ pub(crate) fn encode(store: &KvStore) -> Bytes {
 pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, SnapshotError> {
     let image = match snapshot.first() {
         Some(&FORMAT_VERSION) => from_latest(codec::decode_as(FORMAT_VERSION, snapshot)?),
+        Some(&HISTORY_FORMAT_VERSION) => {
+            from_history(codec::decode_as(HISTORY_FORMAT_VERSION, snapshot)?)
+        }
         _ => codec::decode_as::<StoreImage>(SNAPSHOT_FORMAT_VERSION, snapshot)?,
     };
     check(&image).map_err(SnapshotError::Inconsistent)?;
@@ -164,9 +186,24 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
     store.revision = image.revision;
     store.compacted = image.compacted;
     store.nospace = image.nospace;
+    store.alarms = image.alarms.into_iter().collect();
     store.applied = image.applied;
     store.sessions = Sessions::from_sessions(template.max_sessions(), image.sessions);
     Ok(store)
+}
+
+fn from_history(image: HistoryImage) -> StoreImage {
+    StoreImage {
+        applied: image.applied,
+        revision: image.revision,
+        compacted: image.compacted,
+        nospace: image.nospace,
+        alarms: Vec::new(),
+        keys: image.keys,
+        changes_base: image.changes_base,
+        changes: image.changes,
+        sessions: image.sessions,
+    }
 }
 
 fn from_latest(image: LatestImage) -> StoreImage {
@@ -189,6 +226,7 @@ fn from_latest(image: LatestImage) -> StoreImage {
         revision: image.revision,
         compacted: image.revision,
         nospace: false,
+        alarms: Vec::new(),
         keys,
         changes_base: image.revision,
         changes: Vec::new(),

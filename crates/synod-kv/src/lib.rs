@@ -103,8 +103,10 @@
 //! assert_eq!((range.kvs[0].version, range.kvs[0].create_revision), (1, 2));
 //! ```
 
+mod backup;
 mod broadcast;
 mod codec;
+mod hash;
 mod history;
 mod image;
 mod sessions;
@@ -112,17 +114,19 @@ mod store;
 mod types;
 mod watch;
 
+pub use backup::{backup_image, encode_backup, BackupError, BACKUP_MAGIC};
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
+pub use hash::KvHash;
 pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use sessions::DEFAULT_MAX_SESSIONS;
 pub use store::{Change, KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
-    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, Response, TxnRequest, TxnResponse,
+    AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare, CompareResult,
+    CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, Op, OpResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, Response, TxnRequest, TxnResponse,
 };
 pub use watch::{
     key_in_range, EventKind, StreamId, WatchEvent, WatchHub, WatchOutput, WatchRequest, WatchStats,

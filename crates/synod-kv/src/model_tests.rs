@@ -106,7 +106,7 @@ impl Model {
                 }
                 OpResponse::Range(RangeResponse { kvs, more, count })
             }
-            Op::Txn(_) | Op::Compact(_) | Op::Alarm(_) => {
+            Op::Txn(_) | Op::Compact(_) | Op::Alarm(_) | Op::MemberAlarm(_) => {
                 unreachable!("the model only knows put, delete and range")
             }
         };

@@ -111,15 +111,33 @@ pub struct CompactRequest {
     pub physical: bool,
 }
 
-/// Raises or clears the NOSPACE alarm (etcd's `Maintenance.Alarm` ACTIVATE/DEACTIVATE).
+/// Raises or clears an alarm (etcd's `Maintenance.Alarm` ACTIVATE/DEACTIVATE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AlarmAction {
     Activate,
     Deactivate,
 }
 
-/// One operation of the store. `Compact` and `Alarm` are commands of their own: a txn cannot
-/// hold them.
+/// The alarms etcd knows (its `AlarmType` without NONE, which is not an alarm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmKind {
+    /// Out of space: puts are refused (deletes and compactions still run).
+    Nospace,
+    /// Members disagree on their data: every write is refused (reads still run).
+    Corrupt,
+}
+
+/// Raises or clears one member's alarm, as etcd records them: by the member id the request
+/// names (0 included, which etcd records as is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRequest {
+    pub action: AlarmAction,
+    pub member_id: u64,
+    pub alarm: AlarmKind,
+}
+
+/// One operation of the store. `Compact`, `Alarm` and `MemberAlarm` are commands of their
+/// own: a txn cannot hold them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Range(RangeRequest),
@@ -127,7 +145,11 @@ pub enum Op {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactRequest),
+    /// Raises or clears the store's own NOSPACE alarm, the one the quota raises (logs
+    /// written before [`Op::MemberAlarm`] existed carry it).
     Alarm(AlarmAction),
+    /// Raises or clears one member's alarm of any kind (what `Maintenance.Alarm` proposes).
+    MemberAlarm(AlarmRequest),
 }
 
 impl Op {
@@ -135,7 +157,11 @@ impl Op {
     pub fn is_read_only(&self) -> bool {
         match self {
             Op::Range(_) => true,
-            Op::Put(_) | Op::DeleteRange(_) | Op::Compact(_) | Op::Alarm(_) => false,
+            Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Compact(_)
+            | Op::Alarm(_)
+            | Op::MemberAlarm(_) => false,
             Op::Txn(txn) => txn.success.iter().chain(&txn.failure).all(Op::is_read_only),
         }
     }
@@ -179,8 +205,8 @@ pub enum OpResponse {
     Txn(TxnResponse),
     /// The history below the requested revision is gone.
     Compact,
-    /// The alarm state after the command (whether NOSPACE is raised) and whether the
-    /// command changed it.
+    /// The alarm state after the command (whether a NOSPACE alarm is raised) and whether
+    /// the command changed the alarms.
     Alarm {
         nospace: bool,
         changed: bool,
@@ -222,6 +248,8 @@ pub enum KvError {
     },
     /// A compaction or an alarm inside a txn.
     NotInTxn,
+    /// A write while the CORRUPT alarm is raised.
+    Corrupt,
 }
 
 impl std::fmt::Display for KvError {
@@ -266,6 +294,7 @@ impl std::fmt::Display for KvError {
                 "database space exceeded (history ~{history_bytes} bytes, quota {quota_bytes})"
             ),
             KvError::NotInTxn => write!(f, "a txn cannot hold a compaction or an alarm"),
+            KvError::Corrupt => write!(f, "corrupt cluster: the CORRUPT alarm refuses writes"),
         }
     }
 }
