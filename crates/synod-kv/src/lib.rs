@@ -41,7 +41,13 @@
 //! write that would take it past the quota fails with [`KvError::NoSpace`] and raises the
 //! NOSPACE alarm, which refuses every put until [`Op::Alarm`] deactivates it (etcd's rules:
 //! deletes and compactions still run). The alarm is raised while applying the log, so every
-//! replica must run with the same quota.
+//! replica must run with the same quota. [`Op::MemberAlarm`] raises or clears a member's
+//! NOSPACE or CORRUPT alarm (etcd's alarm store); CORRUPT refuses every write
+//! ([`KvError::Corrupt`]).
+//!
+//! [`KvStore::hash_kv`] hashes the retained history up to a revision (etcd's `HashKV`), so
+//! replicas can be compared; [`KvStore::backup`] and [`KvStore::from_backup`] write and read
+//! the backup files a new cluster starts from.
 //!
 //! # Transactions
 //!
