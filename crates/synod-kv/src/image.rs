@@ -2,13 +2,14 @@
 //! every read at or above the compacted revision exactly as the replica that took it.
 //!
 //! Layout (behind [`SNAPSHOT_FORMAT_VERSION`]): applied slot, revision, compacted revision,
-//! the NOSPACE alarm, every key with its events in key order, the change log (the keys of
-//! each revision above its base, in write order), the sessions, the leases (id and TTL; the
-//! keys attached to each are rebuilt from the live keys), the lease epoch and the grant count.
-//! Histories are written straight from the persistent maps, never copied first. Snapshots of
-//! format 1 (the latest state only, before history was kept) are still read: they restore as
-//! compacted at their revision; those of format 2 (before leases) get a lease of the minimum
-//! TTL for every lease id their keys name, so the keys expire unless someone keeps it alive.
+//! the quota's NOSPACE alarm, the members' alarms, every key with its events in key order,
+//! the change log (the keys of each revision above its base, in write order), the sessions,
+//! the leases (id and TTL; the keys attached to each are rebuilt from the live keys), the
+//! lease epoch and the grant count. Histories are written straight from the persistent maps,
+//! never copied first. Snapshots of format 1 (the latest state only, before history was
+//! kept) are still read: they restore as compacted at their revision; those of format 2
+//! (before members' alarms and leases) get a lease of the minimum TTL for every lease id
+//! their keys name, so the keys expire unless someone keeps it alive.
 
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -19,12 +20,12 @@ use crate::codec;
 use crate::history::{ChangeLog, Entry, KeyEvent, KeyHistory};
 use crate::sessions::{Session, Sessions};
 use crate::store::{KvStore, INITIAL_REVISION};
-use crate::{KeyValue, Slot, SnapshotError, FORMAT_VERSION};
+use crate::{AlarmKind, KeyValue, Slot, SnapshotError, FORMAT_VERSION};
 
-/// The format-version byte of snapshots with history.
+/// The format-version byte of snapshots with history, members' alarms and leases.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
-/// Format 2: history, no leases.
+/// Snapshots with history, before members' alarms and leases.
 const HISTORY_FORMAT_VERSION: u8 = 2;
 
 /// The TTL a format-2 snapshot's lease ids get (etcd's minimum with default timings).
@@ -69,11 +70,13 @@ struct StoreRef<'a>(&'a KvStore);
 impl Serialize for StoreRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let store = self.0;
-        let mut image = serializer.serialize_struct("StoreImage", 11)?;
+        let mut image = serializer.serialize_struct("StoreImage", 12)?;
         image.serialize_field("applied", &store.applied)?;
         image.serialize_field("revision", &store.revision)?;
         image.serialize_field("compacted", &store.compacted)?;
         image.serialize_field("nospace", &store.nospace)?;
+        let alarms = store.alarms.iter();
+        image.serialize_field("alarms", &Seq::of(ExactLen(alarms, store.alarms.len())))?;
         let keys = store.keys.iter().map(|(key, history)| KeyRef(key, history));
         image.serialize_field("keys", &Seq::of(ExactLen(keys, store.keys.len())))?;
         image.serialize_field("changes_base", &store.changes.base())?;
@@ -122,6 +125,7 @@ struct StoreImage {
     revision: i64,
     compacted: i64,
     nospace: bool,
+    alarms: Vec<(u64, AlarmKind)>,
     keys: Vec<KeyImage>,
     changes_base: i64,
     changes: Vec<Vec<Bytes>>,
@@ -131,7 +135,7 @@ struct StoreImage {
     leases_granted: u64,
 }
 
-/// Format 2: as format 3 without the leases.
+/// Format 2: [`StoreImage`] without the members' alarms and the leases.
 #[derive(Deserialize)]
 struct HistoryImage {
     applied: Slot,
@@ -203,6 +207,7 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
     store.revision = image.revision;
     store.compacted = image.compacted;
     store.nospace = image.nospace;
+    store.alarms = image.alarms.into_iter().collect();
     store.applied = image.applied;
     store.sessions = Sessions::from_sessions(template.max_sessions(), image.sessions);
     store.lease_epoch = image.lease_epoch;
@@ -211,33 +216,39 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
 }
 
 fn from_history(image: HistoryImage) -> StoreImage {
-    let leases: std::collections::BTreeSet<i64> = image
-        .keys
-        .iter()
-        .filter_map(|key| key.events.last().and_then(KeyEvent::live))
-        .map(|entry| entry.lease)
-        .filter(|lease| *lease != 0)
-        .collect();
     StoreImage {
         applied: image.applied,
         revision: image.revision,
         compacted: image.compacted,
         nospace: image.nospace,
+        alarms: Vec::new(),
+        leases: leases_named(&image.keys),
         keys: image.keys,
         changes_base: image.changes_base,
         changes: image.changes,
         sessions: image.sessions,
-        leases: leases
-            .into_iter()
-            .map(|id| (id, RESTORED_LEASE_TTL_SECONDS))
-            .collect(),
         lease_epoch: crate::LeaseEpoch::ZERO,
         leases_granted: 0,
     }
 }
 
+/// For images from before leases: a lease of the minimum TTL for every lease id a live key
+/// names (then the image is consistent, and the keys expire unless kept alive).
+fn leases_named(keys: &[KeyImage]) -> Vec<(i64, i64)> {
+    let named: std::collections::BTreeSet<i64> = keys
+        .iter()
+        .filter_map(|key| key.events.last().and_then(KeyEvent::live))
+        .map(|entry| entry.lease)
+        .filter(|lease| *lease > 0)
+        .collect();
+    named
+        .into_iter()
+        .map(|id| (id, RESTORED_LEASE_TTL_SECONDS))
+        .collect()
+}
+
 fn from_latest(image: LatestImage) -> StoreImage {
-    let keys = image
+    let keys: Vec<KeyImage> = image
         .keys
         .into_iter()
         .map(|kv| KeyImage {
@@ -256,11 +267,12 @@ fn from_latest(image: LatestImage) -> StoreImage {
         revision: image.revision,
         compacted: image.revision,
         nospace: false,
+        alarms: Vec::new(),
+        leases: leases_named(&keys),
         keys,
         changes_base: image.revision,
         changes: Vec::new(),
         sessions: image.sessions,
-        leases: Vec::new(),
         lease_epoch: crate::LeaseEpoch::ZERO,
         leases_granted: 0,
     }

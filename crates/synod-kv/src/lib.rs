@@ -41,7 +41,13 @@
 //! write that would take it past the quota fails with [`KvError::NoSpace`] and raises the
 //! NOSPACE alarm, which refuses every put until [`Op::Alarm`] deactivates it (etcd's rules:
 //! deletes and compactions still run). The alarm is raised while applying the log, so every
-//! replica must run with the same quota.
+//! replica must run with the same quota. [`Op::MemberAlarm`] raises or clears a member's
+//! NOSPACE or CORRUPT alarm (etcd's alarm store); CORRUPT refuses every write
+//! ([`KvError::Corrupt`]).
+//!
+//! [`KvStore::hash_kv`] hashes the retained history up to a revision (etcd's `HashKV`), so
+//! replicas can be compared; [`KvStore::backup`] and [`KvStore::from_backup`] write and read
+//! the backup files a new cluster starts from.
 //!
 //! # Leases
 //!
@@ -112,8 +118,10 @@
 //! assert_eq!((range.kvs[0].version, range.kvs[0].create_revision), (1, 2));
 //! ```
 
+mod backup;
 mod broadcast;
 mod codec;
+mod hash;
 mod history;
 mod image;
 mod lessor;
@@ -122,8 +130,10 @@ mod store;
 mod types;
 mod watch;
 
+pub use backup::{backup_image, encode_backup, BackupError, BACKUP_MAGIC};
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
+pub use hash::KvHash;
 pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use lessor::{Lessor, RenewError, EXPIRY_RETRY_NANOS};
@@ -131,10 +141,10 @@ pub use sessions::DEFAULT_MAX_SESSIONS;
 pub use store::{Change, KvStore, DEFAULT_QUOTA_BYTES, INITIAL_REVISION};
 pub use synod_core::Slot;
 pub use types::{
-    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch, LeaseGrantRequest, Op,
-    OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Response, TxnRequest,
-    TxnResponse,
+    AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare, CompareResult,
+    CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch,
+    LeaseGrantRequest, Op, OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    Response, TxnRequest, TxnResponse,
 };
 pub use watch::{
     key_in_range, EventKind, StreamId, WatchEvent, WatchHub, WatchOutput, WatchRequest, WatchStats,

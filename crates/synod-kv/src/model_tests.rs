@@ -112,7 +112,8 @@ impl Model {
             | Op::LeaseGrant(_)
             | Op::LeaseRevoke(_)
             | Op::LeasePromote(_)
-            | Op::LeaseExpire { .. } => {
+            | Op::LeaseExpire { .. }
+            | Op::MemberAlarm(_) => {
                 unreachable!("the model only knows put, delete and range")
             }
         };

@@ -18,11 +18,11 @@ use crate::history::{event_bytes, key_bytes, ChangeLog, Entry, KeyEvent, KeyHist
 use crate::image;
 use crate::sessions::{Lookup, Sessions, DEFAULT_MAX_SESSIONS};
 use crate::{
-    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch, LeaseGrantRequest, Op,
-    OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Response, Slot,
-    SnapshotError, StateMachine, TxnRequest, TxnResponse, MAX_LEASE_TTL_SECONDS, MAX_TXN_DEPTH,
-    MAX_TXN_OPS,
+    AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare, CompareResult,
+    CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, KvError, LeaseEpoch,
+    LeaseGrantRequest, Op, OpResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    Response, Slot, SnapshotError, StateMachine, TxnRequest, TxnResponse, MAX_LEASE_TTL_SECONDS,
+    MAX_TXN_DEPTH, MAX_TXN_OPS,
 };
 
 /// The revision of an empty store, as in etcd; the first write gets revision 2.
@@ -53,8 +53,11 @@ pub struct KvStore {
     /// The quota's estimate of the retained history: each key with
     /// [`crate::KEY_OVERHEAD_BYTES`], each event's value with [`crate::EVENT_OVERHEAD_BYTES`].
     pub(crate) history_bytes: u64,
-    /// The NOSPACE alarm: writes that add data are refused until it is deactivated.
+    /// The NOSPACE alarm the quota raised: writes that add data are refused until it is
+    /// deactivated. Every member raises it at once, so it belongs to none.
     pub(crate) nospace: bool,
+    /// Alarms raised through [`Op::MemberAlarm`], by member id and kind (etcd's alarm store).
+    pub(crate) alarms: BTreeSet<(u64, AlarmKind)>,
     pub(crate) applied: Slot,
     pub(crate) sessions: Sessions,
     /// Every lease: its TTL in seconds. Kept apart from the attached keys so a lessor can
@@ -111,6 +114,7 @@ impl KvStore {
             live_keys: 0,
             history_bytes: 0,
             nospace: false,
+            alarms: BTreeSet::new(),
             applied: 0,
             sessions: Sessions::new(max_sessions),
             lease_ttls: OrdMap::new(),
@@ -171,9 +175,30 @@ impl KvStore {
         self.quota_bytes
     }
 
-    /// Whether the NOSPACE alarm is raised.
+    /// Whether a NOSPACE alarm is raised (the quota's, or a member's): puts are refused.
     pub fn nospace_alarm(&self) -> bool {
         self.nospace
+            || self
+                .alarms
+                .iter()
+                .any(|(_, kind)| *kind == AlarmKind::Nospace)
+    }
+
+    /// Whether the quota raised its NOSPACE alarm (which no one member raised).
+    pub fn quota_alarm(&self) -> bool {
+        self.nospace
+    }
+
+    /// Whether a CORRUPT alarm is raised: every write is refused.
+    pub fn corrupt_alarm(&self) -> bool {
+        self.alarms
+            .iter()
+            .any(|(_, kind)| *kind == AlarmKind::Corrupt)
+    }
+
+    /// The alarms members raised, by member id then kind.
+    pub fn member_alarms(&self) -> Vec<(u64, AlarmKind)> {
+        self.alarms.iter().copied().collect()
     }
 
     /// The number of live keys.
@@ -298,16 +323,22 @@ impl KvStore {
 
     /// Runs one operation atomically: all of it, or (on error) none of it.
     fn run_command(&mut self, op: &Op) -> Response {
+        // etcd's corrupt applier refuses every write; reads (and alarms) still run.
+        let alarm = matches!(op, Op::Alarm(_) | Op::MemberAlarm(_));
+        if self.corrupt_alarm() && !alarm && !op.is_read_only() {
+            return self.failure(KvError::Corrupt);
+        }
+        let nospace = self.nospace_alarm();
         match op {
             Op::Txn(txn) => {
                 if let Err(error) = check_txn(txn, 1) {
                     return self.failure(error);
                 }
-                if self.nospace && !txn_is_free_of_puts(txn) {
+                if nospace && !txn_is_free_of_puts(txn) {
                     return self.failure(self.no_space());
                 }
             }
-            Op::Put(_) if self.nospace => return self.failure(self.no_space()),
+            Op::Put(_) if nospace => return self.failure(self.no_space()),
             Op::Compact(request) => {
                 return match self.compact(request) {
                     Ok(()) => self.success(OpResponse::Compact),
@@ -318,7 +349,7 @@ impl KvStore {
                 let before = self.nospace;
                 self.nospace = *action == AlarmAction::Activate;
                 return self.success(OpResponse::Alarm {
-                    nospace: self.nospace,
+                    nospace: self.nospace_alarm(),
                     changed: before != self.nospace,
                 });
             }
@@ -334,6 +365,13 @@ impl KvStore {
                     self.lease_epoch = *epoch;
                 }
                 return self.success(OpResponse::LeasePromote { promoted });
+            }
+            Op::MemberAlarm(request) => {
+                let changed = self.member_alarm(request);
+                return self.success(OpResponse::Alarm {
+                    nospace: self.nospace_alarm(),
+                    changed,
+                });
             }
             _ => {}
         }
@@ -423,9 +461,11 @@ impl KvStore {
                     deleted,
                 })
             }
-            Op::Compact(_) | Op::Alarm(_) | Op::LeaseGrant(_) | Op::LeasePromote(_) => {
-                Err(KvError::NotInTxn)
-            }
+            Op::Compact(_)
+            | Op::Alarm(_)
+            | Op::MemberAlarm(_)
+            | Op::LeaseGrant(_)
+            | Op::LeasePromote(_) => Err(KvError::NotInTxn),
         }
     }
 
@@ -497,6 +537,24 @@ impl KvStore {
         }
         if to != 0 {
             self.lease_keys.entry(to).or_default().insert(key.clone());
+        }
+    }
+
+    /// etcd's `alarmStore.Activate`/`Deactivate`: whether the alarm set changed. Clearing a
+    /// member's NOSPACE clears the quota's too, since `etcdctl alarm disarm` deactivates the
+    /// alarms listed, and the quota's is listed under every member.
+    fn member_alarm(&mut self, request: &AlarmRequest) -> bool {
+        let alarm = (request.member_id, request.alarm);
+        match request.action {
+            AlarmAction::Activate => self.alarms.insert(alarm),
+            AlarmAction::Deactivate => {
+                let removed = self.alarms.remove(&alarm);
+                let quota = request.alarm == AlarmKind::Nospace && self.nospace;
+                if quota {
+                    self.nospace = false;
+                }
+                removed || quota
+            }
         }
     }
 
@@ -845,7 +903,8 @@ fn check_txn_shape(txn: &TxnRequest, depth: usize) -> Result<(), KvError> {
                 | Op::LeaseGrant(_)
                 | Op::LeaseRevoke(_)
                 | Op::LeasePromote(_)
-                | Op::LeaseExpire { .. } => return Err(KvError::NotInTxn),
+                | Op::LeaseExpire { .. }
+                | Op::MemberAlarm(_) => return Err(KvError::NotInTxn),
                 Op::Range(_) | Op::DeleteRange(_) => {}
             }
         }

@@ -1052,3 +1052,103 @@ fn apply_answers_bad_bytes_with_an_error_and_changes_no_data() {
     expected.execute(store.applied(), &Command::unsessioned(get("x")));
     assert_eq!(store, expected);
 }
+
+#[test]
+fn snapshots_of_format_two_still_restore_without_members_alarms_or_leases() {
+    let mut store = KvStore::new();
+    run(&mut store, put("a", "1"));
+    run(&mut store, put("b", "2"));
+    let image = store.snapshot().to_vec();
+    // Layout: version, applied (1 byte), revision (1), compacted (1), nospace (1), then the
+    // alarms' count (0), which format 2 does not have; at the end the leases' count (0),
+    // the lease epoch (round 0, node 0) and the grant count (0), which it has not either.
+    assert_eq!(image[5], 0);
+    assert_eq!(image[image.len() - 4..], [0, 0, 0, 0]);
+    let mut format_two = image[..5].to_vec();
+    format_two[0] = 2;
+    format_two.extend_from_slice(&image[6..image.len() - 4]);
+    let mut restored = KvStore::new();
+    restored.restore(&format_two).unwrap();
+    assert_eq!(restored, store);
+}
+
+#[test]
+fn a_corrupt_alarm_refuses_writes_but_not_reads_until_deactivated() {
+    let mut store = KvStore::new();
+    run(&mut store, put("a", "1"));
+    let corrupt = |action| {
+        Op::MemberAlarm(AlarmRequest {
+            action,
+            member_id: 3,
+            alarm: AlarmKind::Corrupt,
+        })
+    };
+    let raised = run(&mut store, corrupt(AlarmAction::Activate));
+    assert_eq!(
+        raised.result,
+        Ok(OpResponse::Alarm {
+            nospace: false,
+            changed: true
+        })
+    );
+    assert_eq!(store.member_alarms(), [(3, AlarmKind::Corrupt)]);
+    let compact = Op::Compact(CompactRequest {
+        revision: 2,
+        physical: false,
+    });
+    for write in [put("b", "1"), delete("a", ""), compact] {
+        assert_eq!(run(&mut store, write).result, Err(KvError::Corrupt));
+    }
+    assert!(store.get(b"a").is_some());
+    assert!(store
+        .read(&RangeRequest {
+            key: b("a"),
+            ..RangeRequest::default()
+        })
+        .result
+        .is_ok());
+    assert_eq!(store.revision(), 2);
+    run(&mut store, corrupt(AlarmAction::Deactivate));
+    assert!(run(&mut store, put("b", "1")).result.is_ok());
+}
+
+#[test]
+fn members_alarms_are_kept_per_member_and_nospace_refuses_puts() {
+    let mut store = KvStore::new();
+    let nospace = |action, member_id| {
+        Op::MemberAlarm(AlarmRequest {
+            action,
+            member_id,
+            alarm: AlarmKind::Nospace,
+        })
+    };
+    for member in [0, 5] {
+        let raised = run(&mut store, nospace(AlarmAction::Activate, member));
+        assert!(matches!(
+            raised.result,
+            Ok(OpResponse::Alarm { changed: true, .. })
+        ));
+    }
+    let again = run(&mut store, nospace(AlarmAction::Activate, 5));
+    assert!(matches!(
+        again.result,
+        Ok(OpResponse::Alarm { changed: false, .. })
+    ));
+    assert_eq!(
+        store.member_alarms(),
+        [(0, AlarmKind::Nospace), (5, AlarmKind::Nospace)]
+    );
+    assert!(matches!(
+        run(&mut store, put("a", "1")).result,
+        Err(KvError::NoSpace { .. })
+    ));
+    run(&mut store, nospace(AlarmAction::Deactivate, 0));
+    assert!(store.nospace_alarm(), "member 5's alarm is still raised");
+    run(&mut store, nospace(AlarmAction::Deactivate, 5));
+    assert!(!store.nospace_alarm());
+    assert!(run(&mut store, put("a", "1")).result.is_ok());
+    let mut restored = KvStore::new();
+    run(&mut store, nospace(AlarmAction::Activate, 5));
+    restored.restore(&store.snapshot()).unwrap();
+    assert_eq!(restored.member_alarms(), [(5, AlarmKind::Nospace)]);
+}

@@ -111,11 +111,29 @@ pub struct CompactRequest {
     pub physical: bool,
 }
 
-/// Raises or clears the NOSPACE alarm (etcd's `Maintenance.Alarm` ACTIVATE/DEACTIVATE).
+/// Raises or clears an alarm (etcd's `Maintenance.Alarm` ACTIVATE/DEACTIVATE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AlarmAction {
     Activate,
     Deactivate,
+}
+
+/// The alarms etcd knows (its `AlarmType` without NONE, which is not an alarm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmKind {
+    /// Out of space: puts are refused (deletes and compactions still run).
+    Nospace,
+    /// Members disagree on their data: every write is refused (reads still run).
+    Corrupt,
+}
+
+/// Raises or clears one member's alarm, as etcd records them: by the member id the request
+/// names (0 included, which etcd records as is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRequest {
+    pub action: AlarmAction,
+    pub member_id: u64,
+    pub alarm: AlarmKind,
 }
 
 /// Creates a lease (etcd's `LeaseGrant`). The TTL is taken as given: the proposer applies
@@ -132,8 +150,8 @@ pub struct LeaseGrantRequest {
 /// [`Op::LeasePromote`]). Ordered as ballots are.
 pub type LeaseEpoch = synod_core::Ballot;
 
-/// One operation of the store. `Compact`, `Alarm` and the lease operations are commands of
-/// their own: a txn cannot hold them.
+/// One operation of the store. `Compact`, `Alarm`, `MemberAlarm` and the lease operations are
+/// commands of their own: a txn cannot hold them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Range(RangeRequest),
@@ -141,6 +159,8 @@ pub enum Op {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactRequest),
+    /// Raises or clears the store's own NOSPACE alarm, the one the quota raises (logs
+    /// written before [`Op::MemberAlarm`] existed carry it).
     Alarm(AlarmAction),
     LeaseGrant(LeaseGrantRequest),
     /// Revokes a lease: deletes it and every key attached to it, at one revision.
@@ -155,6 +175,8 @@ pub enum Op {
         id: i64,
         epoch: LeaseEpoch,
     },
+    /// Raises or clears one member's alarm of any kind (what `Maintenance.Alarm` proposes).
+    MemberAlarm(AlarmRequest),
 }
 
 impl Op {
@@ -169,7 +191,8 @@ impl Op {
             | Op::LeaseGrant(_)
             | Op::LeaseRevoke(_)
             | Op::LeasePromote(_)
-            | Op::LeaseExpire { .. } => false,
+            | Op::LeaseExpire { .. }
+            | Op::MemberAlarm(_) => false,
             Op::Txn(txn) => txn.success.iter().chain(&txn.failure).all(Op::is_read_only),
         }
     }
@@ -213,8 +236,8 @@ pub enum OpResponse {
     Txn(TxnResponse),
     /// The history below the requested revision is gone.
     Compact,
-    /// The alarm state after the command (whether NOSPACE is raised) and whether the
-    /// command changed it.
+    /// The alarm state after the command (whether a NOSPACE alarm is raised) and whether
+    /// the command changed the alarms.
     Alarm {
         nospace: bool,
         changed: bool,
@@ -282,6 +305,8 @@ pub enum KvError {
     /// A grant with a TTL above [`crate::MAX_LEASE_TTL_SECONDS`] (etcd `ErrLeaseTTLTooLarge`)
     /// or a negative id.
     LeaseInvalid(String),
+    /// A write while the CORRUPT alarm is raised.
+    Corrupt,
 }
 
 impl std::fmt::Display for KvError {
@@ -332,6 +357,7 @@ impl std::fmt::Display for KvError {
             KvError::LeaseNotFound(_) => write!(f, "requested lease not found"),
             KvError::LeaseExists(_) => write!(f, "lease already exists"),
             KvError::LeaseInvalid(why) => write!(f, "{why}"),
+            KvError::Corrupt => write!(f, "corrupt cluster: the CORRUPT alarm refuses writes"),
         }
     }
 }

@@ -13,6 +13,48 @@ use std::time::{Duration, Instant};
 use synod_storage::SyncMode;
 use tokio::net::TcpListener;
 
+/// `synod snapshot`: what to do with a backup that `etcdctl snapshot save` wrote.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum SnapshotCommand {
+    /// Makes a new data directory start a NEW cluster from a backup: its keys, history
+    /// and revisions. Restore every member of the new cluster from the same file, each into
+    /// its own data directory, then start them with `synod node --data-dir DIR ...`.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RestoreArgs {
+    /// The backup (`etcdctl snapshot save FILE` against a Synod member).
+    pub file: PathBuf,
+    /// The new member's data directory; must not exist or be empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// Runs `synod snapshot ...`.
+pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    match args.command {
+        SnapshotCommand::Restore(restore) => {
+            let restored = crate::data_dir::restore_backup(&restore.file, &restore.data_dir)?;
+            println!(
+                "restored {} keys at revision {} (compacted at {}) from {} into {}",
+                restored.keys,
+                restored.revision,
+                restored.compacted_revision,
+                restore.file.display(),
+                restore.data_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeArgs {
     /// This member's name in --initial-cluster.

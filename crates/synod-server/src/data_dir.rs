@@ -12,9 +12,13 @@ use crate::ServerError;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use synod_kv::KvStore;
 
 const LOCK_FILE: &str = "lock";
 const MEMBER_FILE: &str = "member";
+/// The backup a new cluster starts from (`synod snapshot restore`), kept for the data
+/// directory's lifetime: a restart replays the log from it until a snapshot replaces it.
+pub const INITIAL_STATE_FILE: &str = "initial-state";
 
 /// Held while a replica runs; dropping it (or the process ending) releases the lock.
 #[derive(Debug)]
@@ -119,6 +123,68 @@ pub fn amnesia_error(config: &ServerConfig, wal_dir: &Path) -> ServerError {
     ))
 }
 
+/// What `synod snapshot restore` put in place.
+#[derive(Debug)]
+pub struct Restored {
+    pub revision: i64,
+    pub compacted_revision: i64,
+    pub keys: usize,
+}
+
+/// Checks the backup at `backup` and makes `data_dir` (which must not exist, or be empty)
+/// start a new cluster from it. A file that is not a sound backup writes nothing.
+pub fn restore_backup(backup: &Path, data_dir: &Path) -> Result<Restored, ServerError> {
+    let io = |path: &Path, error: std::io::Error| {
+        ServerError::Io(format!("{}: {error}", path.display()))
+    };
+    let bytes = std::fs::read(backup).map_err(|error| io(backup, error))?;
+    let store = KvStore::from_backup(&bytes, &KvStore::new())
+        .map_err(|error| ServerError::Recovery(format!("{}: {error}", backup.display())))?;
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(ServerError::Recovery(format!(
+                    "{} is not empty: a restore starts a new member and needs a new data directory",
+                    data_dir.display()
+                )));
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(data_dir, error)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(|error| io(data_dir, error))?;
+    let path = data_dir.join(INITIAL_STATE_FILE);
+    let partial = data_dir.join(format!("{INITIAL_STATE_FILE}.part"));
+    let mut file = File::create(&partial).map_err(|error| io(&partial, error))?;
+    file.write_all(&store.backup())
+        .and_then(|()| file.sync_all())
+        .map_err(|error| io(&partial, error))?;
+    std::fs::rename(&partial, &path).map_err(|error| io(&path, error))?;
+    File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| io(data_dir, error))?;
+    Ok(Restored {
+        revision: store.revision(),
+        compacted_revision: store.compacted_revision(),
+        keys: store.len(),
+    })
+}
+
+/// The state a data directory's cluster started from: empty (`template`), or the backup
+/// `synod snapshot restore` left, with a fingerprint of it that the node mixes into its
+/// cluster id, so members restored from different files (or none) refuse each other.
+pub fn initial_state(data_dir: &Path, template: KvStore) -> Result<(KvStore, u64), ServerError> {
+    let path = data_dir.join(INITIAL_STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((template, 0)),
+        Err(error) => return Err(ServerError::Io(format!("{}: {error}", path.display()))),
+    };
+    let store = KvStore::from_backup(&bytes, &template)
+        .map_err(|error| ServerError::Recovery(format!("{}: {error}", path.display())))?;
+    Ok((store, crate::config::fnv1a64(&bytes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +212,40 @@ mod tests {
         );
         drop(held);
         DataDirLock::acquire(dir.path()).expect("free again once released");
+    }
+
+    #[test]
+    fn a_restore_writes_the_initial_state_and_a_bad_file_or_a_used_directory_nothing() {
+        use synod_kv::{Command, Op, PutRequest, StateMachine};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = KvStore::new();
+        let put = Command::unsessioned(Op::Put(PutRequest {
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        }));
+        store.apply(1, &put.encode());
+        let backup = dir.path().join("backup.db");
+        std::fs::write(&backup, store.backup()).expect("write backup");
+        let foreign = dir.path().join("foreign.db");
+        std::fs::write(&foreign, b"not a backup").expect("write foreign");
+
+        let refused = dir.path().join("refused");
+        let error = restore_backup(&foreign, &refused).expect_err("a foreign file");
+        assert!(error.to_string().contains("not a Synod backup"), "{error}");
+        assert!(!refused.exists(), "a refused restore writes nothing");
+
+        let data = dir.path().join("data");
+        let restored = restore_backup(&backup, &data).expect("restore");
+        assert_eq!((restored.revision, restored.keys), (2, 1));
+        let (initial, fingerprint) = initial_state(&data, KvStore::new()).expect("initial");
+        assert_ne!(fingerprint, 0);
+        assert_eq!(initial.get(b"k"), store.get(b"k"));
+        assert_eq!(initial.applied(), 0);
+        let error = restore_backup(&backup, &data).expect_err("a used directory");
+        assert!(error.to_string().contains("not empty"), "{error}");
+
+        let (empty, none) = initial_state(&refused, KvStore::new()).expect("no file");
+        assert_eq!((empty.revision(), none), (1, 0));
     }
 }

@@ -5,8 +5,9 @@
 //! linearizable by default — a read index from the leader (its lease, or one quorum
 //! round), then a local read once this replica applied it — or, with `serializable`,
 //! answered from this replica's state at once. A range at an older `revision` reads the
-//! store's history; `Compact` and the NOSPACE alarm's ACTIVATE/DEACTIVATE go through the log.
-//! Every other RPC answers UNIMPLEMENTED with a message saying so.
+//! store's history; `Compact` and alarms' ACTIVATE/DEACTIVATE go through the log. The
+//! Maintenance calls Hash, HashKV, Snapshot and Defragment answer from this member's state
+//! (docs/maintenance.md). Every other RPC answers UNIMPLEMENTED with a message saying so.
 
 // tonic's `Status` is large, and every gRPC handler returns it; the conversion helpers
 // return it too rather than box and unbox it at each boundary.
@@ -28,17 +29,22 @@ use crate::watch::WatchService;
 use crate::{Consistency, Handle, ServerError};
 use std::sync::Arc;
 use synod_kv::{
-    AlarmAction, Command, CompactRequest, Compare, CompareResult, CompareTarget,
-    DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse, PutRequest, RangeRequest,
-    RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
+    encode_backup, AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare,
+    CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse,
+    PutRequest, RangeRequest, RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
 };
 use tonic::{Request, Status};
 
-/// The version `Maintenance.Status` reports: the etcd API level served, and synod's own.
-pub const SERVER_VERSION: &str = concat!("3.4.0+synod.", env!("CARGO_PKG_VERSION"));
+/// The version `Maintenance.Status` and `/version` report: the etcd API level served, a
+/// plain version clients compare to gate features (docs/maintenance.md says why 3.5.0).
+pub const SERVER_VERSION: &str = "3.5.0";
 
 /// The cluster version `/version` reports: the etcd API level every member serves.
-pub const CLUSTER_VERSION: &str = "3.4.0";
+pub const CLUSTER_VERSION: &str = "3.5.0";
+
+/// Synod's own version, reported beside the etcd one by `/version` (its `synod` field)
+/// and by the `synod_build_info` metric.
+pub const SYNOD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The three services, sharing one replica.
 #[derive(Clone)]
@@ -137,7 +143,8 @@ async fn unserved_path(
     }
     let status = Status::unimplemented(format!(
         "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, Watch, \
-         Lease, v3lock, v3election, Cluster.MemberList, Maintenance.Status and Alarm)",
+         Lease, v3lock, v3election, Cluster.MemberList, Maintenance \
+         Status/Alarm/Hash/HashKV/Snapshot/Defragment)",
         uri.path()
     ));
     let mut headers = axum::http::HeaderMap::new();
@@ -197,6 +204,7 @@ pub(crate) fn kv_status(error: KvError) -> Status {
         KvError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
         KvError::LeaseExists(_) => Status::failed_precondition("etcdserver: lease already exists"),
         KvError::LeaseInvalid(_) => Status::out_of_range("etcdserver: too large lease TTL"),
+        KvError::Corrupt => Status::data_loss("etcdserver: corrupt cluster"),
         KvError::StaleSequence { .. } | KvError::SlotRegression { .. } => {
             Status::internal(format!("etcdserver: {error}"))
         }
@@ -610,9 +618,11 @@ impl ClusterService for EtcdApi {
 
 #[tonic::async_trait]
 impl Maintenance for EtcdApi {
-    /// NOSPACE is the only alarm. It is raised while applying the log, so every member holds
-    /// it; GET lists it once per member, as etcd lists the members that raised it.
-    /// ACTIVATE/DEACTIVATE go through the log; DEACTIVATE answers the alarms it cleared.
+    /// etcd's alarm store, replicated: ACTIVATE and DEACTIVATE of a (member id, alarm type)
+    /// go through the log, so every member lists the same alarms; each answers the alarm
+    /// it added or removed. GET lists the alarms of the requested type (NONE: every type),
+    /// and the NOSPACE alarm the quota raised, which every member raises at once while
+    /// applying the log, once per member.
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,
@@ -630,35 +640,36 @@ impl Maintenance for EtcdApi {
                 )))
             }
         };
-        let nospace_requested = request.alarm == pb::AlarmType::Nospace as i32;
-        let (revision, alarms) = match action {
-            None => {
-                let (revision, nospace) = self
-                    .handle
-                    .read(Consistency::Serializable, |store: &KvStore| {
-                        (store.revision(), store.nospace_alarm())
-                    })
-                    .await
-                    .map_err(server_status)?;
-                let members = if nospace {
-                    self.cluster.ids()
-                } else {
-                    Vec::new()
-                };
-                (revision, members)
+        let kind = match pb::AlarmType::try_from(request.alarm) {
+            Ok(pb::AlarmType::None) => None,
+            Ok(pb::AlarmType::Nospace) => Some(AlarmKind::Nospace),
+            Ok(pb::AlarmType::Corrupt) => Some(AlarmKind::Corrupt),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm type {}",
+                    request.alarm
+                )))
             }
-            // Only NOSPACE exists here: other alarm types change nothing.
-            Some(_) if !nospace_requested => (0, Vec::new()),
-            Some(action) => {
-                let response = self.execute(Op::Alarm(action)).await?;
+        };
+        let (revision, alarms) = match (action, kind) {
+            (None, _) => self.list_alarms(kind).await?,
+            // etcd records no alarm of type NONE.
+            (Some(_), None) => (self.current_revision().await?, Vec::new()),
+            (Some(action), Some(alarm)) => {
+                let member_id = request.member_id;
+                let op = Op::MemberAlarm(AlarmRequest {
+                    action,
+                    member_id,
+                    alarm,
+                });
+                let response = self.execute(op).await?;
                 match response.result.map_err(kv_status)? {
                     OpResponse::Alarm { changed, .. } => {
-                        let member = if request.member_id == 0 {
-                            self.handle.node_id()
+                        let alarms = if changed {
+                            vec![(member_id, alarm)]
                         } else {
-                            request.member_id
+                            Vec::new()
                         };
-                        let alarms = if changed { vec![member] } else { Vec::new() };
                         (response.revision, alarms)
                     }
                     other => return Err(Status::internal(format!("an alarm produced {other:?}"))),
@@ -669,9 +680,9 @@ impl Maintenance for EtcdApi {
             header: self.header(revision),
             alarms: alarms
                 .into_iter()
-                .map(|member_id| pb::AlarmMember {
+                .map(|(member_id, alarm)| pb::AlarmMember {
                     member_id,
-                    alarm: pb::AlarmType::Nospace as i32,
+                    alarm: alarm_type(alarm) as i32,
                 })
                 .collect(),
         }))
@@ -706,43 +717,96 @@ impl Maintenance for EtcdApi {
         }))
     }
 
+    /// Succeeds having done nothing: there is no file to defragment. The store lives in
+    /// memory, and the write-ahead log is cut at every snapshot (`--snapshot-count`), which
+    /// frees its segments; a compaction frees the history it drops at once.
     async fn defragment(
         &self,
-        _request: Request<pb::Unserved>,
-    ) -> Result<tonic::Response<pb::Unserved>, Status> {
-        Err(unserved(
-            "etcdserverpb.Maintenance/Defragment",
-            "the write-ahead log is compacted by snapshots automatically",
-        ))
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<tonic::Response<pb::DefragmentResponse>, Status> {
+        let revision = self.current_revision().await?;
+        Ok(tonic::Response::new(pb::DefragmentResponse {
+            header: self.header(revision),
+        }))
     }
 
+    /// The hash of this member's whole replicated state ([`KvStore::hash`]), as applied here.
     async fn hash(
         &self,
-        _request: Request<pb::Unserved>,
-    ) -> Result<tonic::Response<pb::Unserved>, Status> {
-        Err(unserved("etcdserverpb.Maintenance/Hash", "not implemented"))
+        _request: Request<pb::HashRequest>,
+    ) -> Result<tonic::Response<pb::HashResponse>, Status> {
+        let (revision, hash) = self
+            .handle
+            .read(Consistency::Serializable, |store: &KvStore| {
+                (store.revision(), store.hash())
+            })
+            .await
+            .map_err(server_status)?;
+        Ok(tonic::Response::new(pb::HashResponse {
+            header: self.header(revision),
+            hash,
+        }))
     }
 
+    /// etcd's `HashKV` over this member's history ([`KvStore::hash_kv`]): members that
+    /// applied the log up to the revision answer the same hash.
     async fn hash_kv(
         &self,
-        _request: Request<pb::Unserved>,
-    ) -> Result<tonic::Response<pb::Unserved>, Status> {
-        Err(unserved(
-            "etcdserverpb.Maintenance/HashKV",
-            "not implemented",
-        ))
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<tonic::Response<pb::HashKvResponse>, Status> {
+        let requested = request.into_inner().revision;
+        let (revision, hashed) = self
+            .handle
+            .read(Consistency::Serializable, move |store: &KvStore| {
+                (store.revision(), store.hash_kv(requested))
+            })
+            .await
+            .map_err(server_status)?;
+        let hashed = hashed.map_err(kv_status)?;
+        Ok(tonic::Response::new(pb::HashKvResponse {
+            header: self.header(revision),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
+        }))
     }
 
-    type SnapshotStream = futures_stream::Empty;
+    type SnapshotStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>,
+    >;
 
+    /// This member's state as applied here, as a backup file (`synod_kv::encode_backup`:
+    /// the store's snapshot image behind a checked header), in chunks. The state is frozen
+    /// at once (an O(1) clone) and serialized off the replica's thread.
     async fn snapshot(
         &self,
-        _request: Request<pb::Unserved>,
+        _request: Request<pb::SnapshotRequest>,
     ) -> Result<tonic::Response<Self::SnapshotStream>, Status> {
-        Err(unserved(
-            "etcdserverpb.Maintenance/Snapshot",
-            "snapshots live in the data directory (snap/)",
-        ))
+        let (revision, job) = self
+            .handle
+            .read(Consistency::Serializable, |store: &KvStore| {
+                (
+                    store.revision(),
+                    synod_kv::StateMachine::snapshot_job(store),
+                )
+            })
+            .await
+            .map_err(server_status)?;
+        let file = tokio::task::spawn_blocking(move || encode_backup(&job()))
+            .await
+            .map_err(|error| Status::internal(format!("writing the snapshot failed: {error}")))?;
+        let file = bytes::Bytes::from(file);
+        let header = self.header(revision);
+        let total = file.len();
+        let chunks = (0..total).step_by(SNAPSHOT_CHUNK_BYTES).map(move |start| {
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(total);
+            Ok(pb::SnapshotResponse {
+                header,
+                remaining_bytes: (total - end) as u64,
+                blob: file.slice(start..end).to_vec(),
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn move_leader(
@@ -756,19 +820,50 @@ impl Maintenance for EtcdApi {
     }
 }
 
-mod futures_stream {
-    //! The (never produced) stream type of `Maintenance.Snapshot`.
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+/// The bytes of backup file each `SnapshotResponse` carries (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 
-    pub struct Empty;
+fn alarm_type(alarm: AlarmKind) -> pb::AlarmType {
+    match alarm {
+        AlarmKind::Nospace => pb::AlarmType::Nospace,
+        AlarmKind::Corrupt => pb::AlarmType::Corrupt,
+    }
+}
 
-    impl tokio_stream::Stream for Empty {
-        type Item = Result<super::pb::Unserved, tonic::Status>;
+impl EtcdApi {
+    async fn current_revision(&self) -> Result<i64, Status> {
+        self.handle
+            .read(Consistency::Serializable, |store: &KvStore| {
+                store.revision()
+            })
+            .await
+            .map_err(server_status)
+    }
 
-        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Poll::Ready(None)
+    /// The alarms of one kind (None: all), members' and the quota's, by member then kind.
+    async fn list_alarms(
+        &self,
+        kind: Option<AlarmKind>,
+    ) -> Result<(i64, Vec<(u64, AlarmKind)>), Status> {
+        let (revision, quota, members) = self
+            .handle
+            .read(Consistency::Serializable, |store: &KvStore| {
+                (store.revision(), store.quota_alarm(), store.member_alarms())
+            })
+            .await
+            .map_err(server_status)?;
+        let mut alarms: std::collections::BTreeSet<(u64, AlarmKind)> =
+            members.into_iter().collect();
+        if quota {
+            alarms.extend(
+                self.cluster
+                    .ids()
+                    .into_iter()
+                    .map(|id| (id, AlarmKind::Nospace)),
+            );
         }
+        alarms.retain(|(_, alarm)| kind.is_none_or(|kind| kind == *alarm));
+        Ok((revision, alarms.into_iter().collect()))
     }
 }
 

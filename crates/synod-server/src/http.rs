@@ -3,7 +3,7 @@
 //! accepts HTTP/1.1 and routes by path); on `--listen-metrics-urls` they are served
 //! alone by [`serve_http`], behind a connection limit and timeouts.
 
-use crate::etcd::{CLUSTER_VERSION, SERVER_VERSION};
+use crate::etcd::{CLUSTER_VERSION, SERVER_VERSION, SYNOD_VERSION};
 use crate::metrics::Metrics;
 use crate::{Consistency, Handle, ServerError};
 use axum::extract::{Query, State};
@@ -37,11 +37,12 @@ pub struct Health {
     pub reason: String,
 }
 
-/// etcd's `/version` answer.
+/// etcd's `/version` answer, and Synod's own version beside it.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct Version {
     pub etcdserver: String,
     pub etcdcluster: String,
+    pub synod: String,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +121,7 @@ async fn version() -> Json<Version> {
     Json(Version {
         etcdserver: SERVER_VERSION.to_string(),
         etcdcluster: CLUSTER_VERSION.to_string(),
+        synod: SYNOD_VERSION.to_string(),
     })
 }
 

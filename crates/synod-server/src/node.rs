@@ -47,10 +47,14 @@ fn health_timeout(config: &ServerConfig) -> Duration {
 
 impl EtcdNode {
     pub async fn start(
-        config: ServerConfig,
+        mut config: ServerConfig,
         listeners: Listeners,
     ) -> Result<EtcdNode, ServerError> {
-        let store = KvStore::new().with_quota_bytes(config.quota_backend_bytes);
+        let empty = KvStore::new().with_quota_bytes(config.quota_backend_bytes);
+        let (store, restored_from) = crate::data_dir::initial_state(&config.data_dir, empty)?;
+        // A cluster started from a backup is another cluster: its members agree on the
+        // backup, or their ids differ and they refuse each other.
+        config.cluster.cluster_id ^= restored_from;
         let auto_compaction = config.auto_compaction;
         // The watch task sees every state the replica applies (an O(1) clone), and so does
         // the lessor (which leases exist, and whose epoch it is).

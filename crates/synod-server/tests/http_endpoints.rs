@@ -123,8 +123,9 @@ async fn the_client_port_serves_metrics_and_version_over_http_beside_grpc() {
     assert_eq!(
         version,
         Version {
-            etcdserver: synod_server::etcd::SERVER_VERSION.to_string(),
-            etcdcluster: "3.4.0".to_string(),
+            etcdserver: "3.5.0".to_string(),
+            etcdcluster: "3.5.0".to_string(),
+            synod: env!("CARGO_PKG_VERSION").to_string(),
         }
     );
 

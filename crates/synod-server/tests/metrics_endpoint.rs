@@ -7,8 +7,8 @@ use common::EtcdCluster;
 use std::net::SocketAddr;
 use std::time::Duration;
 use synod_server::proto::etcdserverpb as pb;
+use synod_server::proto::etcdserverpb::cluster_client::ClusterClient;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
-use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -247,26 +247,24 @@ async fn metrics_report_proposals_commits_elections_fsyncs_and_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unserved_method_is_counted_unimplemented() {
     let mut cluster = EtcdCluster::start(1).await;
-    let mut client = MaintenanceClient::connect(cluster.endpoint(0))
-        .await
-        .unwrap();
+    let mut client = ClusterClient::connect(cluster.endpoint(0)).await.unwrap();
     let error = client
-        .defragment(pb::Unserved::default())
+        .member_add(pb::Unserved::default())
         .await
-        .expect_err("Defragment is not served");
+        .expect_err("MemberAdd is not served");
     assert_eq!(error.code(), tonic::Code::Unimplemented);
     let metrics = scrape_until(&cluster, |_| true).await;
     assert_eq!(
         sum(
             &metrics,
-            "grpc_server_handled_total{grpc_method=\"Defragment\",grpc_code=\"Unimplemented\"}"
+            "grpc_server_handled_total{grpc_method=\"MemberAdd\",grpc_code=\"Unimplemented\"}"
         ),
         1.0
     );
     assert_eq!(
         sum(
             &metrics,
-            "grpc_server_started_total{grpc_method=\"Defragment\"}"
+            "grpc_server_started_total{grpc_method=\"MemberAdd\"}"
         ),
         1.0
     );

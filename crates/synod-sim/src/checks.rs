@@ -361,7 +361,7 @@ impl CommittedHistory {
                     self.compactions.push((request.revision, self.revision));
                 }
             }
-            Op::Range(_) | Op::DeleteRange(_) | Op::Alarm(_) => {}
+            Op::Range(_) | Op::DeleteRange(_) | Op::Alarm(_) | Op::MemberAlarm(_) => {}
         }
     }
 }

@@ -31,6 +31,9 @@ enum Command {
     Node(synod_server::cli::NodeArgs),
     /// A local 3-node cluster on 127.0.0.1:2379, :22379 and :32379 (Ctrl-C stops it).
     Dev(synod_server::cli::DevArgs),
+    /// Backups: `synod snapshot restore FILE --data-dir DIR` starts a new cluster's member
+    /// from what `etcdctl snapshot save` wrote.
+    Snapshot(synod_server::cli::SnapshotArgs),
     /// Seeded cluster simulation with fault injection and the safety/liveness checkers.
     Sim(sim::SimArgs),
     /// Lin-kv workload against local `synod-maelstrom` processes, with partitions and
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => report(synod_server::cli::run_node(args)),
         Command::Dev(args) => report(synod_server::cli::run_dev(args)),
+        Command::Snapshot(args) => report(synod_server::cli::run_snapshot(args)),
         Command::Sim(args) => sim::run(args),
         Command::MaelstromTest(args) => synod_maelstrom::cli::run(args),
         Command::Bench(args) => bench::run(args),

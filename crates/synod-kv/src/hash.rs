@@ -1,0 +1,224 @@
+//! Hashes of the store for corruption checks (etcd's `Maintenance.Hash` and `HashKV`).
+//!
+//! etcd's `HashKV` feeds crc32c (Castagnoli) every key revision at or below the requested
+//! revision that its compaction kept. This does the same over the retained history: every
+//! event of every key, in key order then revision order, up to the revision. Members that
+//! applied the same log hold the same history, so they answer the same hash; a member whose
+//! history differs (a lost or altered write) answers another. As in etcd, the hash depends
+//! on the compacted revision: compare hashes only where `compact_revision` matches.
+
+use crate::history::KeyEvent;
+use crate::store::KvStore;
+use crate::KvError;
+
+/// What `HashKV` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvHash {
+    /// crc32c over the retained key revisions up to `revision`.
+    pub hash: u32,
+    /// The revision hashed up to (etcd's `hash_revision`).
+    pub revision: i64,
+    /// The compacted revision when hashed (etcd's `compact_revision`).
+    pub compact_revision: i64,
+}
+
+fn append_i64(crc: u32, value: i64) -> u32 {
+    crc32c::crc32c_append(crc, &value.to_le_bytes())
+}
+
+fn append_bytes(crc: u32, bytes: &[u8]) -> u32 {
+    let crc = crc32c::crc32c_append(crc, &(bytes.len() as u64).to_le_bytes());
+    crc32c::crc32c_append(crc, bytes)
+}
+
+/// One event, with every field and length-prefixed bytes, so no two histories feed the
+/// same byte stream.
+fn append_event(crc: u32, event: &KeyEvent) -> u32 {
+    match event {
+        KeyEvent::Put(entry) => {
+            let mut crc = crc32c::crc32c_append(crc, &[1]);
+            for field in [
+                entry.mod_revision,
+                entry.create_revision,
+                entry.version,
+                entry.lease,
+            ] {
+                crc = append_i64(crc, field);
+            }
+            append_bytes(crc, &entry.value)
+        }
+        KeyEvent::Delete { revision } => append_i64(crc32c::crc32c_append(crc, &[0]), *revision),
+    }
+}
+
+impl KvStore {
+    /// etcd's `HashKV`: the hash of every retained key revision at or below `revision` (0 or
+    /// negative: the current one). Above the current revision is
+    /// [`KvError::FutureRevision`]; below the compacted one [`KvError::RevisionCompacted`].
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, KvError> {
+        let at = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        if at > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: at,
+                current: self.revision,
+            });
+        }
+        if at < self.compacted {
+            return Err(KvError::RevisionCompacted {
+                requested: at,
+                compacted: self.compacted,
+            });
+        }
+        let mut crc = 0;
+        for (key, history) in self.keys.iter() {
+            let mut events = history.iter().filter(|event| event.revision() <= at);
+            let Some(first) = events.next() else {
+                continue;
+            };
+            crc = append_event(append_bytes(crc, key), first);
+            for event in events {
+                crc = append_event(crc, event);
+            }
+        }
+        Ok(KvHash {
+            hash: crc,
+            revision: at,
+            compact_revision: self.compacted,
+        })
+    }
+
+    /// etcd's `Hash`: the whole replicated state — the history at the current revision, the
+    /// revision and compacted revision, and the alarms.
+    pub fn hash(&self) -> u32 {
+        let history = match self.hash_kv(0) {
+            Ok(hashed) => hashed.hash,
+            // hash_kv(0) reads at the current revision, which is never compacted away.
+            Err(_) => 0,
+        };
+        let mut crc = append_i64(history, self.revision);
+        crc = append_i64(crc, self.compacted);
+        crc = crc32c::crc32c_append(crc, &[u8::from(self.nospace)]);
+        for (member, kind) in &self.alarms {
+            crc = crc32c::crc32c_append(crc, &member.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &[*kind as u8]);
+        }
+        crc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::{compact, delete, put, run};
+    use crate::*;
+
+    fn history(ops: &[Op]) -> KvStore {
+        let mut store = KvStore::new();
+        for op in ops {
+            run(&mut store, op.clone());
+        }
+        store
+    }
+
+    fn writes() -> Vec<Op> {
+        vec![put("a", "1"), put("b", "1"), put("a", "2"), delete("b")]
+    }
+
+    #[test]
+    fn the_same_history_hashes_the_same_and_a_different_value_differently() {
+        let one = history(&writes());
+        let two = history(&writes());
+        assert_eq!(one.hash_kv(0), two.hash_kv(0));
+        assert_eq!(one.hash(), two.hash());
+        let mut changed = writes();
+        changed[2] = put("a", "3");
+        let other = history(&changed);
+        assert_ne!(one.hash_kv(0).unwrap().hash, other.hash_kv(0).unwrap().hash);
+        assert_ne!(one.hash(), other.hash());
+        // Before the differing write the histories agree.
+        assert_eq!(one.hash_kv(3), other.hash_kv(3));
+    }
+
+    #[test]
+    fn a_hash_at_a_revision_ignores_later_writes() {
+        let mut store = history(&writes());
+        let at_four = store.hash_kv(4).unwrap();
+        assert_eq!(at_four.revision, 4);
+        run(&mut store, put("c", "1"));
+        assert_eq!(store.hash_kv(4), Ok(at_four));
+        assert_ne!(store.hash_kv(0).unwrap().hash, at_four.hash);
+        assert_eq!(store.hash_kv(0).unwrap().revision, 6);
+    }
+
+    #[test]
+    fn a_future_or_compacted_revision_is_refused_as_etcd_refuses_it() {
+        let mut store = history(&writes());
+        assert_eq!(
+            store.hash_kv(6),
+            Err(KvError::FutureRevision {
+                requested: 6,
+                current: 5
+            })
+        );
+        run(&mut store, compact(4));
+        assert_eq!(
+            store.hash_kv(3),
+            Err(KvError::RevisionCompacted {
+                requested: 3,
+                compacted: 4
+            })
+        );
+        let hashed = store.hash_kv(4).unwrap();
+        assert_eq!(hashed.compact_revision, 4);
+    }
+
+    #[test]
+    fn the_hash_depends_on_the_compaction_as_in_etcd() {
+        // The same writes, compacted at 4 or not: the compaction dropped a's first put, so
+        // the hashes at 5 differ; compacted alike, they agree.
+        let whole = history(&writes());
+        let mut compacted = history(&writes());
+        run(&mut compacted, compact(4));
+        assert_ne!(
+            whole.hash_kv(5).unwrap().hash,
+            compacted.hash_kv(5).unwrap().hash
+        );
+        let mut also = history(&writes());
+        run(&mut also, compact(4));
+        assert_eq!(compacted.hash_kv(5), also.hash_kv(5));
+        // A compaction that drops nothing changes no hash.
+        let mut nothing_dropped = history(&[put("a", "1"), put("b", "1")]);
+        let before = nothing_dropped.hash_kv(0).unwrap().hash;
+        run(&mut nothing_dropped, compact(3));
+        assert_eq!(nothing_dropped.hash_kv(0).unwrap().hash, before);
+    }
+
+    #[test]
+    fn a_restored_snapshot_hashes_as_the_store_that_took_it() {
+        let mut store = history(&writes());
+        run(&mut store, compact(3));
+        let mut restored = KvStore::new();
+        restored.restore(&store.snapshot()).unwrap();
+        assert_eq!(restored.hash_kv(0), store.hash_kv(0));
+        assert_eq!(restored.hash(), store.hash());
+    }
+
+    #[test]
+    fn the_whole_state_hash_covers_the_alarms() {
+        let quiet = history(&writes());
+        let mut alarmed = history(&writes());
+        run(
+            &mut alarmed,
+            Op::MemberAlarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: 7,
+                alarm: AlarmKind::Corrupt,
+            }),
+        );
+        assert_eq!(quiet.hash_kv(0), alarmed.hash_kv(0));
+        assert_ne!(quiet.hash(), alarmed.hash());
+    }
+}
