@@ -165,6 +165,11 @@ pub struct Node {
     pub(crate) durable_persist_id: PersistId,
     pub(crate) phase1_runs: u64,
     pub(crate) refreshes: u64,
+    /// A leadership transfer this node started (`transfer.rs`), until it ends.
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
+    /// The last leadership of ours that told a target to campaign: it never serves a
+    /// lease read again.
+    pub(crate) released_lease: Option<Ballot>,
     /// Reads forwarded to the leader: request → when.
     pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
     /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
@@ -217,6 +222,8 @@ impl Node {
             durable_persist_id: 0,
             phase1_runs: 0,
             refreshes: 0,
+            transfer: None,
+            released_lease: None,
             forwarded_reads: Default::default(),
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -299,7 +306,12 @@ impl Node {
             }
         }
         match message {
-            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Prepare {
+                ballot,
+                from_slot,
+                transfer_from,
+            } => self.on_prepare(from, ballot, from_slot, transfer_from),
+            Message::TimeoutNow { ballot } => self.on_timeout_now(from, ballot),
             Message::PreVote { ballot, round } => self.on_pre_vote(from, ballot, round),
             Message::PreVoteReply {
                 ballot,
@@ -691,6 +703,13 @@ impl Node {
             self.leader = leader;
             self.event(Event::LeaderChanged { leader });
         }
+        let handed_over = self
+            .transfer
+            .as_ref()
+            .is_some_and(|transfer| leader == Some(transfer.target));
+        if handed_over {
+            self.end_transfer(crate::transfer::TransferOutcome::Completed);
+        }
     }
 
     /// Raises the acceptor's promise (durably) and steps down from any lower candidacy
@@ -798,6 +817,19 @@ impl Node {
             ),
             RoleState::Leader(_) => {}
         }
+        // A leadership that told a target to campaign is over or still handing over:
+        // acceptors may release its lease at any moment (docs/leader-transfer.md).
+        if let RoleState::Leader(leader) = &self.role {
+            assert!(
+                self.released_lease != Some(leader.ballot) || self.handing_over(),
+                "node {}: leads {:?} after giving its lease away",
+                self.config.id,
+                leader.ballot
+            );
+        }
+        if let Some(transfer) = &self.transfer {
+            assert_ne!(transfer.target, self.config.id);
+        }
         assert!(self.pending.len() <= self.config.max_pending_commands);
         debug_assert_eq!(
             self.pending_bytes,
@@ -825,6 +857,7 @@ fn owned_ballot(message: &Message) -> Option<Ballot> {
     match message {
         Message::Prepare { ballot, .. }
         | Message::PreVote { ballot, .. }
+        | Message::TimeoutNow { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Heartbeat { ballot, .. }
         | Message::SlotPrepare { ballot, .. }

@@ -120,6 +120,10 @@ impl Node {
         if self.config.read_mode == ReadMode::ReadIndex {
             return false;
         }
+        // A leader handing over gave its lease up (docs/leader-transfer.md).
+        if self.handing_over() || self.released_lease == Some(leader.ballot) {
+            return false;
+        }
         let mut acked: Vec<Tick> = leader.peers.values().map(|p| p.acked_sent_at).collect();
         acked.push(self.now);
         acked.sort_unstable_by(|a, b| b.cmp(a));

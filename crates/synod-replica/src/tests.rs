@@ -413,6 +413,7 @@ fn paused_acceptor_measures_the_lease_it_grants_from_its_resumed_clock() {
         message: Message::Prepare {
             ballot: synod_core::Ballot::new(ballot.round + 5, rival),
             from_slot: 1,
+            transfer_from: None,
         },
     };
     cluster
