@@ -99,6 +99,11 @@ pub struct Coverage {
     pub watch_compaction_cancels: u64,
     /// Progress responses (bookmarks) watchers were sent.
     pub watch_progress: u64,
+    /// Leadership transfers (`transfers.rs`) that ended with the target leading.
+    pub leader_transfers: u64,
+    /// Leadership transfers abandoned after an election timeout (target down, cut off,
+    /// lagging, or its election lost).
+    pub leader_transfer_timeouts: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -128,6 +133,8 @@ impl Coverage {
         self.watch_stalls += other.watch_stalls;
         self.watch_compaction_cancels += other.watch_compaction_cancels;
         self.watch_progress += other.watch_progress;
+        self.leader_transfers += other.leader_transfers;
+        self.leader_transfer_timeouts += other.leader_transfer_timeouts;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -139,6 +146,8 @@ impl Coverage {
         self.read_index_reads += stats.read_index_reads;
         self.follower_reads += stats.follower_reads;
         self.serializable_reads += stats.serializable_reads;
+        self.leader_transfers += stats.leader_transfers;
+        self.leader_transfer_timeouts += stats.leader_transfer_timeouts;
     }
 }
 
@@ -222,6 +231,8 @@ pub(crate) enum Event {
     Heal,
     /// A simulated watcher's periodic step (`watchers.rs`).
     WatchStep(usize),
+    /// The leader is asked to hand its leadership over (`transfers.rs`).
+    TransferRequest,
 }
 
 impl Event {
@@ -359,6 +370,8 @@ pub struct Simulation {
     pub(crate) finished_watches: Vec<crate::watchers::WatchRecord>,
     /// The end of the run: watchers read everything.
     pub(crate) draining_watches: bool,
+    /// Times and targets of leadership transfer requests (`transfers.rs`).
+    pub(crate) transfer_rng: ChaCha8Rng,
 }
 
 impl Simulation {
@@ -408,6 +421,7 @@ impl Simulation {
             watches: BTreeMap::new(),
             finished_watches: Vec::new(),
             draining_watches: false,
+            transfer_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x51d3_7b09),
             options,
         };
         sim.start();
@@ -427,6 +441,7 @@ impl Simulation {
             self.schedule(start, Event::ClientNext(client));
         }
         self.start_watchers();
+        self.start_transfers();
         for (tick, fault) in self.options.script.clone() {
             self.schedule(tick * TICK_UNITS, Event::Script(fault));
         }
@@ -541,6 +556,7 @@ impl Simulation {
             Event::PauseEnd(id) => self.resume(id),
             Event::Heal => self.heal(),
             Event::WatchStep(index) => self.watch_step(index),
+            Event::TransferRequest => self.request_transfer(),
             node_event => self.handle_node_event(node_event),
         }
     }

@@ -212,6 +212,8 @@ impl Simulation {
         past.read_index_reads += stats.read_index_reads;
         past.follower_reads += stats.follower_reads;
         past.serializable_reads += stats.serializable_reads;
+        past.leader_transfers += stats.leader_transfers;
+        past.leader_transfer_timeouts += stats.leader_transfer_timeouts;
         self.report.phase1_runs += replica.status().node.phase1_runs;
         node.epoch += 1;
         node.paused_until = None;

@@ -17,6 +17,7 @@ mod faults;
 pub mod linearizability;
 pub mod options;
 pub mod runner;
+mod transfers;
 mod watchers;
 
 #[cfg(test)]
