@@ -46,7 +46,10 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("watch_stalls", coverage.watch_stalls),
         ("watch_progress", coverage.watch_progress),
         ("leader_transfers", coverage.leader_transfers),
-        ("leader_transfer_timeouts", coverage.leader_transfer_timeouts),
+        (
+            "leader_transfer_timeouts",
+            coverage.leader_transfer_timeouts,
+        ),
     ]
     .into_iter()
     .filter(|(_, count)| *count == 0)

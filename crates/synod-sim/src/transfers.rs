@@ -19,7 +19,9 @@ impl Simulation {
 
     fn transfer_gap(&mut self) -> u64 {
         let mean = self.options.transfer_interval_ticks * TICK_UNITS;
-        self.transfer_rng.gen_range(mean / 2..=mean + mean / 2).max(1)
+        self.transfer_rng
+            .gen_range(mean / 2..=mean + mean / 2)
+            .max(1)
     }
 
     /// Asks the node that leads (a running one; several may believe they do) to hand
@@ -45,14 +47,19 @@ impl Simulation {
         if !leaders.is_empty() {
             let leader = leaders[self.transfer_rng.gen_range(0..leaders.len())];
             // A deliberate handover is no disruption by a returning node.
-            if self.heal_watch.is_some_and(|(watched, _, _)| watched == leader) {
+            if self
+                .heal_watch
+                .is_some_and(|(watched, _, _)| watched == leader)
+            {
                 self.heal_watch = None;
             }
             let mut result = Ok(());
             self.with_replica(leader, |replica, now| {
                 result = replica.transfer_leadership(now, target);
             });
-            self.trace(|| format!("n{leader} asked to hand its leadership to n{target}: {result:?}"));
+            self.trace(|| {
+                format!("n{leader} asked to hand its leadership to n{target}: {result:?}")
+            });
         }
         let gap = self.transfer_gap();
         self.schedule(gap, Event::TransferRequest);
