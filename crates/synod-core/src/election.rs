@@ -439,7 +439,10 @@ impl Node {
         let _ = from;
         let was_leader = matches!(self.role, RoleState::Leader(_));
         let followed_by_none_else = leader_hint.is_none_or(|leader| leader == self.config.id);
-        if was_leader && followed_by_none_else && self.config.mode == Mode::MultiPaxos {
+        // A leader handing over does not compete with the target it told to campaign:
+        // that higher ballot is most likely the target's (nobody leads at it yet).
+        let refresh = was_leader && followed_by_none_else && !self.handing_over();
+        if refresh && self.config.mode == Mode::MultiPaxos {
             // A node that raised its ballot unable to reach a quorum (a pre-vote grant
             // reached it just before a partition did) came back: nobody leads at its
             // ballot, and the followers still hold leases for us, so only we can win.

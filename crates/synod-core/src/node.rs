@@ -170,6 +170,9 @@ pub struct Node {
     /// The last leadership of ours that told a target to campaign: it never serves a
     /// lease read again.
     pub(crate) released_lease: Option<Ballot>,
+    /// When a transfer that had sent `TimeoutNow` was abandoned while this node still
+    /// led that ballot: it moves to a new one once a quorum answers (`transfer.rs`).
+    pub(crate) abandoned_at: Option<Tick>,
     /// Reads forwarded to the leader: request → when.
     pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
     /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
@@ -224,6 +227,7 @@ impl Node {
             refreshes: 0,
             transfer: None,
             released_lease: None,
+            abandoned_at: None,
             forwarded_reads: Default::default(),
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -817,11 +821,14 @@ impl Node {
             ),
             RoleState::Leader(_) => {}
         }
-        // A leadership that told a target to campaign is over or still handing over:
-        // acceptors may release its lease at any moment (docs/leader-transfer.md).
+        // A leadership that told a target to campaign is over, still handing over, or
+        // waiting to move to a new ballot: acceptors may release its lease at any moment,
+        // and it serves no lease read (docs/leader-transfer.md).
         if let RoleState::Leader(leader) = &self.role {
             assert!(
-                self.released_lease != Some(leader.ballot) || self.handing_over(),
+                self.released_lease != Some(leader.ballot)
+                    || self.handing_over()
+                    || self.abandoned_at.is_some(),
                 "node {}: leads {:?} after giving its lease away",
                 self.config.id,
                 leader.ballot

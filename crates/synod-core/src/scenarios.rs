@@ -1767,6 +1767,8 @@ fn a_transfer_abandoned_after_timeout_now_moves_the_old_leader_to_a_new_ballot()
     };
     assert_eq!(cluster.nodes[&target].status().leader, None);
     cluster.tick(cluster.configs[&leader].election_timeout_ticks);
+    // Given up; the third node's next acknowledgement shows a quorum is reachable.
+    cluster.tick(cluster.configs[&leader].heartbeat_interval_ticks + 1);
 
     assert!(transfer_outcomes(&cluster, leader).contains(&(target, TransferOutcome::TimedOut)));
     assert_eq!(cluster.leader(), Some(leader));
@@ -1838,4 +1840,38 @@ fn transfer_refuses_a_non_leader_an_unknown_member_and_a_second_target() {
         cluster.node(leader).transfer_leadership(other),
         Err(TransferError::InProgress { target: follower })
     );
+}
+
+#[test]
+fn a_cut_off_leader_that_abandons_a_transfer_raises_no_ballot() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(leader).propose(cmd("x")).unwrap();
+    cluster.settle();
+    cluster.tick(1);
+    let ballot = cluster.node(leader).status().promised;
+    // TimeoutNow reaches the target, whose Prepares are lost; then the leader is cut off.
+    cluster.cut.insert((target, leader));
+    let third = (1..=3).find(|id| *id != leader && *id != target).unwrap();
+    cluster.cut.insert((target, third));
+    // Its acknowledgements are lost: let the leader know its log is caught up.
+    let commit = cluster.node(leader).status().commit_index;
+    cluster.node(leader).peer_commits.insert(target, commit);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.count_sent("timeout_now"), 1);
+    cluster.isolate(leader);
+    clear_events(&mut cluster);
+    cluster.tick(cluster.configs[&leader].election_timeout_ticks + 2);
+    assert!(transfer_outcomes(&cluster, leader).contains(&(target, TransferOutcome::TimedOut)));
+    // A ballot it raised now would depose the real leader when it comes back.
+    assert!(
+        !cluster.events[&leader]
+            .iter()
+            .any(|e| matches!(e, Event::Phase1Started { .. })),
+        "{:?}",
+        cluster.events[&leader]
+    );
+    assert_eq!(cluster.node(leader).status().promised, ballot);
 }

@@ -172,8 +172,10 @@ impl Node {
         self.send(target, Message::TimeoutNow { ballot });
     }
 
-    /// The clock side of a transfer: give up at the deadline, else keep prodding.
+    /// The clock side of a transfer: give up at the deadline, else keep prodding; after
+    /// giving up, move to a new ballot once a quorum is heard.
     pub(crate) fn tick_transfer(&mut self) {
+        self.maybe_leave_released_ballot();
         let Some(transfer) = &self.transfer else {
             return;
         };
@@ -186,7 +188,36 @@ impl Node {
         self.end_transfer(TransferOutcome::TimedOut);
         if still_leading && told_target {
             // The target may still campaign on that TimeoutNow, and acceptors would
-            // release this ballot's lease for it: lead on at a new ballot instead.
+            // release this ballot's lease for it: no lease read at this ballot ever again
+            // (`released_lease`); lead on at a new ballot as soon as a quorum answers.
+            self.abandoned_at = Some(self.now);
+            self.maybe_leave_released_ballot();
+        }
+    }
+
+    /// A leader still at the ballot it gave the lease of away (its transfer was abandoned
+    /// after `TimeoutNow`) runs Phase 1 above it while staying the leader — but only once
+    /// a quorum acknowledged a message sent since it gave up. Raising a ballot unable to
+    /// reach a quorum (cut off meanwhile) would depose the real leader when it returns,
+    /// which pre-vote exists to prevent; until then reads are confirmed by quorum rounds.
+    fn maybe_leave_released_ballot(&mut self) {
+        let Some(since) = self.abandoned_at else {
+            return;
+        };
+        let leader = match &self.role {
+            RoleState::Leader(leader) if self.released_lease == Some(leader.ballot) => leader,
+            _ => {
+                self.abandoned_at = None;
+                return;
+            }
+        };
+        let answered = 1 + leader
+            .peers
+            .values()
+            .filter(|progress| progress.acked_sent_at >= since)
+            .count();
+        if answered >= self.config.quorum() {
+            self.abandoned_at = None;
             self.rerun_phase1_keeping_leadership();
         }
     }

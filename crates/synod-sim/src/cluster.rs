@@ -372,6 +372,8 @@ pub struct Simulation {
     pub(crate) draining_watches: bool,
     /// Times and targets of leadership transfer requests (`transfers.rs`).
     pub(crate) transfer_rng: ChaCha8Rng,
+    /// Leaders handing over: their stepping down is asked for, no disruption.
+    pub(crate) transferring: BTreeSet<NodeId>,
 }
 
 impl Simulation {
@@ -422,6 +424,7 @@ impl Simulation {
             finished_watches: Vec::new(),
             draining_watches: false,
             transfer_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x51d3_7b09),
+            transferring: BTreeSet::new(),
             options,
         };
         sim.start();
@@ -866,6 +869,17 @@ impl Simulation {
             }
             ReplicaEvent::Core(CoreEvent::RefreshingLeadership { .. }) => {
                 self.report.coverage.leader_refreshes += 1;
+            }
+            ReplicaEvent::Core(CoreEvent::TransferEnded { .. }) => {
+                self.transferring.remove(&id);
+            }
+            ReplicaEvent::Core(CoreEvent::SteppedDown { .. })
+                if self.transferring.contains(&id) =>
+            {
+                // Handed over on request: not a leader deposed by a returning node.
+                if self.heal_watch.is_some_and(|(leader, _, _)| leader == id) {
+                    self.heal_watch = None;
+                }
             }
             ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
                 if let Some((leader, watched, until)) = self.heal_watch {

@@ -199,6 +199,8 @@ impl Simulation {
     /// is lost. A snapshot not yet saved is lost too.
     pub(crate) fn crash(&mut self, id: NodeId) {
         self.report.crashes += 1;
+        // A transfer under way dies with the process.
+        self.transferring.remove(&id);
         let amnesia = self.options.faults.amnesia;
         let node = self.nodes.get_mut(&id).expect("known node");
         let Some(replica) = node.replica.take() else {

@@ -57,6 +57,9 @@ impl Simulation {
             self.with_replica(leader, |replica, now| {
                 result = replica.transfer_leadership(now, target);
             });
+            if result.is_ok() && target != leader {
+                self.transferring.insert(leader);
+            }
             self.trace(|| {
                 format!("n{leader} asked to hand its leadership to n{target}: {result:?}")
             });
