@@ -873,13 +873,12 @@ impl Simulation {
             ReplicaEvent::Core(CoreEvent::TransferEnded { .. }) => {
                 self.transferring.remove(&id);
             }
+            // Handed over on request: not a leader deposed by a returning node.
             ReplicaEvent::Core(CoreEvent::SteppedDown { .. })
-                if self.transferring.contains(&id) =>
+                if self.transferring.contains(&id)
+                    && self.heal_watch.is_some_and(|(leader, _, _)| leader == id) =>
             {
-                // Handed over on request: not a leader deposed by a returning node.
-                if self.heal_watch.is_some_and(|(leader, _, _)| leader == id) {
-                    self.heal_watch = None;
-                }
+                self.heal_watch = None;
             }
             ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
                 if let Some((leader, watched, until)) = self.heal_watch {
