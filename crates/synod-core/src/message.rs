@@ -99,12 +99,6 @@ pub enum Message {
         leader: Option<NodeId>,
     },
 
-    /// Leadership transfer: the leader of `ballot`, which has given up its lease and
-    /// stopped proposing, tells its caught-up target to start Phase 1 at once, without
-    /// pre-vote and without waiting for leases on `ballot` to run out (etcd raft's
-    /// MsgTimeoutNow).
-    TimeoutNow { ballot: Ballot },
-
     /// Pre-vote: "would you promise `ballot` if I prepared it?" — asked before a Phase 1
     /// that would raise promises. The receiver changes nothing. A node that cannot reach
     /// a quorum (cut off, or back from a pause) never raises its ballot, so it cannot
@@ -209,6 +203,12 @@ pub enum Message {
     },
     /// Decisions that found no other message to ride on.
     SlotDecided { decided: Vec<Decided> },
+
+    // ---- Leadership transfer (last: the encodings of the variants above are unchanged) ----
+    /// The leader of `ballot`, which has given up its lease and stopped proposing, tells
+    /// its caught-up target to start Phase 1 at once, without pre-vote and without
+    /// waiting for leases on `ballot` to run out (etcd raft's MsgTimeoutNow).
+    TimeoutNow { ballot: Ballot },
 }
 
 impl Message {
