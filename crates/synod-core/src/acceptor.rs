@@ -39,11 +39,19 @@ impl Node {
             .filter(|leader| *leader != RESTART_QUIET)
     }
 
-    /// Phase 1b.
-    pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+    /// Phase 1b. `transfer_from`: the leadership that handed the candidacy over (see
+    /// [`Node::lease_released_by`]).
+    pub(crate) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        from_slot: Slot,
+        transfer_from: Option<Ballot>,
+    ) {
         self.highest_seen = self.highest_seen.max(ballot);
-        if ballot < self.promised || (ballot > self.promised && self.lease_blocks(from)) {
-            let leader = if self.lease_blocks(from) {
+        let lease_blocks = self.lease_blocks(from) && !self.lease_released_by(transfer_from);
+        if ballot < self.promised || (ballot > self.promised && lease_blocks) {
+            let leader = if lease_blocks {
                 self.lease_holder()
             } else {
                 self.leader

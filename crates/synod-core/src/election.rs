@@ -24,6 +24,9 @@ pub(crate) struct Candidate {
     /// Promise chunks received, per promiser.
     pub promises: BTreeMap<NodeId, Vec<PromiseChunk>>,
     pub last_sent: u64,
+    /// The leadership that handed this candidacy over (`Message::TimeoutNow`), carried
+    /// by every Prepare of it; None for an ordinary election.
+    pub transfer_from: Option<Ballot>,
     /// Reads a leader held, or was asked for, while it runs Phase 1 again to rise above
     /// a stray ballot ([`Node::refresh_leadership`]): the new ballot confirms them.
     pub reads: Vec<crate::read::PendingRead>,
@@ -93,6 +96,7 @@ impl Node {
     /// retransmissions and the quorum check for the leader.
     pub(crate) fn tick_multi(&mut self) {
         self.expire_forwarded_reads();
+        self.tick_transfer();
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
             return;
@@ -127,9 +131,18 @@ impl Node {
         if let RoleState::Candidate(candidate) = &mut self.role {
             if !resend_to.is_empty() {
                 candidate.last_sent = self.now;
-                let (ballot, from_slot) = (candidate.ballot, candidate.from_slot);
+                let (ballot, from_slot, transfer_from) = (
+                    candidate.ballot,
+                    candidate.from_slot,
+                    candidate.transfer_from,
+                );
                 for peer in resend_to {
-                    self.send_after_persist(peer, Message::Prepare { ballot, from_slot });
+                    let prepare = Message::Prepare {
+                        ballot,
+                        from_slot,
+                        transfer_from,
+                    };
+                    self.send_after_persist(peer, prepare);
                 }
             }
         }
@@ -238,6 +251,12 @@ impl Node {
 
     /// Becomes a candidate: Phase 1a to every acceptor, this node's own included.
     pub(crate) fn start_phase1(&mut self) {
+        self.start_phase1_handed_over_by(None);
+    }
+
+    /// Phase 1 as [`Node::start_phase1`]; `transfer_from` names the leadership that
+    /// handed this candidacy over (its Prepares say so, see `transfer.rs`).
+    pub(crate) fn start_phase1_handed_over_by(&mut self, transfer_from: Option<Ballot>) {
         // A leader runs Phase 1 only to refresh its ballot, and stays the leader.
         let refreshing = matches!(self.role, RoleState::Leader(_));
         // A candidacy given up for a higher one fails the reads it carried.
@@ -262,6 +281,7 @@ impl Node {
             from_slot,
             promises: BTreeMap::new(),
             last_sent: self.now,
+            transfer_from,
             reads: Vec::new(),
         });
         if !refreshing {
@@ -273,10 +293,15 @@ impl Node {
         // crashed with its promise unsynced could otherwise win, get a value chosen, come
         // back without the ballot and run it again, choosing another value in it.
         for node in self.config.nodes.clone() {
+            let prepare = Message::Prepare {
+                ballot,
+                from_slot,
+                transfer_from,
+            };
             if mutant!(self, PrepareBeforeDurable) {
-                self.send(node, Message::Prepare { ballot, from_slot });
+                self.send(node, prepare);
             } else {
-                self.send_after_persist(node, Message::Prepare { ballot, from_slot });
+                self.send_after_persist(node, prepare);
             }
         }
     }
@@ -414,7 +439,10 @@ impl Node {
         let _ = from;
         let was_leader = matches!(self.role, RoleState::Leader(_));
         let followed_by_none_else = leader_hint.is_none_or(|leader| leader == self.config.id);
-        if was_leader && followed_by_none_else && self.config.mode == Mode::MultiPaxos {
+        // A leader handing over does not compete with the target it told to campaign:
+        // that higher ballot is most likely the target's (nobody leads at it yet).
+        let refresh = was_leader && followed_by_none_else && !self.handing_over();
+        if refresh && self.config.mode == Mode::MultiPaxos {
             // A node that raised its ballot unable to reach a quorum (a pre-vote grant
             // reached it just before a partition did) came back: nobody leads at its
             // ballot, and the followers still hold leases for us, so only we can win.
@@ -436,10 +464,21 @@ impl Node {
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
-        let reads = std::mem::take(&mut leader.reads);
         let ballot = leader.ballot;
         self.refreshes += 1;
         self.event(Event::RefreshingLeadership { ballot, stray });
+        self.rerun_phase1_keeping_leadership();
+    }
+
+    /// Phase 1 at a higher ballot while staying everyone's leader: the reads it holds
+    /// wait for the new ballot's first round. Used to rise above a stray ballot, and by
+    /// a leader whose transfer failed after it told the target to campaign: the ballot
+    /// that gave its lease away never serves a lease read again (`transfer.rs`).
+    pub(crate) fn rerun_phase1_keeping_leadership(&mut self) {
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let reads = std::mem::take(&mut leader.reads);
         self.start_phase1();
         if let RoleState::Candidate(candidate) = &mut self.role {
             candidate.reads = reads;

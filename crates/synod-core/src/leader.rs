@@ -173,6 +173,7 @@ impl Node {
             return self.per_slot.inflight() < self.config.max_inflight_slots;
         }
         match &self.role {
+            RoleState::Leader(_) if self.handing_over() => false,
             RoleState::Leader(leader) => leader.has_room(
                 0,
                 0,
@@ -221,6 +222,10 @@ impl Node {
             }
             return;
         };
+        if self.handing_over() {
+            // Commands wait for the new leader (or for the transfer to fail).
+            return;
+        }
         let mut slots = Vec::new();
         let mut events = Vec::new();
         let mut slots_bytes = 0;
@@ -471,6 +476,7 @@ impl Node {
         }
         self.maybe_catch_up(from);
         self.serve_reads();
+        self.maybe_send_timeout_now();
     }
 
     /// True when the log shows that another leader with a higher ballot chose slots:

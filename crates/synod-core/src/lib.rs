@@ -29,6 +29,7 @@ pub mod persist;
 mod read;
 pub mod ready;
 mod rng;
+mod transfer;
 
 pub use ballot::{Ballot, NodeId, Slot, Tick};
 pub use config::{Backoff, Config, Mode, ReadMode};
@@ -42,6 +43,7 @@ pub use node::{Node, ProposeError, Role, Status, StepError};
 pub use persist::{DurableState, PersistId, PersistOp, PersistRequest};
 pub use read::ReadId;
 pub use ready::{Committed, Event, ProposalId, ReadPath, Ready};
+pub use transfer::{TransferError, TransferOutcome};
 
 #[cfg(test)]
 mod scenarios;

@@ -68,7 +68,15 @@ pub struct Decided {
 pub enum Message {
     // ---- Multi-Paxos, Phase 1 (once per leadership) ----
     /// 1a: "promise me `ballot` for every slot from `from_slot` on".
-    Prepare { ballot: Ballot, from_slot: Slot },
+    /// `transfer_from`: the candidate campaigns because the leader of that ballot handed
+    /// it the leadership (`TimeoutNow`); that leader gave its lease up first, so an
+    /// acceptor whose lease protects that very leadership may promise at once
+    /// (docs/leader-transfer.md). None for every ordinary election.
+    Prepare {
+        ballot: Ballot,
+        from_slot: Slot,
+        transfer_from: Option<Ballot>,
+    },
     /// 1b: the entries the acceptor holds in `first_slot..=last_slot`. A promise too big
     /// for one message comes in chunks that cover `from_slot..` without gaps, the last
     /// with `last_slot == Slot::MAX`; the candidate counts the promise once it has them
@@ -195,6 +203,12 @@ pub enum Message {
     },
     /// Decisions that found no other message to ride on.
     SlotDecided { decided: Vec<Decided> },
+
+    // ---- Leadership transfer (last: the encodings of the variants above are unchanged) ----
+    /// The leader of `ballot`, which has given up its lease and stopped proposing, tells
+    /// its caught-up target to start Phase 1 at once, without pre-vote and without
+    /// waiting for leases on `ballot` to run out (etcd raft's MsgTimeoutNow).
+    TimeoutNow { ballot: Ballot },
 }
 
 impl Message {
@@ -234,7 +248,8 @@ impl Message {
                 | Message::HeartbeatAck { .. }
                 | Message::ReadIndex { .. }
                 | Message::ReadIndexReply { .. }
-                | Message::CatchUp { .. } => 0,
+                | Message::CatchUp { .. }
+                | Message::TimeoutNow { .. } => 0,
             }
     }
 
@@ -254,6 +269,7 @@ impl Message {
             Message::ReadIndex { .. } => "read_index",
             Message::ReadIndexReply { .. } => "read_index_reply",
             Message::CatchUp { .. } => "catch_up",
+            Message::TimeoutNow { .. } => "timeout_now",
             Message::Chosen { .. } => "chosen",
             Message::SlotPrepare { .. } => "slot_prepare",
             Message::SlotPromise { .. } => "slot_promise",

@@ -165,6 +165,14 @@ pub struct Node {
     pub(crate) durable_persist_id: PersistId,
     pub(crate) phase1_runs: u64,
     pub(crate) refreshes: u64,
+    /// A leadership transfer this node started (`transfer.rs`), until it ends.
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
+    /// The last leadership of ours that told a target to campaign: it never serves a
+    /// lease read again.
+    pub(crate) released_lease: Option<Ballot>,
+    /// When a transfer that had sent `TimeoutNow` was abandoned while this node still
+    /// led that ballot: it moves to a new one once a quorum answers (`transfer.rs`).
+    pub(crate) abandoned_at: Option<Tick>,
     /// Reads forwarded to the leader: request → when.
     pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
     /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
@@ -217,6 +225,9 @@ impl Node {
             durable_persist_id: 0,
             phase1_runs: 0,
             refreshes: 0,
+            transfer: None,
+            released_lease: None,
+            abandoned_at: None,
             forwarded_reads: Default::default(),
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -299,7 +310,12 @@ impl Node {
             }
         }
         match message {
-            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Prepare {
+                ballot,
+                from_slot,
+                transfer_from,
+            } => self.on_prepare(from, ballot, from_slot, transfer_from),
+            Message::TimeoutNow { ballot } => self.on_timeout_now(from, ballot),
             Message::PreVote { ballot, round } => self.on_pre_vote(from, ballot, round),
             Message::PreVoteReply {
                 ballot,
@@ -691,6 +707,13 @@ impl Node {
             self.leader = leader;
             self.event(Event::LeaderChanged { leader });
         }
+        let handed_over = self
+            .transfer
+            .as_ref()
+            .is_some_and(|transfer| leader == Some(transfer.target));
+        if handed_over {
+            self.end_transfer(crate::transfer::TransferOutcome::Completed);
+        }
     }
 
     /// Raises the acceptor's promise (durably) and steps down from any lower candidacy
@@ -798,6 +821,22 @@ impl Node {
             ),
             RoleState::Leader(_) => {}
         }
+        // A leadership that told a target to campaign is over, still handing over, or
+        // waiting to move to a new ballot: acceptors may release its lease at any moment,
+        // and it serves no lease read (docs/leader-transfer.md).
+        if let RoleState::Leader(leader) = &self.role {
+            assert!(
+                self.released_lease != Some(leader.ballot)
+                    || self.handing_over()
+                    || self.abandoned_at.is_some(),
+                "node {}: leads {:?} after giving its lease away",
+                self.config.id,
+                leader.ballot
+            );
+        }
+        if let Some(transfer) = &self.transfer {
+            assert_ne!(transfer.target, self.config.id);
+        }
         assert!(self.pending.len() <= self.config.max_pending_commands);
         debug_assert_eq!(
             self.pending_bytes,
@@ -825,6 +864,7 @@ fn owned_ballot(message: &Message) -> Option<Ballot> {
     match message {
         Message::Prepare { ballot, .. }
         | Message::PreVote { ballot, .. }
+        | Message::TimeoutNow { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Heartbeat { ballot, .. }
         | Message::SlotPrepare { ballot, .. }

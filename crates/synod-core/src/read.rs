@@ -124,6 +124,11 @@ impl Node {
         let RoleState::Leader(leader) = &self.role else {
             return false;
         };
+        // A leader handing over gave its lease up (docs/leader-transfer.md): it serves no
+        // lease read, and its lessor acknowledges no keep-alive, from then on.
+        if self.handing_over() || self.released_lease == Some(leader.ballot) {
+            return false;
+        }
         let mut acked: Vec<Tick> = leader.peers.values().map(|p| p.acked_sent_at).collect();
         acked.push(self.now);
         acked.sort_unstable_by(|a, b| b.cmp(a));

@@ -64,6 +64,11 @@ pub enum Event {
     },
     /// No leader could confirm the read; try again.
     ReadFailed { request: u64 },
+    /// The leadership transfer to `target` that this node started ended.
+    TransferEnded {
+        target: NodeId,
+        outcome: crate::transfer::TransferOutcome,
+    },
 }
 
 /// Outputs of the inputs since the last `take_ready`.

@@ -307,6 +307,7 @@ fn promise_leaves_only_after_its_persist() {
         message: Message::Prepare {
             ballot: Ballot::new(1, 2),
             from_slot: 1,
+            transfer_from: None,
         },
     })
     .unwrap();
@@ -436,6 +437,7 @@ fn follower_under_lease_refuses_a_competing_prepare() {
             message: Message::Prepare {
                 ballot: Ballot::new(promised.round + 5, rival),
                 from_slot: 1,
+                transfer_from: None,
             },
         })
         .unwrap();
@@ -581,6 +583,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         message: Message::Prepare {
             ballot,
             from_slot: 1,
+            transfer_from: None,
         },
     };
     assert_eq!(
@@ -831,6 +834,7 @@ fn restarted_acceptor_waits_out_any_lease_it_granted() {
         message: Message::Prepare {
             ballot: Ballot::new(promised.round + 1, rival),
             from_slot: 1,
+            transfer_from: None,
         },
     };
     restarted.step(prepare.clone()).unwrap();
@@ -1528,4 +1532,346 @@ fn a_stray_ballot_makes_the_leader_refresh_its_own_not_step_down() {
         vec![cmd("before"), cmd("after")]
     );
     cluster.assert_agreement();
+}
+
+// ---- Leadership transfer (transfer.rs, docs/leader-transfer.md) ----
+
+fn transfer_outcomes(cluster: &Cluster, id: NodeId) -> Vec<(NodeId, TransferOutcome)> {
+    cluster.events[&id]
+        .iter()
+        .filter_map(|e| match e {
+            Event::TransferEnded { target, outcome } => Some((*target, *outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn clear_events(cluster: &mut Cluster) {
+    for events in cluster.events.values_mut() {
+        events.clear();
+    }
+}
+
+#[test]
+fn transfer_hands_leadership_to_a_caught_up_target() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    for i in 0..3 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let old_ballot = cluster.node(leader).status().promised;
+    let pre_votes_before = cluster.count_sent("pre_vote");
+    clear_events(&mut cluster);
+
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.settle();
+    // The target's first acknowledgement predates what that heartbeat told it.
+    cluster.tick(1);
+
+    assert_eq!(cluster.leader(), Some(target));
+    assert_eq!(cluster.node(leader).status().role, Role::Follower);
+    assert_eq!(cluster.node(leader).status().leader, Some(target));
+    assert!(cluster.node(target).status().promised > old_ballot);
+    assert_eq!(
+        transfer_outcomes(&cluster, leader),
+        vec![(target, TransferOutcome::Completed)]
+    );
+    assert_eq!(cluster.count_sent("timeout_now"), 1);
+    // No pre-vote and no waiting for leases: the target campaigned at once.
+    assert_eq!(cluster.count_sent("pre_vote"), pre_votes_before);
+    // It had every chosen slot: nothing to re-propose.
+    assert!(cluster.events[&target].contains(&Event::BecameLeader {
+        ballot: cluster.nodes[&target].status().promised,
+        reproposed_slots: 0,
+    }));
+    // The log goes on under the new leader, from any node.
+    cluster.node(leader).propose(cmd("after")).unwrap();
+    cluster.settle();
+    cluster.tick(3);
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.delivered_commands(id),
+            vec![cmd("c0"), cmd("c1"), cmd("c2"), cmd("after")],
+            "n{id}"
+        );
+    }
+    cluster.assert_agreement();
+}
+
+#[test]
+fn transfer_catches_a_lagging_target_up_before_it_campaigns() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.cut_link(leader, target);
+    for i in 0..5 {
+        cluster.node(leader).propose(cmd(&format!("c{i}"))).unwrap();
+        cluster.settle();
+    }
+    let chosen = cluster.node(leader).status().commit_index;
+    assert!(cluster.node(target).status().commit_index < chosen);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.count_sent("timeout_now"), 0, "the target lags");
+    // Commands wait while the leadership is handed over.
+    let accepts_before = cluster.count_sent("accept");
+    cluster.node(leader).propose(cmd("during")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.count_sent("accept"), accepts_before);
+
+    cluster.heal();
+    cluster.tick(4);
+
+    assert_eq!(cluster.leader(), Some(target));
+    assert_eq!(cluster.count_sent("timeout_now"), 1);
+    assert!(cluster.events[&target].iter().any(|e| matches!(
+        e,
+        Event::BecameLeader {
+            reproposed_slots: 0,
+            ..
+        }
+    )));
+    // The queued command went to the new leader and was chosen after the others.
+    let mut expected: Vec<Bytes> = (0..5).map(|i| cmd(&format!("c{i}"))).collect();
+    expected.push(cmd("during"));
+    cluster.tick(3);
+    for id in 1..=3 {
+        assert_eq!(cluster.delivered_commands(id), expected, "n{id}");
+    }
+    cluster.assert_agreement();
+}
+
+#[test]
+fn old_leader_serves_no_lease_read_after_transfer_starts() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.node(leader).propose(cmd("x")).unwrap();
+    cluster.settle();
+    cluster.node(leader).read_index(1);
+    cluster.settle();
+    assert!(matches!(
+        reads(&cluster, leader)[..],
+        [Event::ReadReady {
+            path: ReadPath::Lease,
+            ..
+        }]
+    ));
+    // The target cannot be reached: the transfer stays in its first step.
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.cut_link(leader, target);
+    clear_events(&mut cluster);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.node(leader).read_index(2);
+    cluster.settle();
+    // Still a linearizable read, but confirmed by a quorum round, never by the lease.
+    assert!(matches!(
+        reads(&cluster, leader)[..],
+        [Event::ReadReady {
+            request: 2,
+            path: ReadPath::QuorumRound,
+            ..
+        }]
+    ));
+    for _ in 0..3 {
+        clear_events(&mut cluster);
+        cluster.node(leader).read_index(3);
+        cluster.tick(1);
+        assert!(
+            reads(&cluster, leader).iter().all(|e| !matches!(
+                e,
+                Event::ReadReady {
+                    path: ReadPath::Lease,
+                    ..
+                }
+            )),
+            "{:?}",
+            reads(&cluster, leader)
+        );
+    }
+}
+
+#[test]
+fn transfer_to_a_dead_target_aborts_and_the_old_leader_resumes() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(leader).propose(cmd("first")).unwrap();
+    cluster.settle();
+    // Chosen before it died, but it never heard so: it lags.
+    cluster.isolate(target);
+    cluster.node(leader).propose(cmd("second")).unwrap();
+    cluster.settle();
+    let ballot = cluster.node(leader).status().promised;
+    clear_events(&mut cluster);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.node(leader).propose(cmd("queued")).unwrap();
+    cluster.settle();
+    let timeout = cluster.configs[&leader].election_timeout_ticks;
+    cluster.tick(timeout - 1);
+    assert!(transfer_outcomes(&cluster, leader).is_empty());
+    assert_eq!(cluster.delivered_commands(leader).len(), 2);
+    cluster.tick(1);
+
+    assert_eq!(
+        transfer_outcomes(&cluster, leader),
+        vec![(target, TransferOutcome::TimedOut)]
+    );
+    // The target was never told to campaign: the leader goes on at the same ballot,
+    // lease and all.
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.node(leader).status().promised, ballot);
+    assert_eq!(cluster.count_sent("timeout_now"), 0);
+    cluster.tick(1);
+    assert_eq!(
+        cluster.delivered_commands(leader),
+        vec![cmd("first"), cmd("second"), cmd("queued")]
+    );
+    clear_events(&mut cluster);
+    cluster.node(leader).read_index(4);
+    cluster.settle();
+    assert!(matches!(
+        reads(&cluster, leader)[..],
+        [Event::ReadReady {
+            path: ReadPath::Lease,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_transfer_abandoned_after_timeout_now_moves_the_old_leader_to_a_new_ballot() {
+    use crate::node::RoleState;
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let third = (1..=3).find(|id| *id != leader && *id != target).unwrap();
+    cluster.node(leader).propose(cmd("x")).unwrap();
+    cluster.settle();
+    let ballot = cluster.node(leader).status().promised;
+    // The target hears the leader, but nothing it sends arrives: its handed-over
+    // Prepares are lost.
+    cluster.cut.insert((target, leader));
+    cluster.cut.insert((target, third));
+    cluster.tick(cluster.configs[&leader].heartbeat_interval_ticks);
+    // Its acknowledgements are lost too: let the leader know its log is caught up.
+    let commit = cluster.node(leader).status().commit_index;
+    cluster.node(leader).peer_commits.insert(target, commit);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert!(cluster.count_sent("timeout_now") >= 1);
+    let handed_over = match &cluster.nodes[&target].role {
+        RoleState::Candidate(candidate) => candidate.ballot,
+        other => panic!("the target did not campaign: {other:?}"),
+    };
+    assert_eq!(cluster.nodes[&target].status().leader, None);
+    cluster.tick(cluster.configs[&leader].election_timeout_ticks);
+    // Given up; the third node's next acknowledgement shows a quorum is reachable.
+    cluster.tick(cluster.configs[&leader].heartbeat_interval_ticks + 1);
+
+    assert!(transfer_outcomes(&cluster, leader).contains(&(target, TransferOutcome::TimedOut)));
+    assert_eq!(cluster.leader(), Some(leader));
+    let resumed = cluster.node(leader).status().promised;
+    assert!(resumed > ballot, "{resumed:?} after {ballot:?}");
+    // A handed-over Prepare that arrives late names a ballot whose lease no acceptor
+    // still holds: it passes no lease.
+    let sent_before = cluster.sent.len();
+    cluster
+        .node(third)
+        .step(Envelope {
+            from: target,
+            to: third,
+            message: Message::Prepare {
+                ballot: handed_over.max(resumed).next_for(target),
+                from_slot: 1,
+                transfer_from: Some(ballot),
+            },
+        })
+        .unwrap();
+    cluster.settle();
+    assert!(cluster.sent[sent_before..]
+        .iter()
+        .any(|e| e.from == third && matches!(e.message, Message::Preempted { .. })));
+    assert_eq!(cluster.nodes[&third].status().leader, Some(leader));
+    // The new ballot's lease serves reads again.
+    cluster.heal();
+    cluster.tick(2);
+    clear_events(&mut cluster);
+    let reader = cluster.leader().unwrap();
+    cluster.node(reader).read_index(5);
+    cluster.settle();
+    assert!(matches!(
+        reads(&cluster, reader)[..],
+        [Event::ReadReady { .. }]
+    ));
+    cluster.assert_agreement();
+}
+
+#[test]
+fn transfer_refuses_a_non_leader_an_unknown_member_and_a_second_target() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    assert_eq!(
+        cluster.node(follower).transfer_leadership(other),
+        Err(TransferError::NotLeader {
+            leader: Some(leader)
+        })
+    );
+    assert_eq!(
+        cluster.node(leader).transfer_leadership(9),
+        Err(TransferError::UnknownMember(9))
+    );
+    clear_events(&mut cluster);
+    // To itself: done at once, as etcd answers it.
+    cluster.node(leader).transfer_leadership(leader).unwrap();
+    cluster.settle();
+    assert_eq!(
+        transfer_outcomes(&cluster, leader),
+        vec![(leader, TransferOutcome::Completed)]
+    );
+    assert_eq!(cluster.leader(), Some(leader));
+    cluster.cut_link(leader, follower);
+    cluster.node(leader).transfer_leadership(follower).unwrap();
+    assert_eq!(cluster.node(leader).transfer_leadership(follower), Ok(()));
+    assert_eq!(
+        cluster.node(leader).transfer_leadership(other),
+        Err(TransferError::InProgress { target: follower })
+    );
+}
+
+#[test]
+fn a_cut_off_leader_that_abandons_a_transfer_raises_no_ballot() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(leader).propose(cmd("x")).unwrap();
+    cluster.settle();
+    cluster.tick(1);
+    let ballot = cluster.node(leader).status().promised;
+    // TimeoutNow reaches the target, whose Prepares are lost; then the leader is cut off.
+    cluster.cut.insert((target, leader));
+    let third = (1..=3).find(|id| *id != leader && *id != target).unwrap();
+    cluster.cut.insert((target, third));
+    // Its acknowledgements are lost: let the leader know its log is caught up.
+    let commit = cluster.node(leader).status().commit_index;
+    cluster.node(leader).peer_commits.insert(target, commit);
+    cluster.node(leader).transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.count_sent("timeout_now"), 1);
+    cluster.isolate(leader);
+    clear_events(&mut cluster);
+    cluster.tick(cluster.configs[&leader].election_timeout_ticks + 2);
+    assert!(transfer_outcomes(&cluster, leader).contains(&(target, TransferOutcome::TimedOut)));
+    // A ballot it raised now would depose the real leader when it comes back.
+    assert!(
+        !cluster.events[&leader]
+            .iter()
+            .any(|e| matches!(e, Event::Phase1Started { .. })),
+        "{:?}",
+        cluster.events[&leader]
+    );
+    assert_eq!(cluster.node(leader).status().promised, ballot);
 }

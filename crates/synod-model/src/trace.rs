@@ -30,7 +30,9 @@ fn values(values: &[Value]) -> String {
 /// A message in one short line.
 pub fn message(message: &Message) -> String {
     match message {
-        Message::Prepare { ballot, from_slot } => {
+        Message::Prepare {
+            ballot, from_slot, ..
+        } => {
             format!("Prepare {ballot:?} from slot {from_slot}")
         }
         Message::Promise {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use synod_core::{
     Committed, DurableState, Envelope, Event, Node, NodeId, PersistId, PersistRequest,
-    ProposeError, ReadPath, Slot, Status, StepError,
+    ProposeError, ReadPath, Slot, Status, StepError, TransferError, TransferOutcome,
 };
 use synod_kv::{SnapshotJob, StateMachine};
 
@@ -205,6 +205,10 @@ pub struct ReplicaStats {
     pub snapshots_sent: u64,
     /// Times the known leader changed.
     pub leader_changes: u64,
+    /// Leadership transfers this replica started that ended with the target leading.
+    pub leader_transfers: u64,
+    /// Leadership transfers this replica started that were abandoned.
+    pub leader_transfer_timeouts: u64,
 }
 
 /// A replica's view of itself.
@@ -473,6 +477,15 @@ impl<S: StateMachine> Replica<S> {
             deadline: now.saturating_add(self.config.request_timeout_nanos),
         };
         self.ask_read_index(waiter);
+    }
+
+    /// Hands the leadership to `target` (etcd's `MoveLeader`; see docs/leader-transfer.md).
+    /// Refused at once unless this replica leads and `target` is a member; otherwise the
+    /// outcome comes as `ReplicaEvent::Core(Event::TransferEnded { .. })`, within about
+    /// an election timeout. `target` being this replica ends at once, completed.
+    pub fn transfer_leadership(&mut self, now: Nanos, target: NodeId) -> Result<(), TransferError> {
+        self.advance(now);
+        self.node.transfer_leadership(target)
     }
 
     /// Storage made every persist request up to `id` durable.
@@ -855,6 +868,17 @@ impl<S: StateMachine> Replica<S> {
                     for seq in again {
                         self.submit(seq);
                     }
+                }
+                self.out.events.push(ReplicaEvent::Core(event));
+            }
+            Event::TransferEnded { target, outcome } => {
+                match outcome {
+                    // Moving to itself is no transfer.
+                    TransferOutcome::Completed if target != self.id() => {
+                        self.stats.leader_transfers += 1
+                    }
+                    TransferOutcome::Completed => {}
+                    TransferOutcome::TimedOut => self.stats.leader_transfer_timeouts += 1,
                 }
                 self.out.events.push(ReplicaEvent::Core(event));
             }

@@ -413,6 +413,7 @@ fn paused_acceptor_measures_the_lease_it_grants_from_its_resumed_clock() {
         message: Message::Prepare {
             ballot: synod_core::Ballot::new(ballot.round + 5, rival),
             from_slot: 1,
+            transfer_from: None,
         },
     };
     cluster
@@ -588,4 +589,57 @@ fn a_stalled_commit_is_not_buried_under_copies_of_its_proposals() {
     assert!(retries <= 10 * 9, "{retries} retries of 10 proposals");
     assert!(retries >= 10 * 4, "proposals are still retried: {retries}");
     assert!(cluster.reply(leader, 0).is_none());
+}
+
+/// MoveLeader at the replica: the target leads, a proposal made at the old leader while
+/// the leadership was handed over is applied once and answered, and the old leader
+/// counts the transfer. A transfer to a cut-off member is abandoned and counted too.
+#[test]
+fn a_transfer_moves_the_leader_and_proposals_made_meanwhile_are_answered() {
+    let mut cluster = Cluster::new(3, |_| {});
+    let leader = cluster.elect();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.propose(leader, 1, "before");
+    cluster.settle();
+    let now = cluster.now(leader);
+    cluster
+        .replica(leader)
+        .transfer_leadership(now, target)
+        .unwrap();
+    cluster.propose(leader, 2, "during");
+    cluster.settle();
+    cluster.run(5);
+    assert_eq!(cluster.leader(), Some(target));
+    assert_eq!(cluster.reply(leader, 2), Some(Ok(Bytes::from("2"))));
+    let stats = cluster.replica(leader).stats();
+    assert_eq!(
+        (stats.leader_transfers, stats.leader_transfer_timeouts),
+        (1, 0)
+    );
+    for id in 1..=3 {
+        assert_eq!(cluster.replica(id).state_machine().entries.len(), 2);
+    }
+    // Refused where etcd refuses: not the leader, not a member.
+    let now = cluster.now(leader);
+    assert_eq!(
+        cluster.replica(leader).transfer_leadership(now, target),
+        Err(synod_core::TransferError::NotLeader {
+            leader: Some(target)
+        })
+    );
+    let now = cluster.now(target);
+    assert_eq!(
+        cluster.replica(target).transfer_leadership(now, 7),
+        Err(synod_core::TransferError::UnknownMember(7))
+    );
+    // To a member that is cut off: abandoned after an election timeout.
+    cluster.isolate(leader);
+    let now = cluster.now(target);
+    cluster
+        .replica(target)
+        .transfer_leadership(now, leader)
+        .unwrap();
+    cluster.run(cluster.configs[&target].core.election_timeout_ticks + 1);
+    assert_eq!(cluster.leader(), Some(target));
+    assert_eq!(cluster.replica(target).stats().leader_transfer_timeouts, 1);
 }

@@ -12,7 +12,7 @@
 use crate::metrics::Metrics;
 use crate::transport::PeerInput;
 use crate::wire::Frame;
-use crate::{Consistency, NodeStatus, ServerError};
+use crate::{Consistency, MoveLeaderError, NodeStatus, ServerError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +45,11 @@ pub enum Request<S> {
     /// lease at this moment (`Replica::leader_lease`), and the state machine.
     WithLeaderLease {
         run: LeaderLeaseFn<S>,
+    },
+    /// Hand the leadership to `target` (see `Replica::transfer_leadership`).
+    MoveLeader {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), MoveLeaderError>>,
     },
 }
 
@@ -119,6 +124,8 @@ pub struct Driver<S: StateMachine> {
     next_request: RequestId,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Bytes, ServerError>>>,
     reads: HashMap<RequestId, ReadFn<S>>,
+    /// MoveLeader requests waiting for their transfer to end: (target, reply).
+    transfers: Vec<(NodeId, oneshot::Sender<Result<(), MoveLeaderError>>)>,
     incoming_snapshot: Option<IncomingSnapshot>,
     stats: ReplicaStats,
     fatal: Option<String>,
@@ -148,6 +155,7 @@ impl<S: StateMachine> Driver<S> {
             next_request: 1,
             proposals: HashMap::new(),
             reads: HashMap::new(),
+            transfers: Vec::new(),
             incoming_snapshot: None,
             stats: ReplicaStats::default(),
             fatal: None,
@@ -215,6 +223,9 @@ impl<S: StateMachine> Driver<S> {
         for (_, read) in self.reads.drain() {
             read(Err(ServerError::Stopped));
         }
+        for (_, reply) in self.transfers.drain(..) {
+            let _ = reply.send(Err(MoveLeaderError::Stopped));
+        }
         self.channels.peers.clear();
     }
 
@@ -247,6 +258,15 @@ impl<S: StateMachine> Driver<S> {
             Request::WithLeaderLease { run } => {
                 let lease = self.replica.leader_lease(self.now());
                 run(lease, self.replica.state_machine());
+            }
+            Request::MoveLeader { target, reply } => {
+                match self.replica.transfer_leadership(now, target) {
+                    // Answered when the core reports the transfer's end.
+                    Ok(()) => self.transfers.push((target, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(MoveLeaderError::Refused(error)));
+                    }
+                }
             }
         }
     }
@@ -571,6 +591,25 @@ impl<S: StateMachine> Driver<S> {
             }
             ReplicaEvent::Core(Event::LeaderChanged { leader }) => {
                 tracing::info!(node = self.id, leader = ?leader, "leader changed")
+            }
+            ReplicaEvent::Core(Event::TransferEnded { target, outcome }) => {
+                tracing::info!(
+                    node = self.id,
+                    target,
+                    ?outcome,
+                    "leadership transfer ended"
+                );
+                let result = match outcome {
+                    synod_core::TransferOutcome::Completed => Ok(()),
+                    synod_core::TransferOutcome::TimedOut => Err(MoveLeaderError::TimedOut),
+                };
+                let (ended, waiting) = std::mem::take(&mut self.transfers)
+                    .into_iter()
+                    .partition(|(waiting_for, _)| *waiting_for == target);
+                self.transfers = waiting;
+                for (_, reply) in ended {
+                    let _ = reply.send(result.clone());
+                }
             }
             ReplicaEvent::Compacted { slot } => {
                 tracing::info!(node = self.id, slot, "snapshot saved; compacting the log")

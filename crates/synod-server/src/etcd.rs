@@ -26,7 +26,7 @@ use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::mvccpb;
 use crate::transport::Directory;
 use crate::watch::WatchService;
-use crate::{Consistency, Handle, ServerError};
+use crate::{Consistency, Handle, MoveLeaderError, ServerError};
 use std::sync::Arc;
 use synod_kv::{
     encode_backup, AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare,
@@ -144,7 +144,7 @@ async fn unserved_path(
     let status = Status::unimplemented(format!(
         "{} is not served by synod (it serves KV Range/Put/DeleteRange/Txn/Compact, Watch, \
          Lease, v3lock, v3election, Cluster.MemberList, Maintenance \
-         Status/Alarm/Hash/HashKV/Snapshot/Defragment)",
+         Status/Alarm/Hash/HashKV/Snapshot/Defragment/MoveLeader)",
         uri.path()
     ));
     let mut headers = axum::http::HeaderMap::new();
@@ -809,14 +809,41 @@ impl Maintenance for EtcdApi {
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    /// Hands the leadership to `targetID` (docs/leader-transfer.md) and answers once the
+    /// target leads. As etcd: only the leader takes it (etcdctl finds the leader's
+    /// endpoint first); a target that is not a member is a bad transferee; a transfer that
+    /// does not finish within an election timeout is reported as taking too long.
     async fn move_leader(
         &self,
-        _request: Request<pb::Unserved>,
-    ) -> Result<tonic::Response<pb::Unserved>, Status> {
-        Err(unserved(
-            "etcdserverpb.Maintenance/MoveLeader",
-            "leadership moves only by election",
-        ))
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<tonic::Response<pb::MoveLeaderResponse>, Status> {
+        use synod_core::TransferError;
+        let target = request.into_inner().target_id;
+        match self.handle.move_leader(target).await {
+            Ok(()) => {}
+            Err(MoveLeaderError::Refused(TransferError::UnknownMember(_))) => {
+                return Err(Status::failed_precondition(
+                    "etcdserver: bad leader transferee",
+                ))
+            }
+            Err(MoveLeaderError::Refused(TransferError::NotLeader { .. })) => {
+                return Err(Status::failed_precondition("etcdserver: not leader"))
+            }
+            Err(MoveLeaderError::Refused(other)) => {
+                return Err(Status::failed_precondition(format!("etcdserver: {other}")))
+            }
+            Err(MoveLeaderError::TimedOut) => {
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ))
+            }
+            Err(MoveLeaderError::Stopped) => {
+                return Err(Status::unavailable("etcdserver: server stopped"))
+            }
+        }
+        Ok(tonic::Response::new(pb::MoveLeaderResponse {
+            header: self.header(0),
+        }))
     }
 }
 

@@ -35,4 +35,4 @@ pub use synod_replica::sessions;
 pub use cli::{run_dev, run_node, DevArgs, NodeArgs};
 pub use config::{Cluster, ConfigError, Member, ServerConfig};
 pub use node::{EtcdNode, Listeners};
-pub use server::{Consistency, Handle, NodeStatus, Observer, Server, ServerError};
+pub use server::{Consistency, Handle, MoveLeaderError, NodeStatus, Observer, Server, ServerError};

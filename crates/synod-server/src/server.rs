@@ -104,6 +104,32 @@ impl From<ConfigError> for ServerError {
     }
 }
 
+/// Why a leadership transfer ([`Handle::move_leader`]) did not hand the leadership over.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum MoveLeaderError {
+    /// Refused at once: this member does not lead, or the target is not a member.
+    Refused(synod_core::TransferError),
+    /// The target did not take over within an election timeout; this member leads on
+    /// (if it still can).
+    TimedOut,
+    /// The replica is shutting down.
+    Stopped,
+}
+
+impl fmt::Display for MoveLeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveLeaderError::Refused(error) => write!(f, "leadership transfer refused: {error}"),
+            MoveLeaderError::TimedOut => {
+                write!(f, "the target did not take the leadership over in time")
+            }
+            MoveLeaderError::Stopped => write!(f, "the replica is stopped"),
+        }
+    }
+}
+
+impl std::error::Error for MoveLeaderError {}
+
 /// A replica's view of itself.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct NodeStatus {
@@ -190,6 +216,18 @@ impl<S: StateMachine> Handle<S> {
             .await
             .map_err(|_| ServerError::Stopped)?;
         response.await.map_err(|_| ServerError::Stopped)
+    }
+
+    /// Hands the leadership to member `target` (etcd's `MoveLeader`): answered once this
+    /// member learned that the target leads, or after an election timeout without it.
+    /// Only the leader takes it; `target` being this member is done at once.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), MoveLeaderError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::MoveLeader { target, reply })
+            .await
+            .map_err(|_| MoveLeaderError::Stopped)?;
+        response.await.map_err(|_| MoveLeaderError::Stopped)?
     }
 
     pub async fn status(&self) -> Result<NodeStatus, ServerError> {

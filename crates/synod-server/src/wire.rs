@@ -221,6 +221,7 @@ mod tests {
                 message: Message::Prepare {
                     ballot: Ballot::new(3, 1),
                     from_slot: 4,
+                    transfer_from: None,
                 },
             }),
             Frame::SnapshotChunk {

@@ -124,6 +124,7 @@ async fn oversized_and_malformed_frames_close_only_their_connection() {
         message: Message::Prepare {
             ballot: Ballot::new(1000, 3),
             from_slot: 1,
+            transfer_from: None,
         },
     });
     forger.write_all(&encode_frame(&forged)).await.unwrap();

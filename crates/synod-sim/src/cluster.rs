@@ -110,6 +110,11 @@ pub struct Coverage {
     pub lease_promotions: u64,
     /// Expiries that took effect in the chosen log (checked against the keep-alives).
     pub lease_expiries: u64,
+    /// Leadership transfers (`transfers.rs`) that ended with the target leading.
+    pub leader_transfers: u64,
+    /// Leadership transfers abandoned after an election timeout (target down, cut off,
+    /// lagging, or its election lost).
+    pub leader_transfer_timeouts: u64,
     pub max_drift_percent: f64,
     pub max_value_bytes: u64,
 }
@@ -144,6 +149,8 @@ impl Coverage {
         self.lease_revokes += other.lease_revokes;
         self.lease_promotions += other.lease_promotions;
         self.lease_expiries += other.lease_expiries;
+        self.leader_transfers += other.leader_transfers;
+        self.leader_transfer_timeouts += other.leader_transfer_timeouts;
         self.max_drift_percent = self.max_drift_percent.max(other.max_drift_percent);
         self.max_value_bytes = self.max_value_bytes.max(other.max_value_bytes);
     }
@@ -155,6 +162,8 @@ impl Coverage {
         self.read_index_reads += stats.read_index_reads;
         self.follower_reads += stats.follower_reads;
         self.serializable_reads += stats.serializable_reads;
+        self.leader_transfers += stats.leader_transfers;
+        self.leader_transfer_timeouts += stats.leader_transfer_timeouts;
     }
 }
 
@@ -240,6 +249,8 @@ pub(crate) enum Event {
     WatchStep(usize),
     /// A simulated lease client's periodic step (`leases.rs`).
     LeaseStep(usize),
+    /// The leader is asked to hand its leadership over (`transfers.rs`).
+    TransferRequest,
 }
 
 impl Event {
@@ -384,6 +395,10 @@ pub struct Simulation {
     pub(crate) lease_log: crate::leases::LeaseLog,
     /// The end of the run: watchers read everything.
     pub(crate) draining_watches: bool,
+    /// Times and targets of leadership transfer requests (`transfers.rs`).
+    pub(crate) transfer_rng: ChaCha8Rng,
+    /// Leaders handing over: their stepping down is asked for, no disruption.
+    pub(crate) transferring: BTreeSet<NodeId>,
 }
 
 impl Simulation {
@@ -438,6 +453,8 @@ impl Simulation {
             watches: BTreeMap::new(),
             finished_watches: Vec::new(),
             draining_watches: false,
+            transfer_rng: ChaCha8Rng::seed_from_u64(options.seed ^ 0x51d3_7b09),
+            transferring: BTreeSet::new(),
             options,
         };
         sim.start();
@@ -458,6 +475,7 @@ impl Simulation {
         }
         self.start_watchers();
         self.start_lease_clients();
+        self.start_transfers();
         for (tick, fault) in self.options.script.clone() {
             self.schedule(tick * TICK_UNITS, Event::Script(fault));
         }
@@ -577,6 +595,7 @@ impl Simulation {
             Event::Heal => self.heal(),
             Event::WatchStep(index) => self.watch_step(index),
             Event::LeaseStep(index) => self.lease_step(index),
+            Event::TransferRequest => self.request_transfer(),
             node_event => self.handle_node_event(node_event),
         }
     }
@@ -891,6 +910,16 @@ impl Simulation {
             }
             ReplicaEvent::Core(CoreEvent::RefreshingLeadership { .. }) => {
                 self.report.coverage.leader_refreshes += 1;
+            }
+            ReplicaEvent::Core(CoreEvent::TransferEnded { .. }) => {
+                self.transferring.remove(&id);
+            }
+            // Handed over on request: not a leader deposed by a returning node.
+            ReplicaEvent::Core(CoreEvent::SteppedDown { .. })
+                if self.transferring.contains(&id)
+                    && self.heal_watch.is_some_and(|(leader, _, _)| leader == id) =>
+            {
+                self.heal_watch = None;
             }
             ReplicaEvent::Core(CoreEvent::SteppedDown { ballot }) => {
                 if let Some((leader, watched, until)) = self.heal_watch {

@@ -199,6 +199,8 @@ impl Simulation {
     /// is lost. A snapshot not yet saved is lost too.
     pub(crate) fn crash(&mut self, id: NodeId) {
         self.report.crashes += 1;
+        // A transfer under way dies with the process.
+        self.transferring.remove(&id);
         let amnesia = self.options.faults.amnesia;
         let node = self.nodes.get_mut(&id).expect("known node");
         let Some(replica) = node.replica.take() else {
@@ -212,6 +214,8 @@ impl Simulation {
         past.read_index_reads += stats.read_index_reads;
         past.follower_reads += stats.follower_reads;
         past.serializable_reads += stats.serializable_reads;
+        past.leader_transfers += stats.leader_transfers;
+        past.leader_transfer_timeouts += stats.leader_transfer_timeouts;
         self.report.phase1_runs += replica.status().node.phase1_runs;
         node.epoch += 1;
         node.paused_until = None;

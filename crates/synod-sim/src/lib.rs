@@ -18,6 +18,7 @@ mod leases;
 pub mod linearizability;
 pub mod options;
 pub mod runner;
+mod transfers;
 mod watchers;
 
 #[cfg(test)]

@@ -150,6 +150,12 @@ pub struct SimOptions {
     pub lease_clients: usize,
     /// A deliberate lessor bug (checker tests only).
     pub lease_bug: Option<LeaseBug>,
+    /// During the fault phase, the leader is asked to hand its leadership to a random
+    /// member (etcd's `MoveLeader`), on average every this many ticks (0: never). The
+    /// swarm draws 0, 20 or 60 from an RNG of its own, and the requests' times and
+    /// targets come from another (`transfers.rs`), so the other draws of a seed are
+    /// unchanged.
+    pub transfer_interval_ticks: u64,
     /// A client gives up on one attempt and retries (same sequence number, maybe at
     /// another node) after this many ticks; during the fault phase it abandons the
     /// operation (outcome unknown) after `give_up_ticks`.
@@ -242,6 +248,7 @@ impl SimOptions {
             watchers: 0,
             lease_clients: 0,
             lease_bug: None,
+            transfer_interval_ticks: 0,
             retry_ticks: 12,
             give_up_ticks: 60,
             link_delays: BTreeMap::new(),
@@ -317,6 +324,9 @@ impl SimOptions {
         options.watchers = *pick(&mut rng, &[0, 1, 2, 4]);
         // So do lease clients and lessors.
         options.lease_clients = *pick(&mut rng, &[0, 1, 3]);
+        // Leadership transfers: a draw of their own, so the ones above are unchanged.
+        let mut transfer_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a5f_e12d);
+        options.transfer_interval_ticks = *pick(&mut transfer_rng, &[0, 20, 60]);
         options
     }
 }

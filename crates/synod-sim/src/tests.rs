@@ -45,6 +45,11 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("watch_resumes", coverage.watch_resumes),
         ("watch_stalls", coverage.watch_stalls),
         ("watch_progress", coverage.watch_progress),
+        ("leader_transfers", coverage.leader_transfers),
+        (
+            "leader_transfer_timeouts",
+            coverage.leader_transfer_timeouts,
+        ),
     ]
     .into_iter()
     .filter(|(_, count)| *count == 0)
