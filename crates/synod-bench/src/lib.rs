@@ -11,10 +11,14 @@
 //!
 //! `synod bench watch` ([`watch::run`]) measures etcd Watch event latency, from a put's
 //! acknowledgement to its watchers, at 1, 100 and 10,000 watchers on one member.
+//!
+//! `synod bench leases` ([`leases::run`]) measures keep-alives per second with 10,000 leases
+//! kept alive by one client, and how late leases expire after the leader is killed.
 
 pub mod chart;
 pub mod cluster;
 pub mod error;
+pub mod leases;
 pub mod load;
 pub mod machine;
 pub mod process;

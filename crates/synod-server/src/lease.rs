@@ -403,7 +403,7 @@ impl Lease for LeaseService {
             }
             if !forwarded {
                 if let Some(mut leader) = self.leader_client().await? {
-                    let mut forward = Request::new(request.clone());
+                    let mut forward = Request::new(request);
                     forward
                         .metadata_mut()
                         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));

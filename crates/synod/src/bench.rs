@@ -41,6 +41,89 @@ enum BenchCommand {
     /// latency. A fresh Synod ×3 cluster per watcher count. Prints a table; writes
     /// watch.json, watch.svg and a README section.
     Watch(WatchArgs),
+    /// Leases: keep-alives per second with 10,000 leases kept alive by one client over one
+    /// stream, and expiry lateness (delete event − keep-alive ack − TTL) of 1,000 leases
+    /// after the leader is killed. One fresh Synod ×3 cluster. Prints a table; writes
+    /// leases.json.
+    Leases(LeasesArgs),
+}
+
+#[derive(Args)]
+struct LeasesArgs {
+    /// Leases kept alive by the one client.
+    #[arg(long, default_value_t = 10_000)]
+    leases: usize,
+    /// Seconds of keep-alives.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Keep-alives in flight on the stream.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Leases left to expire after the leader kill (one key each).
+    #[arg(long, default_value_t = 1_000)]
+    expiry_leases: usize,
+    /// Their TTL in seconds.
+    #[arg(long, default_value_t = 5)]
+    ttl: i64,
+    /// Data directory of the cluster (removed afterwards).
+    #[arg(long, default_value = "synod-data/bench-leases")]
+    dir: PathBuf,
+    /// Where leases.json is written.
+    #[arg(long, default_value = "docs/bench")]
+    out_dir: PathBuf,
+    /// The synod executable to run the members [default: this one].
+    #[arg(long)]
+    synod_bin: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run_leases(args: LeasesArgs) -> ExitCode {
+    let synod_executable = match args.synod_bin.map_or_else(std::env::current_exe, Ok) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("cannot locate the synod executable: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        eprintln!("--seconds must be a positive number");
+        return ExitCode::FAILURE;
+    }
+    let mut options = synod_bench::leases::LeaseOptions::new(synod_executable);
+    options.leases = args.leases;
+    options.keep_alive_time = std::time::Duration::from_secs_f64(args.seconds);
+    options.window = args.window;
+    options.expiry_leases = args.expiry_leases;
+    options.expiry_ttl_seconds = args.ttl;
+    options.data_dir = args.dir;
+    let outcome = if args.quiet {
+        synod_bench::leases::run(&options, &synod_bench::Plain)
+    } else {
+        synod_bench::leases::run(&options, &synod_bench::Bar::new())
+    };
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("leases bench failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    eprintln!("run took {:.0} s", report.run_seconds);
+    match synod_bench::leases::write_outputs(&report, &args.out_dir) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args)]
@@ -293,6 +376,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         BenchCommand::Cluster(args) => run_cluster(args),
         BenchCommand::Mvcc(args) => crate::bench_mvcc::run(args),
         BenchCommand::Watch(args) => run_watch(args),
+        BenchCommand::Leases(args) => run_leases(args),
         BenchCommand::Storage {
             dir,
             writers,
