@@ -37,6 +37,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Status};
 
+/// etcd's `concurrency` default session TTL, for a lock or campaign without a lease.
+const SESSION_TTL_SECONDS: i64 = 60;
+
 /// The lock and election services of one member.
 #[derive(Clone)]
 pub struct Concurrency {
@@ -152,6 +155,23 @@ impl Concurrency {
                 .changed()
                 .await
                 .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        }
+    }
+
+    /// The lease a waiter holds its key on: the request's, or — for lease 0, as etcd's
+    /// `concurrency.NewSession` does — a new lease of etcd's default session TTL (60 s),
+    /// which nobody keeps alive (etcd orphans that session too).
+    async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
+        if lease != 0 {
+            return Ok(lease);
+        }
+        let grant = Op::LeaseGrant(synod_kv::LeaseGrantRequest {
+            id: 0,
+            ttl: SESSION_TTL_SECONDS,
+        });
+        match self.execute(grant).await?.result.map_err(kv_status)? {
+            OpResponse::LeaseGrant { id, .. } => Ok(id),
+            other => Err(Status::internal(format!("a grant produced {other:?}"))),
         }
     }
 
@@ -281,12 +301,8 @@ impl Lock for Concurrency {
         &self,
         request: Request<lock::LockRequest>,
     ) -> Result<tonic::Response<lock::LockResponse>, Status> {
-        let request = request.into_inner();
-        if request.lease == 0 {
-            return Err(Status::invalid_argument(
-                "etcdserver: a lock needs a lease (its holder's session)",
-            ));
-        }
+        let mut request = request.into_inner();
+        request.lease = self.session_lease(request.lease).await?;
         let key = waiter_key(&request.name, request.lease);
         let (kv, _) = self.enter(&key, request.lease, Bytes::new()).await?;
         let abandon = Abandon {
@@ -330,12 +346,8 @@ impl Election for Concurrency {
         &self,
         request: Request<election::CampaignRequest>,
     ) -> Result<tonic::Response<election::CampaignResponse>, Status> {
-        let request = request.into_inner();
-        if request.lease == 0 {
-            return Err(Status::invalid_argument(
-                "etcdserver: a campaign needs a lease (its candidate's session)",
-            ));
-        }
+        let mut request = request.into_inner();
+        request.lease = self.session_lease(request.lease).await?;
         let key = waiter_key(&request.name, request.lease);
         let value = Bytes::from(request.value);
         let (kv, _) = self.enter(&key, request.lease, value.clone()).await?;

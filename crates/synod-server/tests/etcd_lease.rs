@@ -242,6 +242,20 @@ async fn locks_and_elections_wait_their_turn_and_follow_their_leases() {
     let short = grant(&mut lease, 13, 1).await.id;
 
     let mut locks = LockClient::connect(cluster.endpoint(at)).await.unwrap();
+    // Without a lease, as etcd: the lock gets a fresh 60 s session lease of its own.
+    let solo = locks
+        .lock(lock::LockRequest {
+            name: b"solo".to_vec(),
+            lease: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(solo.key.starts_with(b"solo/"), "{:?}", solo.key);
+    locks
+        .unlock(lock::UnlockRequest { key: solo.key })
+        .await
+        .unwrap();
     let held = locks
         .lock(lock::LockRequest {
             name: b"job".to_vec(),

@@ -133,7 +133,8 @@ async fn hash_kv_agrees_on_every_member_and_refuses_future_and_compacted_revisio
     let hash = admin.hash(pb::HashRequest {}).await.unwrap().into_inner();
     assert!(hash.header.is_some());
     let defragmented = admin.defragment(pb::DefragmentRequest {}).await.unwrap();
-    assert!(defragmented.into_inner().header.is_some());
+    // etcd answers an empty DefragmentResponse (the Rust client's suite checks it).
+    assert!(defragmented.into_inner().header.is_none());
     cluster.stop_all().await;
 }
 
