@@ -344,7 +344,7 @@ async fn status_member_list_and_unserved_methods() {
         member_add.message()
     );
 
-    // A whole service synod does not serve (etcd's Lease), called by raw path.
+    // A whole service synod does not serve (etcd's Auth), called by raw path.
     let channel = Channel::from_shared(cluster.endpoint(0))
         .unwrap()
         .connect()
@@ -353,7 +353,7 @@ async fn status_member_list_and_unserved_methods() {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseGrant");
+        tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Auth/Authenticate");
     let error = grpc
         .unary::<pb::Unserved, pb::Unserved, _>(
             tonic::Request::new(pb::Unserved {}),
@@ -364,7 +364,7 @@ async fn status_member_list_and_unserved_methods() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unimplemented);
     assert!(
-        error.message().contains("/etcdserverpb.Lease/LeaseGrant"),
+        error.message().contains("/etcdserverpb.Auth/Authenticate"),
         "{}",
         error.message()
     );
