@@ -29,8 +29,8 @@ use crate::{Consistency, Handle};
 use bytes::Bytes;
 use std::pin::Pin;
 use synod_kv::{
-    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvStore, Op,
-    OpResponse, PutRequest, RangeRequest, Response, TxnRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvStore, Op, OpResponse,
+    PutRequest, RangeRequest, Response, TxnRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -82,12 +82,7 @@ impl Concurrency {
     }
 
     async fn execute(&self, op: Op) -> Result<Response, Status> {
-        let bytes = self
-            .handle
-            .propose(Command::unsessioned(op).encode())
-            .await
-            .map_err(server_status)?;
-        Response::decode(&bytes).map_err(|error| Status::internal(error.to_string()))
+        crate::etcd::execute(&self.handle, op).await
     }
 
     /// Puts `key` with `value` on `lease` unless it exists (then reads it): the waiter's

@@ -120,13 +120,18 @@ impl EtcdApi {
     }
 
     async fn execute(&self, op: Op) -> Result<Response, Status> {
-        let bytes = self
-            .handle
-            .propose(Command::unsessioned(op).encode())
-            .await
-            .map_err(server_status)?;
-        Response::decode(&bytes).map_err(|error| Status::internal(error.to_string()))
+        execute(&self.handle, op).await
     }
+}
+
+/// Proposes `op` through the log (unsessioned) and decodes the store's response: what every
+/// write of the etcd services (KV, Lease, v3lock, v3election, Maintenance) does.
+pub(crate) async fn execute(handle: &Handle<KvStore>, op: Op) -> Result<Response, Status> {
+    let bytes = handle
+        .propose(Command::unsessioned(op).encode())
+        .await
+        .map_err(server_status)?;
+    Response::decode(&bytes).map_err(|error| Status::internal(error.to_string()))
 }
 
 /// Any path no route claims: to a gRPC request, a method or service of etcd that synod

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_core::NodeId;
-use synod_kv::{Command, KvStore, LeaseGrantRequest, Lessor, Op, OpResponse, RenewError, Response};
+use synod_kv::{KvStore, LeaseGrantRequest, Lessor, Op, OpResponse, RenewError, Response};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -133,12 +133,7 @@ impl LeaseService {
     }
 
     async fn execute(&self, op: Op) -> Result<Response, Status> {
-        let bytes = self
-            .handle
-            .propose(Command::unsessioned(op).encode())
-            .await
-            .map_err(server_status)?;
-        Response::decode(&bytes).map_err(|error| Status::internal(error.to_string()))
+        crate::etcd::execute(&self.handle, op).await
     }
 
     /// One keep-alive: the TTL (0: no such lease, or expired), renewed here if this
