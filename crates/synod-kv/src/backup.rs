@@ -11,9 +11,11 @@
 //! | n | the image ([`crate::StateMachine::snapshot`]) |
 //! | … | zeros, up to a length of 32 more than a multiple of 512 |
 //!
-//! The padding is for etcdctl 3.4: `snapshot save` refuses a download whose length is not 32
-//! more than a multiple of 512 (etcd's bolt file in 4 KiB pages, then its sha256). A backup is
-//! not a bolt file, so etcdctl's `snapshot status` and `snapshot restore` cannot read it.
+//! `Maintenance.Snapshot` streams a backup inside an etcd snapshot file (a bbolt database
+//! with etcd's buckets, in its `synod` bucket: synod-server's `snapshot_file`), which etcd's
+//! tools read; `synod snapshot restore` takes the backup back out. A bare backup is still
+//! restored. The padding made a bare backup pass etcdctl 3.4's `snapshot save` length check
+//! (a bolt file in 4 KiB pages, then its sha256: 32 more than a multiple of 512).
 
 use crate::store::KvStore;
 use crate::SnapshotError;
@@ -48,7 +50,7 @@ impl std::fmt::Display for BackupError {
         match self {
             BackupError::NotABackup => write!(
                 f,
-                "not a Synod backup (it does not start with {:?}; etcd's bolt snapshots are not read)",
+                "not a Synod backup (it does not start with {:?})",
                 String::from_utf8_lossy(BACKUP_MAGIC).trim_end()
             ),
             BackupError::UnknownFormat(format) => write!(

@@ -110,6 +110,59 @@ impl KvStore {
     }
 }
 
+/// One retained event of the history as etcd's backend keys it: revision `(main, sub)`,
+/// with `sub` the event's place among the keys its revision wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedEvent {
+    pub main: i64,
+    pub sub: i64,
+    pub key: bytes::Bytes,
+    /// The key's state after a put; `None` for a delete (etcd's tombstone).
+    pub kv: Option<crate::KeyValue>,
+}
+
+impl KvStore {
+    /// Every retained event of every key, in revision order: what etcd's `key` bucket
+    /// holds for the same history. Above the compacted revision each event's `sub` is its
+    /// key's place in its revision's writes, as etcd numbers them; at or below it (the
+    /// states a compaction kept, whose write order is forgotten) the keys of one revision
+    /// are numbered in key order.
+    pub fn retained_events(&self) -> Vec<RetainedEvent> {
+        let mut events = Vec::new();
+        for (key, history) in self.keys.iter() {
+            for event in history.iter() {
+                events.push(RetainedEvent {
+                    main: event.revision(),
+                    sub: 0,
+                    key: key.clone(),
+                    kv: event.live().map(|entry| entry.to_key_value(key)),
+                });
+            }
+        }
+        // Stable: the keys of one revision stay in key order.
+        events.sort_by_key(|event| event.main);
+        let mut index = 0;
+        while index < events.len() {
+            let main = events[index].main;
+            let end = index + events[index..].partition_point(|event| event.main == main);
+            let written = self.changes.keys_at(main);
+            let mut next_unlisted = written.len() as i64;
+            for event in &mut events[index..end] {
+                event.sub = match written.iter().position(|key| *key == event.key) {
+                    Some(place) => place as i64,
+                    None => {
+                        next_unlisted += 1;
+                        next_unlisted - 1
+                    }
+                };
+            }
+            events[index..end].sort_by_key(|event| event.sub);
+            index = end;
+        }
+        events
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::test_support::{compact, delete, put, run};
@@ -220,5 +273,56 @@ mod tests {
         );
         assert_eq!(quiet.hash_kv(0), alarmed.hash_kv(0));
         assert_ne!(quiet.hash(), alarmed.hash());
+    }
+
+    #[test]
+    fn retained_events_number_a_revisions_writes_as_etcds_sub_revisions() {
+        let txn = Op::Txn(TxnRequest {
+            compare: Vec::new(),
+            success: vec![put("b", "1"), put("a", "1")],
+            failure: Vec::new(),
+        });
+        let mut store = history(&[put("x", "0"), put("y", "0"), txn, delete("x")]);
+        let listed = |store: &KvStore| -> Vec<(i64, i64, String, bool)> {
+            store
+                .retained_events()
+                .into_iter()
+                .map(|e| {
+                    let key = String::from_utf8_lossy(&e.key).into_owned();
+                    (e.main, e.sub, key, e.kv.is_some())
+                })
+                .collect()
+        };
+        let expected = |rows: &[(i64, i64, &str, bool)]| -> Vec<(i64, i64, String, bool)> {
+            rows.iter()
+                .map(|&(main, sub, key, live)| (main, sub, key.to_string(), live))
+                .collect()
+        };
+        // Writes in the txn's order: b is sub 0, a is sub 1; the delete is a tombstone.
+        assert_eq!(
+            listed(&store),
+            expected(&[
+                (2, 0, "x", true),
+                (3, 0, "y", true),
+                (4, 0, "b", true),
+                (4, 1, "a", true),
+                (5, 0, "x", false),
+            ])
+        );
+        let a = store.retained_events()[3].kv.clone().expect("a is live");
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (4, 4, 1));
+        // Compacted at 4: every key keeps its state as of 4 (x was live then) and its
+        // later tombstone; the compacted revision's keys are numbered in key order.
+        run(&mut store, compact(4));
+        assert_eq!(
+            listed(&store),
+            expected(&[
+                (2, 0, "x", true),
+                (3, 0, "y", true),
+                (4, 0, "a", true),
+                (4, 1, "b", true),
+                (5, 0, "x", false),
+            ])
+        );
     }
 }

@@ -133,7 +133,7 @@ mod watch;
 pub use backup::{backup_image, encode_backup, BackupError, BACKUP_MAGIC};
 pub use broadcast::Broadcast;
 pub use codec::{FORMAT_VERSION, MAX_TXN_DEPTH};
-pub use hash::KvHash;
+pub use hash::{KvHash, RetainedEvent};
 pub use history::{EVENT_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES};
 pub use image::SNAPSHOT_FORMAT_VERSION;
 pub use lessor::{Lessor, RenewError, EXPIRY_RETRY_NANOS};

@@ -26,6 +26,18 @@ pub enum SnapshotCommand {
     /// and revisions. Restore every member of the new cluster from the same file, each into
     /// its own data directory, then start them with `synod node --data-dir DIR ...`.
     Restore(RestoreArgs),
+    /// Prints a snapshot file's hash, revision, key count and size as `etcdctl snapshot
+    /// status` computes them (Synod's snapshots and etcd's alike).
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// The snapshot file (`etcdctl snapshot save FILE`).
+    pub file: PathBuf,
+    /// `table` (etcdctl's columns) or `json` (etcdctl's `-w json` fields).
+    #[arg(long, short = 'w', default_value = "table", value_parser = ["table", "json"])]
+    pub write_out: String,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -50,6 +62,21 @@ pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
                 restore.file.display(),
                 restore.data_dir.display()
             );
+            Ok(())
+        }
+        SnapshotCommand::Status(args) => {
+            let file = std::fs::read(&args.file)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", args.file.display()))?;
+            let status = crate::snapshot_file::status(&file)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", args.file.display()))?;
+            if args.write_out == "json" {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!("hash      {:08x}", status.hash);
+                println!("revision  {}", status.revision);
+                println!("keys      {}", status.total_keys);
+                println!("size      {} bytes", status.total_size);
+            }
             Ok(())
         }
     }

@@ -138,7 +138,9 @@ pub fn restore_backup(backup: &Path, data_dir: &Path) -> Result<Restored, Server
         ServerError::Io(format!("{}: {error}", path.display()))
     };
     let bytes = std::fs::read(backup).map_err(|error| io(backup, error))?;
-    let store = KvStore::from_backup(&bytes, &KvStore::new())
+    let contents = crate::snapshot_file::backup_bytes(&bytes)
+        .map_err(|error| ServerError::Recovery(format!("{}: {error}", backup.display())))?;
+    let store = KvStore::from_backup(&contents, &KvStore::new())
         .map_err(|error| ServerError::Recovery(format!("{}: {error}", backup.display())))?;
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
@@ -226,14 +228,25 @@ mod tests {
         }));
         store.apply(1, &put.encode());
         let backup = dir.path().join("backup.db");
-        std::fs::write(&backup, store.backup()).expect("write backup");
+        std::fs::write(&backup, crate::snapshot_file::encode(&store)).expect("write backup");
         let foreign = dir.path().join("foreign.db");
         std::fs::write(&foreign, b"not a backup").expect("write foreign");
+        let from_etcd = dir.path().join("etcd.db");
+        let mut etcd = synod_storage::bolt::BoltBuilder::new();
+        etcd.bucket(b"key", Vec::new()).bucket(b"meta", Vec::new());
+        std::fs::write(&from_etcd, etcd.finish()).expect("write etcd's");
 
         let refused = dir.path().join("refused");
         let error = restore_backup(&foreign, &refused).expect_err("a foreign file");
-        assert!(error.to_string().contains("not a Synod backup"), "{error}");
+        assert!(error.to_string().contains("not a snapshot"), "{error}");
+        let error = restore_backup(&from_etcd, &refused).expect_err("etcd's snapshot");
+        assert!(error.to_string().contains("taken from etcd"), "{error}");
         assert!(!refused.exists(), "a refused restore writes nothing");
+        // The bare backup Synod streamed before still restores.
+        let bare = dir.path().join("bare.db");
+        std::fs::write(&bare, store.backup()).expect("write bare backup");
+        let restored = restore_backup(&bare, &dir.path().join("from-bare")).expect("restore");
+        assert_eq!((restored.revision, restored.keys), (2, 1));
 
         let data = dir.path().join("data");
         let restored = restore_backup(&backup, &data).expect("restore");

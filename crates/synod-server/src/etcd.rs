@@ -29,9 +29,9 @@ use crate::watch::WatchService;
 use crate::{Consistency, Handle, MoveLeaderError, ServerError};
 use std::sync::Arc;
 use synod_kv::{
-    encode_backup, AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare,
-    CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse,
-    PutRequest, RangeRequest, RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
+    AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare, CompareResult,
+    CompareTarget, DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse, PutRequest,
+    RangeRequest, RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
 };
 use tonic::{Request, Status};
 
@@ -780,24 +780,22 @@ impl Maintenance for EtcdApi {
         Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>,
     >;
 
-    /// This member's state as applied here, as a backup file (`synod_kv::encode_backup`:
-    /// the store's snapshot image behind a checked header), in chunks. The state is frozen
-    /// at once (an O(1) clone) and serialized off the replica's thread.
+    /// This member's state as applied here, as etcd's snapshot file (crate::snapshot_file:
+    /// a bbolt database with etcd's buckets and Synod's backup, then its sha256), in
+    /// chunks. The state is frozen at once (an O(1) clone) and written off the replica's
+    /// thread.
     async fn snapshot(
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<tonic::Response<Self::SnapshotStream>, Status> {
-        let (revision, job) = self
+        let (revision, store) = self
             .handle
             .read(Consistency::Serializable, |store: &KvStore| {
-                (
-                    store.revision(),
-                    synod_kv::StateMachine::snapshot_job(store),
-                )
+                (store.revision(), store.clone())
             })
             .await
             .map_err(server_status)?;
-        let file = tokio::task::spawn_blocking(move || encode_backup(&job()))
+        let file = tokio::task::spawn_blocking(move || crate::snapshot_file::encode(&store))
             .await
             .map_err(|error| Status::internal(format!("writing the snapshot failed: {error}")))?;
         let file = bytes::Bytes::from(file);

@@ -25,6 +25,7 @@ pub mod metrics;
 mod node;
 pub mod proto;
 mod server;
+pub mod snapshot_file;
 pub mod transport;
 pub mod watch;
 pub mod wire;

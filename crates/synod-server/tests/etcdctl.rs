@@ -5,31 +5,10 @@
 
 mod common;
 
-use common::EtcdCluster;
+use common::{etcd_available, etcdctl_available, EtcdCluster};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-
-/// True when etcdctl can run; otherwise explains (and fails under CI).
-fn etcdctl_available(test: &str) -> bool {
-    let found = std::process::Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .map(|output| output.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "etcdctl is not installed, but CI=true requires it (apt-get install etcd-client)"
-            );
-        }
-        eprintln!(
-            "\n*** SKIPPED {test}: etcdctl is not installed (apt-get install etcd-client) ***\n"
-        );
-    }
-    found
-}
 
 struct Output {
     success: bool,
@@ -303,25 +282,6 @@ async fn etcdctl_reads_history_compacts_and_disarms_nospace() {
     assert_eq!(ok(&one(0), &["alarm", "list"]).await, "");
     assert_eq!(ok(&one(0), &["put", "small", "ok"]).await, "OK\n");
     cluster.stop_all().await;
-}
-
-/// True when a real etcd server can run here, to compare against; otherwise explains (and
-/// fails under CI, which installs Debian's etcd-server).
-fn etcd_available(test: &str) -> bool {
-    let found = std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .map(|output| output.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("etcd is not installed, but CI=true requires it (apt-get install etcd-server)");
-        }
-        eprintln!(
-            "\n*** SKIPPED {test}: etcd is not installed (apt-get install etcd-server) ***\n"
-        );
-    }
-    found
 }
 
 /// A single-member etcd on free loopback ports with a temporary data directory; killed

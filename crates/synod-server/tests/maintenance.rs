@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::EtcdCluster;
+use common::{etcd_available, etcdctl_available, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -357,27 +357,6 @@ async fn a_snapshot_restores_into_a_new_cluster_with_the_same_keys_and_revisions
     restored.stop_all().await;
 }
 
-/// True when etcdctl can run; otherwise explains (and fails under CI).
-fn etcdctl_available(test: &str) -> bool {
-    let found = std::process::Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .map(|output| output.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "etcdctl is not installed, but CI=true requires it (apt-get install etcd-client)"
-            );
-        }
-        eprintln!(
-            "\n*** SKIPPED {test}: etcdctl is not installed (apt-get install etcd-client) ***\n"
-        );
-    }
-    found
-}
-
 /// `etcdctl --endpoints=<host:port,...> args` (etcdctl 3.4's `endpoint` commands need
 /// host:port, docs/client-suites.md); its stdout, or a panic with its output.
 async fn etcdctl(cluster: &EtcdCluster, members: &[usize], args: &[&str]) -> String {
@@ -447,6 +426,17 @@ async fn etcdctl_hashkv_defrag_alarm_and_snapshot_save_work_on_a_synod_cluster()
     assert!(saved.contains("Snapshot saved at"), "{saved}");
     original.stop_all().await;
 
+    // etcdctl reads the file as an etcd database (bbolt's own integrity check included)
+    // and finds what Synod's reader finds.
+    let status = etcdctl_offline(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let ours = synod_server::snapshot_file::status(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(status["hash"], u64::from(ours.hash), "{status}");
+    assert_eq!(status["revision"], before.0, "{status}");
+    assert_eq!(status["revision"], ours.revision, "{status}");
+    assert_eq!(status["totalKey"], ours.total_keys, "{status}");
+    assert_eq!(status["totalSize"], ours.total_size, "{status}");
+
     let mut restored = restored_cluster(&file, &scratch.path().join("new")).await;
     for index in 0..3 {
         assert_eq!(everything(&restored, index).await, before, "member {index}");
@@ -456,4 +446,167 @@ async fn etcdctl_hashkv_defrag_alarm_and_snapshot_save_work_on_a_synod_cluster()
     assert_eq!(got["kvs"][0]["mod_revision"], 4);
     assert_eq!(got["kvs"][0]["create_revision"], 2);
     restored.stop_all().await;
+}
+
+/// Runs etcdctl without endpoints (the `snapshot` commands work on files); its stdout.
+fn etcdctl_offline(args: &[&str]) -> String {
+    let output = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .expect("etcdctl runs");
+    assert!(
+        output.status.success(),
+        "etcdctl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A Synod snapshot is an etcd snapshot: `etcdctl snapshot restore` makes an etcd member
+/// of it that serves the same keys at the same revisions, with the same compaction and
+/// leases (a way from Synod to etcd, as `synod snapshot restore` is the way back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_leases() {
+    let test = "etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_leases";
+    if !etcdctl_available(test) || !etcd_available(test) {
+        return;
+    }
+    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
+    let mut original = EtcdCluster::start(3).await;
+    write_history(&original).await;
+    let lease = LeaseClient::connect(format!("http://{}", original.client_addrs[0]))
+        .await
+        .unwrap()
+        .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut client = kv(&original, 0).await;
+    client
+        .put(pb::PutRequest {
+            key: "leased".into(),
+            value: "x".into(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .compact(pb::CompactionRequest {
+            revision: 4,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    client.put(put("b", "after")).await.unwrap();
+    let before = everything(&original, 0).await;
+    let bytes = snapshot_bytes(&original, 0).await;
+    original.stop_all().await;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("synod.db");
+    std::fs::write(&file, &bytes).unwrap();
+    let (_, addrs) = common::bind_listeners(2).await;
+    let (client_addr, peer) = (addrs[0], addrs[1]);
+    let data = scratch.path().join("etcd");
+    let peer_url = format!("http://{peer}");
+    etcdctl_offline(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--name=restored",
+        &format!("--data-dir={}", data.display()),
+        &format!("--initial-cluster=restored={peer_url}"),
+        &format!("--initial-advertise-peer-urls={peer_url}"),
+    ]);
+    let mut etcd = tokio::process::Command::new("etcd")
+        .args([
+            "--name=restored",
+            &format!("--data-dir={}", data.display()),
+            &format!("--listen-client-urls=http://{client_addr}"),
+            &format!("--advertise-client-urls=http://{client_addr}"),
+            &format!("--listen-peer-urls={peer_url}"),
+            &format!("--initial-advertise-peer-urls={peer_url}"),
+            &format!("--initial-cluster=restored={peer_url}"),
+            "--log-level=error",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcd starts");
+    let started = Instant::now();
+    let mut etcd_kv = loop {
+        if let Ok(mut client) = KvClient::connect(format!("http://{client_addr}")).await {
+            if client.range(get("a")).await.is_ok() {
+                break client;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "etcd did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let response = etcd_kv
+        .range(pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = response
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.clone(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect();
+    assert_eq!((response.header.unwrap().revision, keys), before);
+    let leased = response.kvs.iter().find(|kv| kv.key == b"leased").unwrap();
+    assert_eq!(leased.lease, lease);
+    // History above the compaction is there; below it, etcd says compacted.
+    let old = etcd_kv
+        .range(pb::RangeRequest {
+            key: "a".into(),
+            revision: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.kvs[0].value, b"3");
+    let compacted = etcd_kv
+        .range(pb::RangeRequest {
+            key: "a".into(),
+            revision: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(compacted.message().contains("compacted"), "{compacted:?}");
+    let leases = LeaseClient::connect(format!("http://{client_addr}"))
+        .await
+        .unwrap()
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leases.granted_ttl, 600);
+    assert_eq!(leases.keys, vec![b"leased".to_vec()]);
+    etcd.kill().await.expect("etcd stops");
 }

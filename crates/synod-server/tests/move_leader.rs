@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::EtcdCluster;
+use common::{etcdctl_available, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -66,27 +66,6 @@ async fn move_leader_hands_over_at_the_leader_and_refuses_as_etcd_does() {
     .await
     .unwrap();
     cluster.stop_all().await;
-}
-
-/// True when etcdctl can run; otherwise explains (and fails under CI).
-fn etcdctl_available(test: &str) -> bool {
-    let found = std::process::Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .map(|output| output.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "etcdctl is not installed, but CI=true requires it (apt-get install etcd-client)"
-            );
-        }
-        eprintln!(
-            "\n*** SKIPPED {test}: etcdctl is not installed (apt-get install etcd-client) ***\n"
-        );
-    }
-    found
 }
 
 /// `etcdctl --endpoints=<host:port,…> <args>`: (success, stdout, stderr).

@@ -9,6 +9,7 @@
 //! See docs/storage.md for the file format, the torn-tail rule and the engine choice.
 
 mod bench;
+pub mod bolt;
 mod error;
 mod group_commit;
 pub mod record;

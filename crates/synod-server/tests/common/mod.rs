@@ -294,3 +294,35 @@ impl EtcdCluster {
         }
     }
 }
+
+/// True when `program` runs here (`program args` succeeds); otherwise says loudly that
+/// `test` skips, and fails under CI=true, which installs the Debian `package`.
+fn tool_available(program: &str, args: &[&str], package: &str, test: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{program} is not installed, but CI=true requires it (apt-get install {package})"
+            );
+        }
+        eprintln!(
+            "\n*** SKIPPED {test}: {program} is not installed (apt-get install {package}) ***\n"
+        );
+    }
+    found
+}
+
+/// True when etcdctl can run; otherwise explains (and fails under CI).
+pub fn etcdctl_available(test: &str) -> bool {
+    tool_available("etcdctl", &["version"], "etcd-client", test)
+}
+
+/// True when a real etcd server can run here; otherwise explains (and fails under CI).
+pub fn etcd_available(test: &str) -> bool {
+    tool_available("etcd", &["--version"], "etcd-server", test)
+}
