@@ -141,6 +141,20 @@ impl KvStore {
         encode_backup(&self.snapshot())
     }
 
+    /// A store holding etcd's data, as its snapshot's `key` bucket lists it (revisions in
+    /// any order), with its compacted revision and its leases (id, TTL): the first state of
+    /// a new cluster migrated from etcd, with `template`'s settings. Data that is not a
+    /// consistent history (a revision whose key does not change there, versions that do
+    /// not count up, a key naming a lease that is missing …) is refused.
+    pub fn from_etcd(
+        events: Vec<crate::RetainedEvent>,
+        compacted: i64,
+        leases: Vec<(i64, i64)>,
+        template: &KvStore,
+    ) -> Result<KvStore, BackupError> {
+        crate::image::from_etcd(events, compacted, leases, template).map_err(BackupError::Image)
+    }
+
     /// A store holding a backup's keys, history, revisions and alarms, with `template`'s
     /// settings, as the first state of a new cluster: no slot applied yet and no client
     /// sessions (the log that numbered them and the clients belong to the old cluster).

@@ -170,6 +170,11 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
         }
         _ => codec::decode_as::<StoreImage>(SNAPSHOT_FORMAT_VERSION, snapshot)?,
     };
+    into_store(image, template)
+}
+
+/// The store an image describes, once [`check`] finds it consistent.
+fn into_store(image: StoreImage, template: &KvStore) -> Result<KvStore, SnapshotError> {
     check(&image).map_err(SnapshotError::Inconsistent)?;
     let mut store = KvStore::with_max_sessions(template.max_sessions())
         .with_quota_bytes(template.quota_bytes());
@@ -213,6 +218,78 @@ pub(crate) fn decode(snapshot: &[u8], template: &KvStore) -> Result<KvStore, Sna
     store.lease_epoch = image.lease_epoch;
     store.leases_granted = image.leases_granted;
     Ok(store)
+}
+
+/// A store of etcd's data (its `key` bucket's revisions, its compacted revision and its
+/// leases), checked as every snapshot image is, with `template`'s settings: the first state
+/// of a new cluster, so no slot applied and no sessions or alarms.
+pub(crate) fn from_etcd(
+    mut events: Vec<crate::RetainedEvent>,
+    compacted: i64,
+    leases: Vec<(i64, i64)>,
+    template: &KvStore,
+) -> Result<KvStore, SnapshotError> {
+    events.sort_by_key(|event| (event.main, event.sub));
+    let revision = events
+        .last()
+        .map_or(INITIAL_REVISION, |event| event.main)
+        .max(compacted)
+        .max(INITIAL_REVISION);
+    let base = compacted.max(INITIAL_REVISION);
+    let mut changes = vec![Vec::new(); (revision - base) as usize];
+    let mut keys: std::collections::BTreeMap<Bytes, Vec<KeyEvent>> = Default::default();
+    for event in events {
+        if event.main > base {
+            changes[(event.main - base - 1) as usize].push(event.key.clone());
+        }
+        let key_event = match event.kv {
+            Some(kv) => KeyEvent::Put(Entry {
+                value: kv.value,
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            }),
+            None => KeyEvent::Delete {
+                revision: event.main,
+            },
+        };
+        keys.entry(event.key).or_default().push(key_event);
+    }
+    // What a compaction at `compacted` keeps of each key (etcd's `keyIndex.compact`): its
+    // last event at or before it if that is a put, and everything after. etcd's data is
+    // compacted already unless the snapshot caught a compaction midway (its scheduled
+    // revision above the finished one); then this finishes it, as etcd does on start.
+    keys.retain(|_, events| {
+        if let Some(last_old) = events.iter().rposition(|e| e.revision() <= compacted) {
+            let keep_from = match events[last_old] {
+                KeyEvent::Put(_) => last_old,
+                KeyEvent::Delete { .. } => last_old + 1,
+            };
+            events.drain(..keep_from);
+        }
+        !events.is_empty()
+    });
+    let mut leases = leases;
+    leases.sort_unstable();
+    let image = StoreImage {
+        applied: 0,
+        revision,
+        compacted,
+        nospace: false,
+        alarms: Vec::new(),
+        keys: keys
+            .into_iter()
+            .map(|(key, events)| KeyImage { key, events })
+            .collect(),
+        changes_base: base,
+        changes,
+        sessions: Vec::new(),
+        leases,
+        lease_epoch: crate::LeaseEpoch::ZERO,
+        leases_granted: 0,
+    };
+    into_store(image, template)
 }
 
 fn from_history(image: HistoryImage) -> StoreImage {

@@ -42,7 +42,8 @@ pub struct StatusArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RestoreArgs {
-    /// The backup (`etcdctl snapshot save FILE` against a Synod member).
+    /// The snapshot (`etcdctl snapshot save FILE` against a Synod member, or against etcd:
+    /// its keys, revisions, compaction and leases come over).
     pub file: PathBuf,
     /// The new member's data directory; must not exist or be empty.
     #[arg(long)]
@@ -54,8 +55,13 @@ pub fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     match args.command {
         SnapshotCommand::Restore(restore) => {
             let restored = crate::data_dir::restore_backup(&restore.file, &restore.data_dir)?;
+            let source = match restored.origin {
+                crate::snapshot_file::Origin::Synod => "Synod snapshot",
+                crate::snapshot_file::Origin::SynodBackup => "Synod backup",
+                crate::snapshot_file::Origin::Etcd => "etcd snapshot",
+            };
             println!(
-                "restored {} keys at revision {} (compacted at {}) from {} into {}",
+                "restored {} keys at revision {} (compacted at {}) from the {source} {} into {}",
                 restored.keys,
                 restored.revision,
                 restored.compacted_revision,

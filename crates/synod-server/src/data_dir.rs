@@ -126,6 +126,7 @@ pub fn amnesia_error(config: &ServerConfig, wal_dir: &Path) -> ServerError {
 /// What `synod snapshot restore` put in place.
 #[derive(Debug)]
 pub struct Restored {
+    pub origin: crate::snapshot_file::Origin,
     pub revision: i64,
     pub compacted_revision: i64,
     pub keys: usize,
@@ -138,9 +139,7 @@ pub fn restore_backup(backup: &Path, data_dir: &Path) -> Result<Restored, Server
         ServerError::Io(format!("{}: {error}", path.display()))
     };
     let bytes = std::fs::read(backup).map_err(|error| io(backup, error))?;
-    let contents = crate::snapshot_file::backup_bytes(&bytes)
-        .map_err(|error| ServerError::Recovery(format!("{}: {error}", backup.display())))?;
-    let store = KvStore::from_backup(&contents, &KvStore::new())
+    let (store, origin) = crate::snapshot_file::read_store(&bytes, &KvStore::new())
         .map_err(|error| ServerError::Recovery(format!("{}: {error}", backup.display())))?;
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
@@ -166,6 +165,7 @@ pub fn restore_backup(backup: &Path, data_dir: &Path) -> Result<Restored, Server
         .and_then(|dir| dir.sync_all())
         .map_err(|error| io(data_dir, error))?;
     Ok(Restored {
+        origin,
         revision: store.revision(),
         compacted_revision: store.compacted_revision(),
         keys: store.len(),
@@ -233,14 +233,14 @@ mod tests {
         std::fs::write(&foreign, b"not a backup").expect("write foreign");
         let from_etcd = dir.path().join("etcd.db");
         let mut etcd = synod_storage::bolt::BoltBuilder::new();
-        etcd.bucket(b"key", Vec::new()).bucket(b"meta", Vec::new());
+        etcd.bucket(b"key", vec![(b"k".to_vec(), b"v".to_vec())]);
         std::fs::write(&from_etcd, etcd.finish()).expect("write etcd's");
 
         let refused = dir.path().join("refused");
         let error = restore_backup(&foreign, &refused).expect_err("a foreign file");
         assert!(error.to_string().contains("not a snapshot"), "{error}");
-        let error = restore_backup(&from_etcd, &refused).expect_err("etcd's snapshot");
-        assert!(error.to_string().contains("taken from etcd"), "{error}");
+        let error = restore_backup(&from_etcd, &refused).expect_err("an empty etcd snapshot");
+        assert!(error.to_string().contains("etcd snapshot"), "{error}");
         assert!(!refused.exists(), "a refused restore writes nothing");
         // The bare backup Synod streamed before still restores.
         let bare = dir.path().join("bare.db");

@@ -15,12 +15,12 @@
 //! restore` makes an etcd member of it (keys, revisions, compaction and leases carry over).
 //! `synod snapshot restore` reads the `synod` bucket, which holds everything Synod keeps
 //! (sessions aside) exactly, including what etcd's buckets cannot say (lease epochs,
-//! members' alarms). A bare Synod backup (the format streamed before) is still read.
+//! members' alarms). A bare Synod backup (the format streamed before) is still read, and so
+//! is a snapshot of etcd (no `synod` bucket): its keys, revisions, compaction and leases.
 
 use crate::proto::mvccpb;
 use sha2::{Digest, Sha256};
-use std::borrow::Cow;
-use synod_kv::{KvStore, StateMachine, BACKUP_MAGIC};
+use synod_kv::{BackupError, KvStore, StateMachine, BACKUP_MAGIC};
 use synod_storage::bolt::{BoltBuilder, BoltError, BoltFile};
 
 /// The bucket and key that hold Synod's backup.
@@ -121,8 +121,10 @@ pub enum SnapshotFileError {
     ChecksumMismatch,
     /// A bbolt file that cannot be read.
     Bolt(BoltError),
-    /// An etcd snapshot (no `synod` bucket): taken from etcd, not from Synod.
-    EtcdSnapshot,
+    /// Synod's backup inside the file is not usable.
+    Backup(BackupError),
+    /// An etcd snapshot whose data is not what etcd writes: what is wrong.
+    EtcdData(String),
 }
 
 impl std::fmt::Display for SnapshotFileError {
@@ -137,19 +139,27 @@ impl std::fmt::Display for SnapshotFileError {
                 "the snapshot's sha256 does not match its contents (damaged or cut short)"
             ),
             SnapshotFileError::Bolt(error) => write!(f, "{error}"),
-            SnapshotFileError::EtcdSnapshot => write!(
-                f,
-                "a snapshot taken from etcd, not from Synod (it has no `synod` bucket): \
-                 Synod restores only its own snapshots"
-            ),
+            SnapshotFileError::Backup(error) => write!(f, "{error}"),
+            SnapshotFileError::EtcdData(why) => write!(f, "an etcd snapshot Synod cannot read: {why}"),
         }
     }
 }
 
 impl std::error::Error for SnapshotFileError {}
 
+/// Where a restored state came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A snapshot Synod streamed (its `synod` bucket).
+    Synod,
+    /// A bare Synod backup (what Synod streamed before its snapshots were bbolt files).
+    SynodBackup,
+    /// A snapshot of etcd: its keys, revisions, compaction and leases.
+    Etcd,
+}
+
 /// The database bytes of a snapshot file, without (and checked against) the sha256 etcd
-/// appends; `None` when there is no trailer, as in a database file copied from disk.
+/// appends; the whole file when there is no trailer, as in a database copied from disk.
 fn database(file: &[u8]) -> Result<&[u8], SnapshotFileError> {
     // etcd's rule (`snapshot restore`): a length 32 more than a multiple of 512 means a
     // trailer, as a bbolt file is whole pages.
@@ -163,25 +173,106 @@ fn database(file: &[u8]) -> Result<&[u8], SnapshotFileError> {
     Ok(database)
 }
 
-/// Synod's backup inside a snapshot file (or the file itself, when it is a bare backup),
-/// for [`KvStore::from_backup`].
-pub fn backup_bytes(file: &[u8]) -> Result<Cow<'_, [u8]>, SnapshotFileError> {
-    if file.starts_with(BACKUP_MAGIC) {
-        return Ok(Cow::Borrowed(file));
+fn open(file: &[u8]) -> Result<BoltFile<'_>, SnapshotFileError> {
+    match BoltFile::open(database(file)?) {
+        Ok(bolt) => Ok(bolt),
+        Err(BoltError::NotBolt) => Err(SnapshotFileError::Unrecognized),
+        Err(error) => Err(SnapshotFileError::Bolt(error)),
     }
-    let database = database(file)?;
-    let bolt = match BoltFile::open(database) {
-        Ok(bolt) => bolt,
-        Err(BoltError::NotBolt) => return Err(SnapshotFileError::Unrecognized),
-        Err(error) => return Err(SnapshotFileError::Bolt(error)),
-    };
-    match bolt
+}
+
+/// The state a snapshot file holds, with `template`'s settings, as the first state of a new
+/// cluster (no slot applied, no sessions): Synod's backup from a Synod snapshot, or etcd's
+/// keys, revisions, compaction and leases from an etcd snapshot (a way from etcd to Synod).
+pub fn read_store(file: &[u8], template: &KvStore) -> Result<(KvStore, Origin), SnapshotFileError> {
+    if file.starts_with(BACKUP_MAGIC) {
+        let store = KvStore::from_backup(file, template).map_err(SnapshotFileError::Backup)?;
+        return Ok((store, Origin::SynodBackup));
+    }
+    let bolt = open(file)?;
+    if let Some(backup) = bolt
         .get(SYNOD_BUCKET, BACKUP_KEY)
         .map_err(SnapshotFileError::Bolt)?
     {
-        Some(backup) => Ok(Cow::Borrowed(backup)),
-        None => Err(SnapshotFileError::EtcdSnapshot),
+        let store = KvStore::from_backup(backup, template).map_err(SnapshotFileError::Backup)?;
+        return Ok((store, Origin::Synod));
     }
+    Ok((etcd_store(&bolt, template)?, Origin::Etcd))
+}
+
+/// etcd's revision key: (main, sub, tombstone).
+fn parse_revision_key(key: &[u8]) -> Option<(i64, i64, bool)> {
+    let tombstone = match key.len() {
+        17 => false,
+        18 if key[17] == b't' => true,
+        _ => return None,
+    };
+    if key[8] != b'_' {
+        return None;
+    }
+    let main = u64::from_be_bytes(key[..8].try_into().ok()?) as i64;
+    let sub = u64::from_be_bytes(key[9..17].try_into().ok()?) as i64;
+    Some((main, sub, tombstone))
+}
+
+/// The store etcd's buckets describe.
+fn etcd_store(bolt: &BoltFile<'_>, template: &KvStore) -> Result<KvStore, SnapshotFileError> {
+    use prost::Message;
+    let bad = |why: String| SnapshotFileError::EtcdData(why);
+    let bucket = |name: &[u8]| {
+        bolt.bucket(name)
+            .map_err(SnapshotFileError::Bolt)
+            .map(Option::unwrap_or_default)
+    };
+    if bolt
+        .bucket(KEY_BUCKET)
+        .map_err(SnapshotFileError::Bolt)?
+        .is_none()
+    {
+        return Err(bad(
+            "it has no `key` bucket (not an etcd v3 backend database)".to_string(),
+        ));
+    }
+    let mut events = Vec::new();
+    for entry in bucket(KEY_BUCKET)? {
+        let (main, sub, tombstone) = parse_revision_key(entry.key)
+            .ok_or_else(|| bad(format!("{:?} in `key` is not a revision", entry.key)))?;
+        let kv = mvccpb::KeyValue::decode(entry.value)
+            .map_err(|error| bad(format!("revision {main}.{sub}: {error}")))?;
+        let key = bytes::Bytes::from(kv.key.clone());
+        events.push(synod_kv::RetainedEvent {
+            main,
+            sub,
+            key: key.clone(),
+            kv: (!tombstone).then(|| synod_kv::KeyValue {
+                key,
+                value: kv.value.into(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            }),
+        });
+    }
+    let mut leases = Vec::new();
+    for entry in bucket(LEASE_BUCKET)? {
+        let lease =
+            LeaseRecord::decode(entry.value).map_err(|error| bad(format!("a lease: {error}")))?;
+        leases.push((lease.id, lease.ttl));
+    }
+    let mut compacted = 0;
+    for entry in bucket(META_BUCKET)? {
+        if entry.key == b"finishedCompactRev" || entry.key == b"scheduledCompactRev" {
+            let (main, _, _) = parse_revision_key(entry.value).ok_or_else(|| {
+                bad(format!(
+                    "{} is not a revision",
+                    String::from_utf8_lossy(entry.key)
+                ))
+            })?;
+            compacted = compacted.max(main);
+        }
+    }
+    KvStore::from_etcd(events, compacted, leases, template).map_err(|error| bad(error.to_string()))
 }
 
 /// What `etcdctl snapshot status` reports of a snapshot, computed as it does.
@@ -199,12 +290,7 @@ pub struct SnapshotStatus {
 
 /// The status of a snapshot file (Synod's or etcd's), as `etcdctl snapshot status` says it.
 pub fn status(file: &[u8]) -> Result<SnapshotStatus, SnapshotFileError> {
-    let database = database(file)?;
-    let bolt = match BoltFile::open(database) {
-        Ok(bolt) => bolt,
-        Err(BoltError::NotBolt) => return Err(SnapshotFileError::Unrecognized),
-        Err(error) => return Err(SnapshotFileError::Bolt(error)),
-    };
+    let bolt = open(file)?;
     let mut hash = 0u32;
     let mut revision = 0;
     let mut total_keys = 0;
@@ -261,8 +347,8 @@ mod tests {
         }
         let file = encode(&store);
         assert_eq!(file.len() % 512, SHA256_BYTES);
-        let backup = backup_bytes(&file).expect("backup");
-        let restored = KvStore::from_backup(&backup, &KvStore::new()).expect("restore");
+        let (restored, origin) = read_store(&file, &KvStore::new()).expect("restore");
+        assert_eq!(origin, Origin::Synod);
         assert_eq!(restored.revision(), store.revision());
         assert_eq!(restored.len(), 100);
         assert_eq!(restored.get(b"k42"), store.get(b"k42"));
@@ -272,10 +358,26 @@ mod tests {
         assert_eq!(status.total_keys, 102);
         assert_eq!(status.total_size, (file.len() - SHA256_BYTES) as u64);
         // A bare backup (the format streamed before) still restores.
-        assert_eq!(
-            backup_bytes(&store.backup()).expect("bare"),
-            store.backup().as_slice()
-        );
+        let (bare, origin) = read_store(&store.backup(), &KvStore::new()).expect("bare");
+        assert_eq!(origin, Origin::SynodBackup);
+        assert_eq!(bare.get(b"k42"), store.get(b"k42"));
+        // Without the `synod` bucket, as from etcd: the same keys from etcd's buckets.
+        let bolt = BoltFile::open(&file[..file.len() - SHA256_BYTES]).expect("bolt");
+        let mut etcd = BoltBuilder::new();
+        for name in [KEY_BUCKET, LEASE_BUCKET, META_BUCKET] {
+            let entries = bolt.bucket(name).expect("read").expect("bucket");
+            etcd.bucket(
+                name,
+                entries
+                    .into_iter()
+                    .map(|entry| (entry.key.to_vec(), entry.value.to_vec()))
+                    .collect(),
+            );
+        }
+        let (from_etcd, origin) = read_store(&etcd.finish(), &KvStore::new()).expect("etcd");
+        assert_eq!(origin, Origin::Etcd);
+        assert_eq!(from_etcd.retained_events(), store.retained_events());
+        assert_eq!(from_etcd.revision(), store.revision());
     }
 
     #[test]
@@ -285,21 +387,23 @@ mod tests {
         let file = encode(&store);
         let mut flipped = file.clone();
         flipped[5 * 512] ^= 1;
+        let read = |bytes: &[u8]| read_store(bytes, &KvStore::new()).map(|(_, origin)| origin);
         assert_eq!(
-            backup_bytes(&flipped).unwrap_err(),
+            read(&flipped).unwrap_err(),
             SnapshotFileError::ChecksumMismatch
         );
         assert_eq!(
-            backup_bytes(b"hello, world").unwrap_err(),
+            read(b"hello, world").unwrap_err(),
             SnapshotFileError::Unrecognized
         );
-        // An etcd snapshot: etcd's buckets and no `synod` bucket.
-        let mut builder = BoltBuilder::new();
-        builder.bucket(KEY_BUCKET, Vec::new());
-        builder.bucket(META_BUCKET, Vec::new());
-        assert_eq!(
-            backup_bytes(&builder.finish()).unwrap_err(),
-            SnapshotFileError::EtcdSnapshot
-        );
+        // A bbolt file that is no etcd database, and one whose revisions are not etcd's.
+        let mut other = BoltBuilder::new();
+        other.bucket(b"things", Vec::new());
+        let error = read(&other.finish()).unwrap_err();
+        assert!(error.to_string().contains("no `key` bucket"), "{error}");
+        let mut wrong = BoltBuilder::new();
+        wrong.bucket(KEY_BUCKET, vec![(b"k".to_vec(), b"v".to_vec())]);
+        let error = read(&wrong.finish()).unwrap_err();
+        assert!(error.to_string().contains("is not a revision"), "{error}");
     }
 }

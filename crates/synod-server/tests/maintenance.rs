@@ -509,48 +509,11 @@ async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_l
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("synod.db");
     std::fs::write(&file, &bytes).unwrap();
-    let (_, addrs) = common::bind_listeners(2).await;
-    let (client_addr, peer) = (addrs[0], addrs[1]);
     let data = scratch.path().join("etcd");
-    let peer_url = format!("http://{peer}");
-    etcdctl_offline(&[
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--name=restored",
-        &format!("--data-dir={}", data.display()),
-        &format!("--initial-cluster=restored={peer_url}"),
-        &format!("--initial-advertise-peer-urls={peer_url}"),
-    ]);
-    let mut etcd = tokio::process::Command::new("etcd")
-        .args([
-            "--name=restored",
-            &format!("--data-dir={}", data.display()),
-            &format!("--listen-client-urls=http://{client_addr}"),
-            &format!("--advertise-client-urls=http://{client_addr}"),
-            &format!("--listen-peer-urls={peer_url}"),
-            &format!("--initial-advertise-peer-urls={peer_url}"),
-            &format!("--initial-cluster=restored={peer_url}"),
-            "--log-level=error",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("etcd starts");
-    let started = Instant::now();
-    let mut etcd_kv = loop {
-        if let Ok(mut client) = KvClient::connect(format!("http://{client_addr}")).await {
-            if client.range(get("a")).await.is_ok() {
-                break client;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "etcd did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut etcd, client_addr) = RealEtcd::start(&data, Some(&file)).await;
+    let mut etcd_kv = KvClient::connect(format!("http://{client_addr}"))
+        .await
+        .unwrap();
     let response = etcd_kv
         .range(pb::RangeRequest {
             key: vec![0],
@@ -609,4 +572,203 @@ async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_l
     assert_eq!(leases.granted_ttl, 600);
     assert_eq!(leases.keys, vec![b"leased".to_vec()]);
     etcd.kill().await.expect("etcd stops");
+}
+
+/// A one-member etcd on free loopback ports (killed by pid on drop), started on `data`,
+/// which `etcdctl snapshot restore` first makes of `snapshot` when given.
+struct RealEtcd;
+
+impl RealEtcd {
+    async fn start(
+        data: &Path,
+        snapshot: Option<&Path>,
+    ) -> (tokio::process::Child, std::net::SocketAddr) {
+        let (_, addrs) = common::bind_listeners(2).await;
+        let (client_addr, peer) = (addrs[0], addrs[1]);
+        let peer_url = format!("http://{peer}");
+        let member = [
+            "--name=restored".to_string(),
+            format!("--data-dir={}", data.display()),
+            format!("--initial-cluster=restored={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+        ];
+        if let Some(snapshot) = snapshot {
+            let mut args = vec!["snapshot", "restore", snapshot.to_str().unwrap()];
+            args.extend(member.iter().map(String::as_str));
+            etcdctl_offline(&args);
+        }
+        let etcd = tokio::process::Command::new("etcd")
+            .args(&member)
+            .args([
+                format!("--listen-client-urls=http://{client_addr}"),
+                format!("--advertise-client-urls=http://{client_addr}"),
+                format!("--listen-peer-urls={peer_url}"),
+                "--log-level=error".to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("etcd starts");
+        let started = Instant::now();
+        loop {
+            if let Ok(mut client) = KvClient::connect(format!("http://{client_addr}")).await {
+                if client.range(get("a")).await.is_ok() {
+                    return (etcd, client_addr);
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "etcd did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The way from etcd: `synod snapshot restore` of a snapshot `etcdctl snapshot save` took
+/// from etcd starts a Synod cluster with etcd's keys, revisions, compaction and leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_leases() {
+    let test = "synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_leases";
+    if !etcdctl_available(test) || !etcd_available(test) {
+        return;
+    }
+    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
+    let scratch = tempfile::tempdir().unwrap();
+    let (mut etcd, client_addr) = RealEtcd::start(&scratch.path().join("etcd"), None).await;
+    let mut client = KvClient::connect(format!("http://{client_addr}"))
+        .await
+        .unwrap();
+    for (key, value) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")] {
+        client.put(put(key, value)).await.unwrap();
+    }
+    client
+        .txn(pb::TxnRequest {
+            success: vec![
+                pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestDeleteRange(
+                        pb::DeleteRangeRequest {
+                            key: "c".into(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(put("d", "5"))),
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lease = LeaseClient::connect(format!("http://{client_addr}"))
+        .await
+        .unwrap()
+        .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    client
+        .put(pb::PutRequest {
+            key: "leased".into(),
+            value: "x".into(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .compact(pb::CompactionRequest {
+            revision: 4,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    client.put(put("b", "after")).await.unwrap();
+    let response = client
+        .range(pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let before: (i64, Vec<_>) = (
+        response.header.unwrap().revision,
+        response
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    kv.key,
+                    kv.value,
+                    kv.create_revision,
+                    kv.mod_revision,
+                    kv.version,
+                )
+            })
+            .collect(),
+    );
+    let file = scratch.path().join("etcd.db");
+    etcdctl_offline(&[
+        &format!("--endpoints={client_addr}"),
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+    ]);
+    etcd.kill().await.expect("etcd stops");
+    // Synod reads etcd's own bbolt file (its inline buckets, its freelist wherever bbolt
+    // put it) as etcdctl does.
+    let status = etcdctl_offline(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let ours = synod_server::snapshot_file::status(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(status["hash"], u64::from(ours.hash), "{status}");
+    assert_eq!(status["revision"], before.0, "{status}");
+    assert_eq!(status["totalKey"], ours.total_keys, "{status}");
+    assert_eq!(status["totalSize"], ours.total_size, "{status}");
+
+    let mut restored = restored_cluster(&file, &scratch.path().join("synod")).await;
+    for index in 0..3 {
+        assert_eq!(everything(&restored, index).await, before, "member {index}");
+    }
+    // The history above the compaction came over, with the txn's two writes at one
+    // revision; below it, compacted.
+    let mut synod_kv = kv(&restored, 0).await;
+    let at_six = synod_kv
+        .range(pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: 6,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = at_six.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"d".to_vec()]);
+    let compacted = synod_kv
+        .range(pb::RangeRequest {
+            key: "a".into(),
+            revision: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(compacted.message().contains("compacted"), "{compacted:?}");
+    let ttl = LeaseClient::connect(format!("http://{}", restored.client_addrs[0]))
+        .await
+        .unwrap()
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 600);
+    assert_eq!(ttl.keys, vec![b"leased".to_vec()]);
+    restored.stop_all().await;
 }

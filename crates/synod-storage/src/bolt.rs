@@ -475,9 +475,11 @@ impl<'a> BoltFile<'a> {
                 "page {page}: tree deeper than {MAX_DEPTH}"
             )));
         }
-        if page < 3 || page >= self.high_water {
+        // Pages 0 and 1 are the meta pages; bbolt puts the freelist and the trees anywhere
+        // after them (a page of another type is caught when read).
+        if page < 2 || page >= self.high_water {
             return Err(corrupt(format!(
-                "page {page}: outside the data pages 3..{}",
+                "page {page}: outside the data pages 2..{}",
                 self.high_water
             )));
         }
