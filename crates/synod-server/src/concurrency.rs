@@ -255,17 +255,6 @@ fn leader_in(store: &KvStore, prefix: &Bytes) -> Option<KeyValue> {
         .min_by_key(|kv| kv.create_revision)
 }
 
-fn kv_to_proto(kv: KeyValue) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: kv.key.to_vec(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value.to_vec(),
-        lease: kv.lease,
-    }
-}
-
 /// Deletes a waiter's key if its request is dropped before it is through (the client
 /// went away while waiting), as etcd's `Mutex.Lock` unlocks on failure.
 struct Abandon {
@@ -408,7 +397,7 @@ impl Election for Concurrency {
         let kv = leader.ok_or_else(|| Status::not_found("election: no leader"))?;
         Ok(tonic::Response::new(election::LeaderResponse {
             header: self.header(revision),
-            kv: Some(kv_to_proto(kv)),
+            kv: Some(mvccpb::KeyValue::from(kv)),
         }))
     }
 
@@ -437,7 +426,7 @@ impl Election for Concurrency {
                         last = Some(seen);
                         let response = election::LeaderResponse {
                             header: service.header(revision),
-                            kv: Some(kv_to_proto(kv)),
+                            kv: Some(mvccpb::KeyValue::from(kv)),
                         };
                         if responses.send(Ok(response)).await.is_err() {
                             return;

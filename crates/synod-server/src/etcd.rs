@@ -30,8 +30,8 @@ use crate::{Consistency, Handle, MoveLeaderError, ServerError};
 use std::sync::Arc;
 use synod_kv::{
     AlarmAction, AlarmKind, AlarmRequest, Command, CompactRequest, Compare, CompareResult,
-    CompareTarget, DeleteRangeRequest, KeyValue, KvError, KvStore, Op, OpResponse, PutRequest,
-    RangeRequest, RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
+    CompareTarget, DeleteRangeRequest, KvError, KvStore, Op, OpResponse, PutRequest, RangeRequest,
+    RangeResponse, Response, TxnRequest, MAX_TXN_DEPTH,
 };
 use tonic::{Request, Status};
 
@@ -216,17 +216,6 @@ pub(crate) fn kv_status(error: KvError) -> Status {
     }
 }
 
-fn kv_to_proto(kv: KeyValue) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: kv.key.to_vec(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value.to_vec(),
-        lease: kv.lease,
-    }
-}
-
 fn range_from_proto(request: &pb::RangeRequest) -> RangeRequest {
     RangeRequest {
         key: request.key.clone().into(),
@@ -344,7 +333,7 @@ impl EtcdApi {
     fn range_to_proto(&self, range: RangeResponse, revision: i64) -> pb::RangeResponse {
         pb::RangeResponse {
             header: self.header(revision),
-            kvs: range.kvs.into_iter().map(kv_to_proto).collect(),
+            kvs: range.kvs.into_iter().map(mvccpb::KeyValue::from).collect(),
             more: range.more,
             count: range.count,
         }
@@ -356,12 +345,16 @@ impl EtcdApi {
             OpResponse::Range(range) => R::ResponseRange(self.range_to_proto(range, revision)),
             OpResponse::Put(put) => R::ResponsePut(pb::PutResponse {
                 header: self.header(revision),
-                prev_kv: put.prev_kv.map(kv_to_proto),
+                prev_kv: put.prev_kv.map(mvccpb::KeyValue::from),
             }),
             OpResponse::DeleteRange(delete) => R::ResponseDeleteRange(pb::DeleteRangeResponse {
                 header: self.header(revision),
                 deleted: delete.deleted,
-                prev_kvs: delete.prev_kvs.into_iter().map(kv_to_proto).collect(),
+                prev_kvs: delete
+                    .prev_kvs
+                    .into_iter()
+                    .map(mvccpb::KeyValue::from)
+                    .collect(),
             }),
             OpResponse::Txn(txn) => R::ResponseTxn(pb::TxnResponse {
                 header: self.header(revision),
@@ -476,7 +469,7 @@ impl Kv for EtcdApi {
         match response.result.map_err(kv_status)? {
             OpResponse::Put(put) => Ok(tonic::Response::new(pb::PutResponse {
                 header: self.header(response.revision),
-                prev_kv: put.prev_kv.map(kv_to_proto),
+                prev_kv: put.prev_kv.map(mvccpb::KeyValue::from),
             })),
             other => Err(Status::internal(format!("a put produced {other:?}"))),
         }
@@ -492,7 +485,11 @@ impl Kv for EtcdApi {
             OpResponse::DeleteRange(delete) => Ok(tonic::Response::new(pb::DeleteRangeResponse {
                 header: self.header(response.revision),
                 deleted: delete.deleted,
-                prev_kvs: delete.prev_kvs.into_iter().map(kv_to_proto).collect(),
+                prev_kvs: delete
+                    .prev_kvs
+                    .into_iter()
+                    .map(mvccpb::KeyValue::from)
+                    .collect(),
             })),
             other => Err(Status::internal(format!("a delete produced {other:?}"))),
         }

@@ -62,14 +62,7 @@ pub fn encode(store: &KvStore) -> Vec<u8> {
         .map(|event| {
             let tombstone = event.kv.is_none();
             let kv = match event.kv {
-                Some(kv) => mvccpb::KeyValue {
-                    key: kv.key.to_vec(),
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                    version: kv.version,
-                    value: kv.value.to_vec(),
-                    lease: kv.lease,
-                },
+                Some(kv) => mvccpb::KeyValue::from(kv),
                 None => mvccpb::KeyValue {
                     key: event.key.to_vec(),
                     ..mvccpb::KeyValue::default()

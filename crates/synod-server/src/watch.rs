@@ -370,14 +370,7 @@ fn to_responses(
 }
 
 fn event_to_proto(event: &WatchEvent) -> mvccpb::Event {
-    let kv = |kv: &synod_kv::KeyValue| mvccpb::KeyValue {
-        key: kv.key.to_vec(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value.to_vec(),
-        lease: kv.lease,
-    };
+    let kv = |kv: &synod_kv::KeyValue| mvccpb::KeyValue::from(kv);
     mvccpb::Event {
         r#type: match event.kind {
             EventKind::Put => mvccpb::event::EventType::Put,

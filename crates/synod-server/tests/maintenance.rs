@@ -260,8 +260,14 @@ async fn everything(
     cluster: &EtcdCluster,
     index: usize,
 ) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
-    let response = kv(cluster, index)
+    everything_at(&cluster.client_addrs[index].to_string()).await
+}
+
+/// [`everything`] from the server at `endpoint` (host:port), Synod or etcd.
+async fn everything_at(endpoint: &str) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
+    let response = KvClient::connect(format!("http://{endpoint}"))
         .await
+        .unwrap()
         .range(pb::RangeRequest {
             key: vec![0],
             range_end: vec![0],
@@ -284,6 +290,40 @@ async fn everything(
         })
         .collect();
     (response.header.unwrap().revision, keys)
+}
+
+/// What [`lease_compaction_and_a_later_put`] left, as the server at `endpoint` (Synod or
+/// etcd, restored from the other's snapshot) serves it: `a` at revision 4 reads "3",
+/// revision 3 is compacted, the lease has its TTL and its key.
+async fn assert_compaction_and_lease(endpoint: &str, lease: i64) {
+    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
+    let mut client = KvClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap();
+    let at = |revision| pb::RangeRequest {
+        key: "a".into(),
+        revision,
+        ..Default::default()
+    };
+    let old = client.range(at(4)).await.unwrap().into_inner();
+    assert_eq!(old.kvs[0].value, b"3");
+    assert_eq!(old.kvs[0].mod_revision, 4);
+    let compacted = client.range(at(3)).await.unwrap_err();
+    assert!(compacted.message().contains("compacted"), "{compacted:?}");
+    let leased = client.range(get("leased")).await.unwrap().into_inner();
+    assert_eq!(leased.kvs[0].lease, lease);
+    let ttl = LeaseClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap()
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 600);
+    assert_eq!(ttl.keys, vec![b"leased".to_vec()]);
 }
 
 /// Restores `backup` into a data directory per member under `base` and starts a new
@@ -428,14 +468,7 @@ async fn etcdctl_hashkv_defrag_alarm_and_snapshot_save_work_on_a_synod_cluster()
 
     // etcdctl reads the file as an etcd database (bbolt's own integrity check included)
     // and finds what Synod's reader finds.
-    let status = etcdctl_offline(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
-    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
-    let ours = synod_server::snapshot_file::status(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(status["hash"], u64::from(ours.hash), "{status}");
-    assert_eq!(status["revision"], before.0, "{status}");
-    assert_eq!(status["revision"], ours.revision, "{status}");
-    assert_eq!(status["totalKey"], ours.total_keys, "{status}");
-    assert_eq!(status["totalSize"], ours.total_size, "{status}");
+    assert_status_agrees(&file, before.0);
 
     let mut restored = restored_cluster(&file, &scratch.path().join("new")).await;
     for index in 0..3 {
@@ -446,6 +479,19 @@ async fn etcdctl_hashkv_defrag_alarm_and_snapshot_save_work_on_a_synod_cluster()
     assert_eq!(got["kvs"][0]["mod_revision"], 4);
     assert_eq!(got["kvs"][0]["create_revision"], 2);
     restored.stop_all().await;
+}
+
+/// `etcdctl snapshot status` of `file` (bbolt's own integrity check included) finds the
+/// hash, revision, key count and size that `synod snapshot status` finds.
+fn assert_status_agrees(file: &Path, revision: i64) {
+    let status = etcdctl_offline(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let ours = synod_server::snapshot_file::status(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(status["hash"], u64::from(ours.hash), "{status}");
+    assert_eq!(status["revision"], revision, "{status}");
+    assert_eq!(ours.revision, revision);
+    assert_eq!(status["totalKey"], ours.total_keys, "{status}");
+    assert_eq!(status["totalSize"], ours.total_size, "{status}");
 }
 
 /// Runs etcdctl without endpoints (the `snapshot` commands work on files); its stdout.
@@ -473,10 +519,29 @@ async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_l
     if !etcdctl_available(test) || !etcd_available(test) {
         return;
     }
-    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
     let mut original = EtcdCluster::start(3).await;
     write_history(&original).await;
-    let lease = LeaseClient::connect(format!("http://{}", original.client_addrs[0]))
+    let lease = lease_compaction_and_a_later_put(&original.client_addrs[0].to_string()).await;
+    let before = everything(&original, 0).await;
+    let bytes = snapshot_bytes(&original, 0).await;
+    original.stop_all().await;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("synod.db");
+    std::fs::write(&file, &bytes).unwrap();
+    let data = scratch.path().join("etcd");
+    let (mut etcd, client_addr) = RealEtcd::start(&data, Some(&file)).await;
+    assert_eq!(everything_at(&client_addr.to_string()).await, before);
+    assert_compaction_and_lease(&client_addr.to_string(), lease).await;
+    etcd.kill().await.expect("etcd stops");
+}
+
+/// After the history: a key on a 600 s lease, a compaction at revision 4, then a put of
+/// `b` (so history above the compaction is there to read), at `endpoint` (host:port).
+/// Returns the lease's id.
+async fn lease_compaction_and_a_later_put(endpoint: &str) -> i64 {
+    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
+    let lease = LeaseClient::connect(format!("http://{endpoint}"))
         .await
         .unwrap()
         .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
@@ -484,7 +549,9 @@ async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_l
         .unwrap()
         .into_inner()
         .id;
-    let mut client = kv(&original, 0).await;
+    let mut client = KvClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap();
     client
         .put(pb::PutRequest {
             key: "leased".into(),
@@ -502,76 +569,7 @@ async fn etcd_restores_a_synod_snapshot_with_its_keys_revisions_compaction_and_l
         .await
         .unwrap();
     client.put(put("b", "after")).await.unwrap();
-    let before = everything(&original, 0).await;
-    let bytes = snapshot_bytes(&original, 0).await;
-    original.stop_all().await;
-
-    let scratch = tempfile::tempdir().unwrap();
-    let file = scratch.path().join("synod.db");
-    std::fs::write(&file, &bytes).unwrap();
-    let data = scratch.path().join("etcd");
-    let (mut etcd, client_addr) = RealEtcd::start(&data, Some(&file)).await;
-    let mut etcd_kv = KvClient::connect(format!("http://{client_addr}"))
-        .await
-        .unwrap();
-    let response = etcd_kv
-        .range(pb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let keys: Vec<_> = response
-        .kvs
-        .iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.clone(),
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version,
-            )
-        })
-        .collect();
-    assert_eq!((response.header.unwrap().revision, keys), before);
-    let leased = response.kvs.iter().find(|kv| kv.key == b"leased").unwrap();
-    assert_eq!(leased.lease, lease);
-    // History above the compaction is there; below it, etcd says compacted.
-    let old = etcd_kv
-        .range(pb::RangeRequest {
-            key: "a".into(),
-            revision: 4,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(old.kvs[0].value, b"3");
-    let compacted = etcd_kv
-        .range(pb::RangeRequest {
-            key: "a".into(),
-            revision: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(compacted.message().contains("compacted"), "{compacted:?}");
-    let leases = LeaseClient::connect(format!("http://{client_addr}"))
-        .await
-        .unwrap()
-        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
-            id: lease,
-            keys: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(leases.granted_ttl, 600);
-    assert_eq!(leases.keys, vec![b"leased".to_vec()]);
-    etcd.kill().await.expect("etcd stops");
+    lease
 }
 
 /// A one-member etcd on free loopback ports (killed by pid on drop), started on `data`,
@@ -634,7 +632,6 @@ async fn synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_
     if !etcdctl_available(test) || !etcd_available(test) {
         return;
     }
-    use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
     let scratch = tempfile::tempdir().unwrap();
     let (mut etcd, client_addr) = RealEtcd::start(&scratch.path().join("etcd"), None).await;
     let mut client = KvClient::connect(format!("http://{client_addr}"))
@@ -662,56 +659,8 @@ async fn synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_
         })
         .await
         .unwrap();
-    let lease = LeaseClient::connect(format!("http://{client_addr}"))
-        .await
-        .unwrap()
-        .lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    client
-        .put(pb::PutRequest {
-            key: "leased".into(),
-            value: "x".into(),
-            lease,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    client
-        .compact(pb::CompactionRequest {
-            revision: 4,
-            physical: true,
-        })
-        .await
-        .unwrap();
-    client.put(put("b", "after")).await.unwrap();
-    let response = client
-        .range(pb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let before: (i64, Vec<_>) = (
-        response.header.unwrap().revision,
-        response
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    kv.key,
-                    kv.value,
-                    kv.create_revision,
-                    kv.mod_revision,
-                    kv.version,
-                )
-            })
-            .collect(),
-    );
+    let lease = lease_compaction_and_a_later_put(&client_addr.to_string()).await;
+    let before = everything_at(&client_addr.to_string()).await;
     let file = scratch.path().join("etcd.db");
     etcdctl_offline(&[
         &format!("--endpoints={client_addr}"),
@@ -722,22 +671,16 @@ async fn synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_
     etcd.kill().await.expect("etcd stops");
     // Synod reads etcd's own bbolt file (its inline buckets, its freelist wherever bbolt
     // put it) as etcdctl does.
-    let status = etcdctl_offline(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
-    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
-    let ours = synod_server::snapshot_file::status(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(status["hash"], u64::from(ours.hash), "{status}");
-    assert_eq!(status["revision"], before.0, "{status}");
-    assert_eq!(status["totalKey"], ours.total_keys, "{status}");
-    assert_eq!(status["totalSize"], ours.total_size, "{status}");
+    assert_status_agrees(&file, before.0);
 
     let mut restored = restored_cluster(&file, &scratch.path().join("synod")).await;
     for index in 0..3 {
         assert_eq!(everything(&restored, index).await, before, "member {index}");
     }
     // The history above the compaction came over, with the txn's two writes at one
-    // revision; below it, compacted.
-    let mut synod_kv = kv(&restored, 0).await;
-    let at_six = synod_kv
+    // revision (6); below it, compacted; the lease with its key.
+    let at_six = kv(&restored, 0)
+        .await
         .range(pb::RangeRequest {
             key: vec![0],
             range_end: vec![0],
@@ -749,26 +692,6 @@ async fn synod_restores_an_etcd_snapshot_with_its_keys_revisions_compaction_and_
         .into_inner();
     let keys: Vec<_> = at_six.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"d".to_vec()]);
-    let compacted = synod_kv
-        .range(pb::RangeRequest {
-            key: "a".into(),
-            revision: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(compacted.message().contains("compacted"), "{compacted:?}");
-    let ttl = LeaseClient::connect(format!("http://{}", restored.client_addrs[0]))
-        .await
-        .unwrap()
-        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
-            id: lease,
-            keys: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ttl.granted_ttl, 600);
-    assert_eq!(ttl.keys, vec![b"leased".to_vec()]);
+    assert_compaction_and_lease(&restored.client_addrs[0].to_string(), lease).await;
     restored.stop_all().await;
 }
