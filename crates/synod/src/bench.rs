@@ -268,6 +268,10 @@ struct ClusterArgs {
     /// leader, follower (all pinned to that one member).
     #[arg(long, value_delimiter = ',', default_value = "balanced,leader,follower", value_parser = parse_placement)]
     placements: Vec<synod_bench::report::Placement>,
+    /// HTTP/2 connections the load generator opens to each endpoint a cell uses (shared
+    /// by that endpoint's clients; etcd's client libraries open one).
+    #[arg(long, default_value_t = 4)]
+    connections_per_endpoint: usize,
     /// Measured seconds per cell (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -331,6 +335,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     options.skip_failover = args.skip_failover;
     options.clients = args.clients;
     options.placements = args.placements;
+    options.connections_per_endpoint = args.connections_per_endpoint.max(1);
     options.workloads = workloads;
     options.read_modes = args.read_mode;
     options.cell_duration = std::time::Duration::from_secs_f64(args.seconds);
