@@ -4,11 +4,14 @@
 //! for each cell so drift in the machine hits all of them alike, then kills each
 //! cluster's leader under load.
 
+use crate::breakdown::{self, Breakdown, CellBreakdown, Scrape};
 use crate::error::BenchError;
 use crate::load::{preload, run_load, LoadSpec, Workload};
 use crate::machine::{self, Machine};
 use crate::process::{etcd_version, find_on_path, ClusterProcesses, Launch, Ports, System, Timing};
-use crate::report::{Ceilings, Cell, ClusterReport, Failover, FailoverTrial, ReadModes, Settings};
+use crate::report::{
+    Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Placement, ReadModes, Settings,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,9 @@ pub struct ClusterOptions {
     /// second Synod cluster running `--read-mode read-index`.
     pub read_modes: ReadModes,
     pub clients: Vec<usize>,
+    /// Where the replicated systems' clients are, each its own cell (the ceiling has one
+    /// member and is measured once).
+    pub placements: Vec<Placement>,
     pub warmup: Duration,
     pub cell_duration: Duration,
     pub keyspace: usize,
@@ -65,6 +71,7 @@ impl ClusterOptions {
             workloads: Workload::ALL.to_vec(),
             read_modes: ReadModes::Both,
             clients: vec![1, 16, 64, 256],
+            placements: Placement::ALL.to_vec(),
             warmup: Duration::from_millis(500),
             cell_duration: Duration::from_secs(3),
             keyspace: 1000,
@@ -85,9 +92,9 @@ impl ClusterOptions {
     }
 
     fn validate(&self) -> Result<(), BenchError> {
-        if self.workloads.is_empty() || self.clients.is_empty() {
+        if self.workloads.is_empty() || self.clients.is_empty() || self.placements.is_empty() {
             return Err(BenchError::new(
-                "choose at least one workload and one client count",
+                "choose at least one workload, one client count and one placement",
             ));
         }
         if self.clients.contains(&0) {
@@ -260,7 +267,8 @@ async fn run_async(
             systems
                 .iter()
                 .filter(|system| measured(**system, *workload, options.read_modes))
-                .count()
+                .map(|system| placements_of(*system, &options.placements).len())
+                .sum::<usize>()
         })
         .sum::<usize>()
         * options.clients.len();
@@ -329,53 +337,22 @@ async fn run_async(
     }
 
     let mut cells = Vec::new();
+    let mut breakdowns = Vec::new();
     for workload in &options.workloads {
         for &clients in &options.clients {
             for (system, run) in &running {
                 if !measured(*system, *workload, options.read_modes) {
                     continue;
                 }
-                progress.step(&format!(
-                    "{} · {} · {clients} clients",
-                    system.name(),
-                    workload.name()
-                ));
-                let mut spec = LoadSpec::new(*workload, clients, options.cell_duration);
-                spec.warmup = options.warmup;
-                spec.keyspace = options.keyspace;
-                spec.value_bytes = options.value_bytes;
-                spec.connections_per_endpoint = options.connections_per_endpoint;
-                // Client `i` talks to member `(leader + i) mod n`: a single client is at the
-                // leader, as in etcd's performance guide; more spread over every member.
-                let endpoints = leader_first(
-                    run.processes.endpoints(),
-                    run.processes.leader_index().await,
-                );
-                let servers_before = run.processes.cpu_time();
-                let client_before = machine::own_cpu_time().unwrap_or_default();
-                let started = Instant::now();
-                let result = run_load(&endpoints, &spec).await.map_err(|error| {
-                    error.context(format!("{} {}", system.name(), workload.name()))
-                })?;
-                let wall = started.elapsed().as_secs_f64().max(1e-9);
-                let servers = run.processes.cpu_time().saturating_sub(servers_before);
-                let client = machine::own_cpu_time()
-                    .unwrap_or_default()
-                    .saturating_sub(client_before);
-                let mut cell = Cell::of(*system, *workload, clients, &result);
-                cell.server_cpu_percent = servers.as_secs_f64() / wall * 100.0;
-                cell.client_cpu_percent = client.as_secs_f64() / wall * 100.0;
-                progress.note(&format!(
-                    "{:<8} {:<17} {clients:>4} clients: {:>8.0} ops/s  p50 {:>7} ms  p99 {:>7} ms  errors {}",
-                    system.name(),
-                    workload.name(),
-                    cell.ops_per_sec,
-                    crate::report::format_ms(cell.p50_us),
-                    crate::report::format_ms(cell.p99_us),
-                    cell.errors
-                ));
-                cells.push(cell);
-                progress.done();
+                for placement in placements_of(*system, &options.placements) {
+                    let (cell, breakdown) = measure_cell(
+                        *system, run, *workload, clients, placement, options, progress,
+                    )
+                    .await?;
+                    cells.push(cell);
+                    breakdowns.extend(breakdown);
+                    progress.done();
+                }
             }
         }
     }
@@ -429,10 +406,12 @@ async fn run_async(
             heartbeat_interval_ms: options.timing.heartbeat_interval_ms,
             election_timeout_ms: options.timing.election_timeout_ms,
             read_modes: options.read_modes,
+            placements: options.placements.clone(),
         },
         ceilings,
         cells,
         failovers,
+        breakdowns,
         targets: Vec::new(),
     };
     report.evaluate_targets();
@@ -536,24 +515,155 @@ fn measured(system: System, workload: Workload, read_modes: ReadModes) -> bool {
     }
 }
 
-/// `endpoints` rotated so the leader's comes first (unchanged when no leader is known).
-fn leader_first(mut endpoints: Vec<String>, leader: Option<usize>) -> Vec<String> {
-    if let Some(leader) = leader.filter(|&leader| leader < endpoints.len()) {
-        endpoints.rotate_left(leader);
+/// The placements `system` is measured in: the ceiling's single member only once.
+fn placements_of(system: System, placements: &[Placement]) -> Vec<Placement> {
+    if system == System::Ceiling {
+        vec![Placement::Balanced]
+    } else {
+        placements.to_vec()
     }
-    endpoints
+}
+
+/// One cell: `clients` closed-loop clients of `workload` at `placement`'s members, with
+/// the servers' and the load generator's CPU; for Synod's single-client puts also the
+/// per-request breakdown from the members' histograms.
+async fn measure_cell(
+    system: System,
+    run: &Running,
+    workload: Workload,
+    clients: usize,
+    placement: Placement,
+    options: &ClusterOptions,
+    progress: &dyn Progress,
+) -> Result<(Cell, Option<CellBreakdown>), BenchError> {
+    progress.step(&format!(
+        "{} · {} · {clients} clients · {}",
+        system.name(),
+        workload.name(),
+        placement.name()
+    ));
+    let mut spec = LoadSpec::new(workload, clients, options.cell_duration);
+    spec.warmup = options.warmup;
+    spec.keyspace = options.keyspace;
+    spec.value_bytes = options.value_bytes;
+    spec.connections_per_endpoint = options.connections_per_endpoint;
+    let leader = run.processes.leader_index().await;
+    let endpoints = placement.endpoints(run.processes.endpoints(), leader);
+    let entry = leader.map(|leader| match placement {
+        Placement::Follower => (leader + 1) % run.processes.members.len(),
+        Placement::Balanced | Placement::Leader => leader,
+    });
+    let breakdown_wanted =
+        system == System::Synod && workload == Workload::Put && clients == 1 && entry.is_some();
+    let before = if breakdown_wanted {
+        Some(scrape_all(run).await?)
+    } else {
+        None
+    };
+    // The floor's disk and network parts, probed under the load the cell runs in.
+    let probes = if workload == Workload::Put && clients == 1 && system != System::Ceiling {
+        let fdatasync = machine::fdatasync_latency(&options.data_dir, 300, 4096)?;
+        let loopback = machine::loopback_rtt(2000, 64)?;
+        Some((fdatasync.p50_us, loopback.p50_us))
+    } else {
+        None
+    };
+    let servers_before = run.processes.cpu_time();
+    let client_before = machine::own_cpu_time().unwrap_or_default();
+    let started = Instant::now();
+    let result = run_load(&endpoints, &spec)
+        .await
+        .map_err(|error| error.context(format!("{} {}", system.name(), workload.name())))?;
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    let servers = run.processes.cpu_time().saturating_sub(servers_before);
+    let client = machine::own_cpu_time()
+        .unwrap_or_default()
+        .saturating_sub(client_before);
+    let mut cell = Cell::of(system, workload, clients, &result);
+    cell.placement = placement;
+    cell.probe_fdatasync_p50_us = probes.map(|probes| probes.0);
+    cell.probe_loopback_rtt_p50_us = probes.map(|probes| probes.1);
+    cell.server_cpu_percent = servers.as_secs_f64() / wall * 100.0;
+    cell.client_cpu_percent = client.as_secs_f64() / wall * 100.0;
+    progress.note(&format!(
+        "{:<8} {:<17} {clients:>4} clients {:<8}: {:>8.0} ops/s  p50 {:>7} ms  p99 {:>7} ms  errors {}",
+        system.name(),
+        workload.name(),
+        placement.name(),
+        cell.ops_per_sec,
+        crate::report::format_ms(cell.p50_us),
+        crate::report::format_ms(cell.p99_us),
+        cell.errors
+    ));
+    let breakdown = match (before, entry, leader) {
+        (Some(before), Some(entry), Some(leader)) => {
+            let after = scrape_all(run).await?;
+            let followers: Vec<(Scrape, Scrape)> = (0..before.len())
+                .filter(|index| *index != leader)
+                .map(|index| (before[index].clone(), after[index].clone()))
+                .collect();
+            let breakdown = Breakdown::of(
+                result.latency.mean_us,
+                (&before[entry], &after[entry]),
+                (&before[leader], &after[leader]),
+                &followers,
+                entry == leader,
+            );
+            Some(CellBreakdown {
+                placement,
+                clients,
+                breakdown,
+            })
+        }
+        _ => None,
+    };
+    Ok((cell, breakdown))
+}
+
+/// Every member's histograms, in member order.
+async fn scrape_all(run: &Running) -> Result<Vec<Scrape>, BenchError> {
+    let mut scrapes = Vec::new();
+    for member in &run.processes.members {
+        scrapes.push(breakdown::scrape(&member.metrics_url).await?);
+    }
+    Ok(scrapes)
 }
 
 #[cfg(test)]
-mod leader_first_tests {
-    use super::leader_first;
+mod placement_tests {
+    use super::*;
+
+    fn members() -> Vec<String> {
+        vec!["a".to_string(), "b".to_string(), "c".to_string()]
+    }
 
     #[test]
-    fn the_leaders_endpoint_comes_first_and_the_order_is_kept() {
-        let endpoints = vec!["a".to_string(), "b".to_string(), "c".to_string()];
-        assert_eq!(leader_first(endpoints.clone(), Some(1)), ["b", "c", "a"]);
-        assert_eq!(leader_first(endpoints.clone(), Some(0)), ["a", "b", "c"]);
-        assert_eq!(leader_first(endpoints.clone(), None), ["a", "b", "c"]);
-        assert_eq!(leader_first(endpoints, Some(7)), ["a", "b", "c"]);
+    fn balanced_starts_at_the_leader_and_keeps_every_member_in_order() {
+        let balanced = Placement::Balanced;
+        assert_eq!(balanced.endpoints(members(), Some(1)), ["b", "c", "a"]);
+        assert_eq!(balanced.endpoints(members(), Some(0)), ["a", "b", "c"]);
+        assert_eq!(balanced.endpoints(members(), None), ["a", "b", "c"]);
+        assert_eq!(balanced.endpoints(members(), Some(7)), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn pinned_placements_use_one_member_the_leader_or_the_one_after_it() {
+        assert_eq!(Placement::Leader.endpoints(members(), Some(1)), ["b"]);
+        assert_eq!(Placement::Follower.endpoints(members(), Some(1)), ["c"]);
+        assert_eq!(Placement::Follower.endpoints(members(), Some(2)), ["a"]);
+        // A single member is its own leader: no follower to pin to.
+        assert_eq!(
+            Placement::Follower.endpoints(vec!["only".to_string()], Some(0)),
+            ["only"]
+        );
+        assert_eq!(
+            placements_of(System::Ceiling, &Placement::ALL),
+            [Placement::Balanced]
+        );
+        assert_eq!(placements_of(System::Synod, &Placement::ALL).len(), 3);
+        assert_eq!(
+            Placement::ALL.map(|placement| Placement::parse(placement.name())),
+            Placement::ALL.map(Some)
+        );
     }
 }

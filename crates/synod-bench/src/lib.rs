@@ -15,6 +15,7 @@
 //! `synod bench leases` ([`leases::run`]) measures keep-alives per second with 10,000 leases
 //! kept alive by one client, and how late leases expire after the leader is killed.
 
+pub mod breakdown;
 pub mod chart;
 pub mod cluster;
 pub mod error;
@@ -44,11 +45,16 @@ pub fn write_outputs(report: &ClusterReport, dir: &Path) -> Result<Vec<PathBuf>,
     };
     let json = write("cluster.json", &(report.to_json() + "\n"))?;
     let svg = write("cluster.svg", &chart::svg(report))?;
+    let mut written = vec![json, svg];
+    if !report.breakdowns.is_empty() {
+        written.push(write("breakdown.svg", &breakdown::svg(&report.breakdowns))?);
+    }
     let readme_path = dir.join("README.md");
     let existing = std::fs::read_to_string(&readme_path).ok();
     let readme = write(
         "README.md",
         &report::splice_readme(existing.as_deref(), &report.readme_section()),
     )?;
-    Ok(vec![json, svg, readme])
+    written.push(readme);
+    Ok(written)
 }

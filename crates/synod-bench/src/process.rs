@@ -87,6 +87,8 @@ pub struct Timing {
 pub struct Member {
     pub name: String,
     pub client_url: String,
+    /// Where the member serves `/metrics` (Synod's also on `client_url`).
+    pub metrics_url: String,
     executable: PathBuf,
     args: Vec<String>,
     log_path: PathBuf,
@@ -235,6 +237,7 @@ impl ClusterProcesses {
             cluster.members.push(Member {
                 name: name.clone(),
                 client_url,
+                metrics_url,
                 executable: executable.to_path_buf(),
                 args,
                 log_path,

@@ -6,12 +6,61 @@ use crate::machine::{Machine, Sampled};
 use crate::process::System;
 use serde::Serialize;
 
+/// Which members the clients of a cell talk to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Round-robin over every member, leader first (client `i` at member
+    /// `(leader + i) mod n`), as etcd's client libraries balance by default.
+    #[default]
+    Balanced,
+    /// Every client at the leader.
+    Leader,
+    /// Every client at one follower, which forwards writes to the leader.
+    Follower,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 3] = [Placement::Balanced, Placement::Leader, Placement::Follower];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Balanced => "balanced",
+            Placement::Leader => "leader",
+            Placement::Follower => "follower",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Placement> {
+        Placement::ALL
+            .into_iter()
+            .find(|placement| placement.name() == name.trim())
+    }
+
+    /// The endpoints the clients of this placement use, from every member's endpoint
+    /// and the leader's index (`None`: unknown, the order is kept).
+    pub fn endpoints(self, mut all: Vec<String>, leader: Option<usize>) -> Vec<String> {
+        if let Some(leader) = leader.filter(|&leader| leader < all.len()) {
+            all.rotate_left(leader);
+        }
+        match self {
+            Placement::Balanced => all,
+            Placement::Leader => all.into_iter().take(1).collect(),
+            // With one member there is no follower: it is the leader.
+            Placement::Follower if all.len() > 1 => vec![all.swap_remove(1)],
+            Placement::Follower => all,
+        }
+    }
+}
+
 /// One system under one workload at one number of clients.
 #[derive(Clone, Debug, Serialize)]
 pub struct Cell {
     pub system: System,
     pub workload: Workload,
     pub clients: usize,
+    /// Where the clients were (the ceiling's single member counts as `balanced`).
+    pub placement: Placement,
     pub ops: u64,
     pub errors: u64,
     pub seconds: f64,
@@ -26,6 +75,11 @@ pub struct Cell {
     /// CPU used by the load generator over the same time.
     pub client_cpu_percent: f64,
     pub first_error: Option<String>,
+    /// For single-client puts of a replicated system: the disk's fdatasync p50 and the
+    /// loopback round trip p50, probed just before the cell (the floor's parts, measured
+    /// under the same machine load as the cell).
+    pub probe_fdatasync_p50_us: Option<f64>,
+    pub probe_loopback_rtt_p50_us: Option<f64>,
 }
 
 impl Cell {
@@ -34,6 +88,7 @@ impl Cell {
             system,
             workload,
             clients,
+            placement: Placement::Balanced,
             ops: result.ops,
             errors: result.errors,
             seconds: result.seconds,
@@ -45,6 +100,8 @@ impl Cell {
             server_cpu_percent: 0.0,
             client_cpu_percent: 0.0,
             first_error: result.first_error.clone(),
+            probe_fdatasync_p50_us: None,
+            probe_loopback_rtt_p50_us: None,
         }
     }
 }
@@ -127,6 +184,8 @@ pub struct Settings {
     pub election_timeout_ms: u64,
     /// Synod's read modes the linearizable gets were measured in.
     pub read_modes: ReadModes,
+    /// Where the replicated systems' clients were, each a cell of its own.
+    pub placements: Vec<Placement>,
 }
 
 /// Which of Synod's read modes (`synod node --read-mode`) linearizable gets are
@@ -198,6 +257,8 @@ pub struct ClusterReport {
     pub ceilings: Ceilings,
     pub cells: Vec<Cell>,
     pub failovers: Vec<Failover>,
+    /// Where a single client's put spends its time, per placement (Synod ×3).
+    pub breakdowns: Vec<crate::breakdown::CellBreakdown>,
     pub targets: Vec<Target>,
 }
 
@@ -221,9 +282,156 @@ fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
 }
 
 impl ClusterReport {
+    /// The cell with balanced clients (the ceiling's only one), or else the first
+    /// placement measured.
     pub fn cell(&self, system: System, workload: Workload, clients: usize) -> Option<&Cell> {
+        self.placed(system, workload, clients, Placement::Balanced)
+            .or_else(|| {
+                self.cells.iter().find(|cell| {
+                    cell.system == system && cell.workload == workload && cell.clients == clients
+                })
+            })
+    }
+
+    /// The floor of `cell` (a durable replicated put at one client), per the issue: the
+    /// unreplicated node's own round trip (its put p50 at one client) + one fdatasync
+    /// (p50) + one peer round trip (loopback p50); at a follower one more peer round trip
+    /// (the forward to the leader and the commit notice back). The disk and loopback
+    /// figures are those probed just before the cell, else the run's.
+    /// Returns (floor, ceiling p50, fdatasync p50, loopback p50, peer round trips).
+    pub fn put_floor_us(&self, cell: &Cell) -> Option<(f64, f64, f64, f64, u32)> {
+        let ceiling = self.cell(System::Ceiling, Workload::Put, 1)?.p50_us as f64;
+        let fdatasync = cell
+            .probe_fdatasync_p50_us
+            .unwrap_or(self.ceilings.fdatasync.p50_us);
+        let loopback = cell
+            .probe_loopback_rtt_p50_us
+            .unwrap_or(self.ceilings.loopback_rtt.p50_us);
+        let round_trips = if cell.placement == Placement::Follower {
+            2
+        } else {
+            1
+        };
+        Some((
+            ceiling + fdatasync + f64::from(round_trips) * loopback,
+            ceiling,
+            fdatasync,
+            loopback,
+            round_trips,
+        ))
+    }
+
+    /// Single-client put p50 per placement beside its floor.
+    pub fn floor_table(&self) -> String {
+        let mut out = String::new();
+        for system in [System::Synod, System::Etcd] {
+            for placement in Placement::ALL {
+                let Some(cell) = self.placed(system, Workload::Put, 1, placement) else {
+                    continue;
+                };
+                let Some((floor, ceiling, fdatasync, loopback, round_trips)) =
+                    self.put_floor_us(cell)
+                else {
+                    continue;
+                };
+                if out.is_empty() {
+                    out.push_str("| system | clients at | put p50 at 1 client µs | floor µs = ceiling's put p50 + fdatasync p50 + peer RTT p50 × round trips | above the floor µs | floor with the leader log's own mean write + fdatasync in the cell µs | above it µs |\n| --- | --- | --: | --: | --: | --: | --: |\n");
+                }
+                // The probe runs alone between cells; on a shared disk the log's own
+                // syncs during the cell can differ from it by milliseconds.
+                let own = self
+                    .breakdowns
+                    .iter()
+                    .find(|breakdown| {
+                        system == System::Synod
+                            && breakdown.placement == placement
+                            && breakdown.clients == 1
+                            && breakdown.breakdown.leader_fsync.count > 0
+                    })
+                    .map(|breakdown| floor - fdatasync + breakdown.breakdown.leader_fsync.mean_us);
+                out.push_str(&format!(
+                    "| {} | {} | {} | {floor:.0} = {ceiling:.0} + {fdatasync:.0} + {loopback:.0} × {round_trips} | {:+.0} | {} | {} |\n",
+                    system.name(),
+                    placement.name(),
+                    cell.p50_us,
+                    cell.p50_us as f64 - floor,
+                    own.map_or("—".to_string(), |own| format!("{own:.0}")),
+                    own.map_or("—".to_string(), |own| format!("{:+.0}", cell.p50_us as f64 - own)),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Throughput per placement of the replicated systems: what spreading clients over
+    /// every member costs against pinning them to one.
+    pub fn placement_table(&self) -> String {
+        let mut out = String::new();
+        for system in [System::Synod, System::SynodReadIndex, System::Etcd] {
+            for workload in &self.settings.workloads {
+                for &clients in &self.settings.clients {
+                    let by: Vec<Option<&Cell>> = Placement::ALL
+                        .iter()
+                        .map(|placement| self.placed(system, *workload, clients, *placement))
+                        .collect();
+                    if by.iter().filter(|cell| cell.is_some()).count() < 2 {
+                        continue;
+                    }
+                    if out.is_empty() {
+                        out.push_str("| system | workload | clients | balanced ops/s | leader ops/s | follower ops/s | balanced ÷ best pinned | balanced ÷ ceiling | balanced / leader / follower p50 ms |\n| --- | --- | --: | --: | --: | --: | --: | --: | --: |\n");
+                    }
+                    let rate = |cell: &Option<&Cell>| {
+                        cell.map_or("—".to_string(), |cell| format_rate(cell.ops_per_sec))
+                    };
+                    let p50 = |cell: &Option<&Cell>| {
+                        cell.map_or("—".to_string(), |cell| format_ms(cell.p50_us))
+                    };
+                    let best_pinned = by[1..]
+                        .iter()
+                        .flatten()
+                        .map(|cell| cell.ops_per_sec)
+                        .fold(0.0, f64::max);
+                    let balanced = by[0].map(|cell| cell.ops_per_sec);
+                    let ceiling = self
+                        .cell(System::Ceiling, *workload, clients)
+                        .map(|cell| cell.ops_per_sec);
+                    let share = |of: Option<f64>| match (balanced, of) {
+                        (Some(balanced), Some(of)) if of > 0.0 => {
+                            format!("{:.0} %", balanced / of * 100.0)
+                        }
+                        _ => "—".to_string(),
+                    };
+                    out.push_str(&format!(
+                        "| {} | {} | {clients} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
+                        system.name(),
+                        workload.name(),
+                        rate(&by[0]),
+                        rate(&by[1]),
+                        rate(&by[2]),
+                        share(Some(best_pinned)),
+                        share(ceiling),
+                        p50(&by[0]),
+                        p50(&by[1]),
+                        p50(&by[2]),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn placed(
+        &self,
+        system: System,
+        workload: Workload,
+        clients: usize,
+        placement: Placement,
+    ) -> Option<&Cell> {
         self.cells.iter().find(|cell| {
-            cell.system == system && cell.workload == workload && cell.clients == clients
+            cell.system == system
+                && cell.workload == workload
+                && cell.clients == clients
+                && cell.placement == placement
         })
     }
 
@@ -586,7 +794,115 @@ impl ClusterReport {
                 verdict: Verdict::NotMeasured,
             },
         });
+        self.latency_targets(&mut targets);
         self.targets = targets;
+    }
+
+    /// Issue 16's targets: the single-client put near its floor, balanced clients near
+    /// pinned ones, linearizable gets near the unreplicated ceiling.
+    fn latency_targets(&self, targets: &mut Vec<Target>) {
+        for (placement, goal) in [
+            (
+                Placement::Leader,
+                "single-client put p50 at the leader within 50 µs of the floor",
+            ),
+            (
+                Placement::Follower,
+                "single-client put p50 at a follower within 50 µs of the floor + one peer RTT",
+            ),
+        ] {
+            let cell = self.placed(System::Synod, Workload::Put, 1, placement);
+            targets.push(
+                match (cell, cell.and_then(|cell| self.put_floor_us(cell))) {
+                    (Some(cell), Some((floor, ..))) => {
+                        let above = cell.p50_us as f64 - floor;
+                        Target {
+                            goal: goal.to_string(),
+                            figure: format!(
+                                "{} µs vs floor {floor:.0} µs ({above:+.0})",
+                                cell.p50_us
+                            ),
+                            verdict: if above <= 50.0 {
+                                Verdict::Met
+                            } else {
+                                Verdict::Missed
+                            },
+                        }
+                    }
+                    _ => Target {
+                        goal: goal.to_string(),
+                        figure: "placement or ceiling not in this run".to_string(),
+                        verdict: Verdict::NotMeasured,
+                    },
+                },
+            );
+        }
+        let goal = "put at 64 clients, balanced ≥ 80 % of the same clients pinned to one member";
+        let balanced = self.placed(System::Synod, Workload::Put, 64, Placement::Balanced);
+        let pinned = [Placement::Leader, Placement::Follower]
+            .into_iter()
+            .filter_map(|placement| self.placed(System::Synod, Workload::Put, 64, placement))
+            .max_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+        targets.push(match (balanced, pinned) {
+            (Some(balanced), Some(pinned)) if pinned.ops_per_sec > 0.0 => {
+                let share = balanced.ops_per_sec / pinned.ops_per_sec;
+                Target {
+                    goal: goal.to_string(),
+                    figure: format!(
+                        "{:.0} % ({:.0} vs {:.0} ops/s at the {})",
+                        share * 100.0,
+                        balanced.ops_per_sec,
+                        pinned.ops_per_sec,
+                        pinned.placement.name()
+                    ),
+                    verdict: if share >= 0.8 {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                }
+            }
+            _ => Target {
+                goal: goal.to_string(),
+                figure: "not both placements in this run".to_string(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+        let goal = "linearizable get at 64 clients, balanced ≥ 90 % of the unreplicated ceiling";
+        targets.push(
+            match (
+                self.placed(
+                    System::Synod,
+                    Workload::GetLinearizable,
+                    64,
+                    Placement::Balanced,
+                ),
+                self.cell(System::Ceiling, Workload::GetLinearizable, 64),
+            ) {
+                (Some(synod), Some(ceiling)) if ceiling.ops_per_sec > 0.0 => {
+                    let share = synod.ops_per_sec / ceiling.ops_per_sec;
+                    Target {
+                        goal: goal.to_string(),
+                        figure: format!(
+                            "{:.0} % ({:.0} vs {:.0} ops/s)",
+                            share * 100.0,
+                            synod.ops_per_sec,
+                            ceiling.ops_per_sec
+                        ),
+                        verdict: if share >= 0.9 {
+                            Verdict::Met
+                        } else {
+                            Verdict::Missed
+                        },
+                    }
+                }
+                _ => Target {
+                    goal: goal.to_string(),
+                    figure: "no balanced or ceiling figure in this run".to_string(),
+                    verdict: Verdict::NotMeasured,
+                },
+            },
+        );
     }
 
     /// The section `docs/bench/README.md` carries between its markers.
@@ -602,9 +918,11 @@ impl ClusterReport {
             "Measured {} on {} with `synod bench cluster`, in one run: Synod ×3 (fsync on), {}, and \
              a single unreplicated Synod node with fsync off (the ceiling: what the client and gRPC \
              alone allow). Both clusters use heartbeat {} ms and election timeout {} ms; the same \
-             closed-loop etcd v3 gRPC client drives every system, client i at member (leader + i) \
-             mod n — a single client at the leader, as in etcd's performance guide; more \
-             spread over all members, followers forwarding — at most {} connections per endpoint. Clients and all \
+             closed-loop etcd v3 gRPC client drives every system. Clients are placed {}: \
+             *balanced* is client i at member (leader + i) mod n, as etcd's client libraries \
+             spread over every member (a single client at the leader, as in etcd's performance \
+             guide), followers forwarding; *leader* and *follower* pin every client to that one \
+             member; the main table shows balanced cells — at most {} connections per endpoint. Clients and all \
              nodes share the machine's CPUs (1-minute load average {:.1} when the run started). Each \
              cell: {} ms warm-up, {} ms measured; keys drawn from {} keys, {}-byte values.\n\n",
             self.date,
@@ -612,6 +930,12 @@ impl ClusterReport {
             etcd,
             settings.heartbeat_interval_ms,
             settings.election_timeout_ms,
+            settings
+                .placements
+                .iter()
+                .map(|placement| placement.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             settings.connections_per_endpoint,
             self.machine.load_average_1m,
             settings.warmup_ms,
@@ -631,6 +955,22 @@ impl ClusterReport {
                 "\n### Linearizable reads: lease vs read-index (`synod node --read-mode`)\n\n",
             );
             out.push_str(&read_modes);
+        }
+        let placements = self.placement_table();
+        if !placements.is_empty() {
+            out.push_str("\n### Client placement: balanced over every member vs pinned to one\n\n");
+            out.push_str(&placements);
+        }
+        let floors = self.floor_table();
+        if !floors.is_empty() {
+            out.push_str("\n### Single-client put against its floor\n\n");
+            out.push_str(&floors);
+        }
+        if !self.breakdowns.is_empty() {
+            out.push_str("\n### Where a single client's put spends its time\n\n");
+            out.push_str("Means per request from the members' own histograms (`grpc_server_handling_seconds`, `synod_proposal_duration_seconds`, `synod_wal_persist_duration_seconds`, `etcd_disk_wal_fsync_duration_seconds`; their sums and counts before and after the cell, warm-up included) beside the client's mean round trip; each segment is one stage minus the stage nested in it (`crates/synod-bench/src/breakdown.rs`).\n\n");
+            out.push_str("![where a put's microseconds go](breakdown.svg)\n\n");
+            out.push_str(&crate::breakdown::table(&self.breakdowns));
         }
         out.push_str("\n### Failover (kill -9 of the leader under put load; clients on the other members)\n\n");
         if self.failovers.is_empty() {

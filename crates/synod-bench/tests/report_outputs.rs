@@ -5,7 +5,7 @@ use synod_bench::load::Workload;
 use synod_bench::machine::{Machine, Sampled};
 use synod_bench::process::System;
 use synod_bench::report::{
-    Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Settings, Verdict,
+    Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Placement, Settings, Verdict,
 };
 
 fn cell(system: System, workload: Workload, clients: usize, ops_per_sec: f64, p50_us: u64) -> Cell {
@@ -13,6 +13,7 @@ fn cell(system: System, workload: Workload, clients: usize, ops_per_sec: f64, p5
         system,
         workload,
         clients,
+        placement: Placement::Balanced,
         ops: (ops_per_sec * 3.0) as u64,
         errors: 0,
         seconds: 3.0,
@@ -24,6 +25,8 @@ fn cell(system: System, workload: Workload, clients: usize, ops_per_sec: f64, p5
         server_cpu_percent: 150.0,
         client_cpu_percent: 40.0,
         first_error: None,
+        probe_fdatasync_p50_us: None,
+        probe_loopback_rtt_p50_us: None,
     }
 }
 
@@ -103,6 +106,7 @@ fn synthetic() -> ClusterReport {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             read_modes: synod_bench::report::ReadModes::Both,
+            placements: vec![Placement::Balanced],
         },
         ceilings: Ceilings {
             fdatasync_block_bytes: 4096,
@@ -127,6 +131,7 @@ fn synthetic() -> ClusterReport {
             failover(System::Synod, [1300, 1100, 2500], 0),
             failover(System::Etcd, [1000, 1800, 1200], 4),
         ],
+        breakdowns: Vec::new(),
         targets: Vec::new(),
     };
     report.evaluate_targets();
@@ -186,7 +191,8 @@ fn without_etcd_the_targets_against_it_are_not_measured() {
         .iter()
         .filter(|target| target.verdict == Verdict::NotMeasured)
         .count();
-    assert_eq!(not_measured, 5, "{:#?}", report.targets);
+    // Five against etcd, and three that need pinned placements.
+    assert_eq!(not_measured, 8, "{:#?}", report.targets);
     assert!(!report.table().contains("etcd ops/s"));
 }
 
@@ -211,7 +217,7 @@ fn table_json_chart_and_readme_carry_every_cell() {
     assert_eq!(json["cells"].as_array().unwrap().len(), 24);
     assert_eq!(json["cells"][0]["system"], "synod");
     assert_eq!(json["cells"][0]["workload"], "put");
-    assert_eq!(json["targets"].as_array().unwrap().len(), 6);
+    assert_eq!(json["targets"].as_array().unwrap().len(), 10);
 
     let svg = std::fs::read_to_string(dir.path().join("cluster.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
@@ -265,4 +271,94 @@ fn the_read_mode_table_sets_read_index_beside_the_lease() {
     );
     assert!(report.table().contains("synod-read-index ops/s"));
     assert!(report.to_json().contains("\"synod-read-index\""));
+}
+
+#[test]
+fn placements_are_compared_and_single_client_puts_judged_against_their_floor() {
+    let mut report = synthetic();
+    let placed = |placement: Placement, workload: Workload, clients, ops, p50_us| {
+        let mut cell = cell(System::Synod, workload, clients, ops, p50_us);
+        cell.placement = placement;
+        cell
+    };
+    // Floor at the leader: ceiling p50 300 + fdatasync 1500 + loopback 30 = 1830 µs; a
+    // follower adds one loopback round trip, probed at 20 µs just before its cell.
+    report
+        .cells
+        .push(placed(Placement::Leader, Workload::Put, 1, 500.0, 1870));
+    let mut follower = placed(Placement::Follower, Workload::Put, 1, 400.0, 1950);
+    follower.probe_fdatasync_p50_us = Some(1500.0);
+    follower.probe_loopback_rtt_p50_us = Some(20.0);
+    report.cells.push(follower);
+    // Balanced put at 64 clients: 7200 ops/s against 10000 pinned at the leader.
+    report
+        .cells
+        .push(placed(Placement::Leader, Workload::Put, 64, 10_000.0, 900));
+    report
+        .cells
+        .push(placed(Placement::Follower, Workload::Put, 64, 8_000.0, 900));
+    report.evaluate_targets();
+    let target = |prefix: &str| {
+        report
+            .targets
+            .iter()
+            .find(|target| target.goal.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no target {prefix}"))
+            .clone()
+    };
+    let leader = target("single-client put p50 at the leader");
+    assert_eq!(leader.verdict, Verdict::Met, "{}", leader.figure); // +40 µs
+    let at_follower = target("single-client put p50 at a follower");
+    assert_eq!(
+        at_follower.verdict,
+        Verdict::Missed,
+        "{}",
+        at_follower.figure
+    ); // +110 µs
+    assert!(
+        at_follower.figure.contains("floor 1840"),
+        "{}",
+        at_follower.figure
+    );
+    let balanced = target("put at 64 clients, balanced");
+    assert_eq!(balanced.verdict, Verdict::Missed); // 72 % of 10000
+    assert!(balanced.figure.starts_with("72 %"), "{}", balanced.figure);
+    assert_eq!(
+        target("linearizable get at 64 clients, balanced").verdict,
+        Verdict::Missed // 4800 vs 12000
+    );
+
+    let placements = report.placement_table();
+    assert!(
+        placements.contains("| synod | put | 64 | 7200 | 10000 | 8000 | 72 % | 60 % |"),
+        "{placements}"
+    );
+    // The leader's log synced in 800 µs on average during the leader cell, not 1500.
+    report
+        .breakdowns
+        .push(synod_bench::breakdown::CellBreakdown {
+            placement: Placement::Leader,
+            clients: 1,
+            breakdown: synod_bench::breakdown::Breakdown {
+                client_us: 1900.0,
+                leader_fsync: synod_bench::breakdown::Stage {
+                    mean_us: 800.0,
+                    count: 10,
+                },
+                at_leader: true,
+                ..Default::default()
+            },
+        });
+    let floors = report.floor_table();
+    let rows: Vec<&str> = floors.lines().skip(2).collect();
+    // Synod at each placement, then etcd's balanced cell.
+    assert_eq!(rows.len(), 4, "{floors}");
+    assert!(
+        rows[1].contains("| leader | 1870 | 1830 = 300 + 1500 + 30 × 1 | +40 |"),
+        "{floors}"
+    );
+    assert!(
+        rows[2].contains("| follower | 1950 | 1840 = 300 + 1500 + 20 × 2 | +110 |"),
+        "{floors}"
+    );
 }

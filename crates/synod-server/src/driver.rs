@@ -61,7 +61,7 @@ pub enum Control<S> {
     Persisted {
         id: PersistId,
         result: Result<(), StorageError>,
-        submitted: Instant,
+        submitted: Option<Instant>,
     },
     SnapshotSaved {
         slot: Slot,
@@ -122,7 +122,8 @@ pub struct Driver<S: StateMachine> {
     /// The origin of the replica's clock.
     clock_origin: Instant,
     next_request: RequestId,
-    proposals: HashMap<RequestId, oneshot::Sender<Result<Bytes, ServerError>>>,
+    /// Waiting proposals, with when the driver took each off its queue.
+    proposals: HashMap<RequestId, (oneshot::Sender<Result<Bytes, ServerError>>, Instant)>,
     reads: HashMap<RequestId, ReadFn<S>>,
     /// MoveLeader requests waiting for their transfer to end: (target, reply).
     transfers: Vec<(NodeId, oneshot::Sender<Result<(), MoveLeaderError>>)>,
@@ -217,7 +218,7 @@ impl<S: StateMachine> Driver<S> {
         self.replica.shut_down();
         let ready = self.replica.take_ready();
         self.answer(&ready);
-        for (_, reply) in self.proposals.drain() {
+        for (_, (reply, _)) in self.proposals.drain() {
             let _ = reply.send(Err(ServerError::Stopped));
         }
         for (_, read) in self.reads.drain() {
@@ -244,7 +245,7 @@ impl<S: StateMachine> Driver<S> {
         self.next_request += 1;
         match request {
             Request::Propose { payload, reply } => {
-                self.proposals.insert(id, reply);
+                self.proposals.insert(id, (reply, Instant::now()));
                 self.replica.propose(now, id, payload);
             }
             Request::Read { consistency, read } => {
@@ -297,9 +298,11 @@ impl<S: StateMachine> Driver<S> {
                 submitted,
             } => match result {
                 Ok(()) => {
-                    self.metrics
-                        .persist_seconds
-                        .observe(submitted.elapsed().as_secs_f64());
+                    if let Some(submitted) = submitted {
+                        self.metrics
+                            .persist_seconds
+                            .observe(submitted.elapsed().as_secs_f64());
+                    }
                     self.replica.on_persisted(now, id);
                 }
                 Err(error) => {
@@ -511,7 +514,10 @@ impl<S: StateMachine> Driver<S> {
     /// Replies to proposals; runs the reads the replica released against its state.
     fn answer(&mut self, ready: &ReplicaReady) {
         for (request, result) in &ready.replies {
-            if let Some(reply) = self.proposals.remove(request) {
+            if let Some((reply, received)) = self.proposals.remove(request) {
+                self.metrics
+                    .proposal_seconds
+                    .observe(received.elapsed().as_secs_f64());
                 let _ = reply.send(result.clone().map_err(server_error));
             }
         }
@@ -694,7 +700,9 @@ impl<S: StateMachine> Driver<S> {
     fn submit_persist(&mut self, request: PersistRequest) {
         let control = self.channels.control_tx.clone();
         let id = request.id;
-        let submitted = Instant::now();
+        // Only requests that wait for an fdatasync are timed: commit marks alone are
+        // written unsynced and would hide the synced ones' latency in the mean.
+        let submitted = request.needs_sync().then(Instant::now);
         self.group_commit.submit(
             request,
             Box::new(move |result| {

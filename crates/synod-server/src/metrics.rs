@@ -61,6 +61,10 @@ pub struct Metrics {
     /// From submitting a persist request to the write-ahead log until it is durable
     /// (queueing behind the batch in progress, then its own batch).
     pub persist_seconds: Histogram,
+    /// From the driver taking a client proposal off its queue until it answers it
+    /// (propose, replicate, choose, apply): the replica's share of a write's latency,
+    /// for `synod bench cluster`'s per-request breakdown.
+    pub proposal_seconds: Histogram,
     /// Bytes of the write-ahead log on disk, and of the snapshot files.
     pub wal_disk_bytes: IntGauge,
     pub snapshot_disk_bytes: IntGauge,
@@ -309,6 +313,12 @@ impl Metrics {
                 &registry,
                 "synod_wal_persist_duration_seconds",
                 "Time from submitting a persist request until it is durable (queueing, write, fdatasync)",
+                doubling_buckets(0.0001, 18),
+            ),
+            proposal_seconds: histogram(
+                &registry,
+                "synod_proposal_duration_seconds",
+                "Time from the replica's driver taking a client proposal until it answers it (propose, replicate, choose, apply)",
                 doubling_buckets(0.0001, 18),
             ),
             wal_disk_bytes: gauge(

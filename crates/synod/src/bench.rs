@@ -263,6 +263,15 @@ struct ClusterArgs {
     /// cell per client count).
     #[arg(long, default_value = "both", value_parser = parse_read_modes)]
     read_mode: synod_bench::report::ReadModes,
+    /// Where the replicated systems' clients are, comma-separated, each its own cell:
+    /// balanced (round-robin over every member, leader first, as etcd clients do),
+    /// leader, follower (all pinned to that one member).
+    #[arg(long, value_delimiter = ',', default_value = "balanced,leader,follower", value_parser = parse_placement)]
+    placements: Vec<synod_bench::report::Placement>,
+    /// HTTP/2 connections the load generator opens to each endpoint a cell uses (shared
+    /// by that endpoint's clients; etcd's client libraries open one).
+    #[arg(long, default_value_t = 4)]
+    connections_per_endpoint: usize,
     /// Measured seconds per cell (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -281,6 +290,11 @@ fn parse_workload(name: &str) -> Option<synod_bench::load::Workload> {
     synod_bench::load::Workload::ALL
         .into_iter()
         .find(|workload| workload.name() == name.trim())
+}
+
+fn parse_placement(name: &str) -> Result<synod_bench::report::Placement, String> {
+    synod_bench::report::Placement::parse(name)
+        .ok_or_else(|| format!("unknown placement {name:?} (choose balanced, leader or follower)"))
 }
 
 fn parse_read_modes(name: &str) -> Result<synod_bench::report::ReadModes, String> {
@@ -320,6 +334,8 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     options.skip_ceiling = args.skip_ceiling;
     options.skip_failover = args.skip_failover;
     options.clients = args.clients;
+    options.placements = args.placements;
+    options.connections_per_endpoint = args.connections_per_endpoint.max(1);
     options.workloads = workloads;
     options.read_modes = args.read_mode;
     options.cell_duration = std::time::Duration::from_secs_f64(args.seconds);
@@ -350,6 +366,16 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     if !read_modes.is_empty() {
         println!();
         print!("{read_modes}");
+    }
+    for table in [
+        report.placement_table(),
+        report.floor_table(),
+        synod_bench::breakdown::table(&report.breakdowns),
+    ] {
+        if !table.is_empty() {
+            println!();
+            print!("{table}");
+        }
     }
     if !report.failovers.is_empty() {
         println!();
