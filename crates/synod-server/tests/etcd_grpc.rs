@@ -2,33 +2,11 @@
 
 mod common;
 
-use common::EtcdCluster;
+use common::{get, kv, put, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::cluster_client::ClusterClient;
-use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
-
-async fn kv(cluster: &EtcdCluster, index: usize) -> KvClient<Channel> {
-    KvClient::connect(cluster.endpoint(index))
-        .await
-        .expect("connect")
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> pb::RangeRequest {
-    pb::RangeRequest {
-        key: key.into(),
-        ..Default::default()
-    }
-}
 
 fn prefix(key: &str) -> pb::RangeRequest {
     let mut end = key.as_bytes().to_vec();

@@ -5,26 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::EtcdCluster;
+use common::{kv, put, EtcdCluster};
 use synod_server::compactor::CompactionPolicy;
 use synod_server::proto::etcdserverpb as pb;
-use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use tonic::transport::Channel;
-
-async fn kv(cluster: &EtcdCluster, index: usize) -> KvClient<Channel> {
-    KvClient::connect(cluster.endpoint(index))
-        .await
-        .expect("connect")
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
-}
 
 fn get_at(key: &str, revision: i64) -> pb::RangeRequest {
     pb::RangeRequest {

@@ -7,17 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::EtcdCluster;
+use common::{kv, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::lease_client::LeaseClient;
 use tonic::transport::Channel;
-
-async fn kv(cluster: &EtcdCluster, index: usize) -> KvClient<Channel> {
-    KvClient::connect(cluster.endpoint(index))
-        .await
-        .expect("connect")
-}
 
 async fn leases(cluster: &EtcdCluster, index: usize) -> LeaseClient<Channel> {
     LeaseClient::connect(cluster.endpoint(index))

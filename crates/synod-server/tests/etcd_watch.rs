@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::EtcdCluster;
+use common::{kv, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::watch_client::WatchClient;
@@ -17,12 +17,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
-
-async fn kv(cluster: &EtcdCluster, index: usize) -> KvClient<Channel> {
-    KvClient::connect(cluster.endpoint(index))
-        .await
-        .expect("connect")
-}
 
 async fn put(client: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
     let response = client

@@ -8,38 +8,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{etcd_available, etcdctl_available, EtcdCluster};
+use common::{etcd_available, etcdctl_available, get, kv, put, EtcdCluster};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
 use synod_server::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
-async fn kv(cluster: &EtcdCluster, index: usize) -> KvClient<Channel> {
-    KvClient::connect(cluster.endpoint(index))
-        .await
-        .expect("connect")
-}
-
 async fn maintenance(cluster: &EtcdCluster, index: usize) -> MaintenanceClient<Channel> {
     MaintenanceClient::connect(cluster.endpoint(index))
         .await
         .expect("connect")
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> pb::RangeRequest {
-    pb::RangeRequest {
-        key: key.into(),
-        ..Default::default()
-    }
 }
 
 /// Every member's HashKV at `revision`, once all of them answer the same (members apply

@@ -326,3 +326,30 @@ pub fn etcdctl_available(test: &str) -> bool {
 pub fn etcd_available(test: &str) -> bool {
     tool_available("etcd", &["--version"], "etcd-server", test)
 }
+
+/// A KV client of member `index`'s etcd endpoint.
+pub async fn kv(
+    cluster: &EtcdCluster,
+    index: usize,
+) -> synod_server::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel> {
+    synod_server::proto::etcdserverpb::kv_client::KvClient::connect(cluster.endpoint(index))
+        .await
+        .expect("connect")
+}
+
+/// A plain put of `key` = `value`.
+pub fn put(key: &str, value: &str) -> synod_server::proto::etcdserverpb::PutRequest {
+    synod_server::proto::etcdserverpb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+/// A read of the one key `key`.
+pub fn get(key: &str) -> synod_server::proto::etcdserverpb::RangeRequest {
+    synod_server::proto::etcdserverpb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
