@@ -132,6 +132,10 @@ pub struct Driver<S: StateMachine> {
     fatal: Option<String>,
     /// The applied slot the observer last saw.
     observed: Option<Slot>,
+    /// Persist requests handed to the group-commit thread whose completion this task has
+    /// not handled yet. Only at zero may it write on its own thread (`persist`): the
+    /// replica takes a completion as "this and every earlier request is durable".
+    persists_in_flight: usize,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -161,6 +165,7 @@ impl<S: StateMachine> Driver<S> {
             stats: ReplicaStats::default(),
             fatal: None,
             observed: None,
+            persists_in_flight: 0,
         }
     }
 
@@ -296,21 +301,24 @@ impl<S: StateMachine> Driver<S> {
                 id,
                 result,
                 submitted,
-            } => match result {
-                Ok(()) => {
-                    if let Some(submitted) = submitted {
-                        self.metrics
-                            .persist_seconds
-                            .observe(submitted.elapsed().as_secs_f64());
+            } => {
+                self.persists_in_flight -= 1;
+                match result {
+                    Ok(()) => {
+                        if let Some(submitted) = submitted {
+                            self.metrics
+                                .persist_seconds
+                                .observe(submitted.elapsed().as_secs_f64());
+                        }
+                        self.replica.on_persisted(now, id);
                     }
-                    self.replica.on_persisted(now, id);
+                    Err(error) => {
+                        self.fatal = Some(format!(
+                            "the write-ahead log failed to persist request {id}: {error}"
+                        ));
+                    }
                 }
-                Err(error) => {
-                    self.fatal = Some(format!(
-                        "the write-ahead log failed to persist request {id}: {error}"
-                    ));
-                }
-            },
+            }
             Control::SnapshotSaved { slot, result } => {
                 if let Err(error) = &result {
                     tracing::error!(node = self.id, slot, %error, "saving a snapshot failed");
@@ -478,9 +486,7 @@ impl<S: StateMachine> Driver<S> {
                 break;
             }
             let ready = self.replica.take_ready();
-            for request in &ready.persist {
-                self.submit_persist(request.clone());
-            }
+            self.persist(&ready.persist);
             for envelope in &ready.messages {
                 let Some(queue) = self.channels.peers.get(&envelope.to) else {
                     continue;
@@ -697,7 +703,47 @@ impl<S: StateMachine> Driver<S> {
         metrics.set_disk_bytes(self.group_commit.stats().disk_bytes, None);
     }
 
+    /// A replica that is not leading writes its log on this task when the log is idle:
+    /// its persists (a follower's accepts and promises) are what its replies wait for,
+    /// and the group-commit thread would add two thread wake-ups to every one
+    /// (docs/latency.md). A leader hands them over, so that its accepts reach the peers
+    /// and its own fdatasync overlaps theirs.
+    fn persist(&mut self, requests: &[PersistRequest]) {
+        let Some(last) = requests.last().map(|request| request.id) else {
+            return;
+        };
+        if self.persists_in_flight == 0
+            && self.replica.node().status().role != synod_core::Role::Leader
+        {
+            let started = Instant::now();
+            if let Some(result) = self.group_commit.append_now(requests) {
+                match result {
+                    Ok(()) => {
+                        if requests.iter().any(PersistRequest::needs_sync) {
+                            self.metrics
+                                .persist_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        self.metrics.persists_inline.inc();
+                        let now = self.now();
+                        self.replica.on_persisted(now, last);
+                    }
+                    Err(error) => {
+                        self.fatal = Some(format!(
+                            "the write-ahead log failed to persist request {last}: {error}"
+                        ));
+                    }
+                }
+                return;
+            }
+        }
+        for request in requests {
+            self.submit_persist(request.clone());
+        }
+    }
+
     fn submit_persist(&mut self, request: PersistRequest) {
+        self.persists_in_flight += 1;
         let control = self.channels.control_tx.clone();
         let id = request.id;
         // Only requests that wait for an fdatasync are timed: commit marks alone are

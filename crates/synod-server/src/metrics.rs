@@ -61,6 +61,9 @@ pub struct Metrics {
     /// From submitting a persist request to the write-ahead log until it is durable
     /// (queueing behind the batch in progress, then its own batch).
     pub persist_seconds: Histogram,
+    /// Persist batches a replica that is not leading wrote on its own task because the
+    /// log was idle, instead of handing them to the group-commit thread.
+    pub persists_inline: IntCounter,
     /// From the driver taking a client proposal off its queue until it answers it
     /// (propose, replicate, choose, apply): the replica's share of a write's latency,
     /// for `synod bench cluster`'s per-request breakdown.
@@ -314,6 +317,11 @@ impl Metrics {
                 "synod_wal_persist_duration_seconds",
                 "Time from submitting a persist request until it is durable (queueing, write, fdatasync)",
                 doubling_buckets(0.0001, 18),
+            ),
+            persists_inline: counter(
+                &registry,
+                "synod_wal_persists_inline_total",
+                "Persist batches written on the replica's own task (not leading, log idle) instead of the group-commit thread",
             ),
             proposal_seconds: histogram(
                 &registry,

@@ -2,6 +2,11 @@
 //! completion once the request is durable. Every request that is pending when the thread
 //! wakes goes into one `append`, so they share one fdatasync. Completions run in
 //! submission order, so "request N is durable" implies every earlier one is too.
+//!
+//! A caller that would only wait for the thread can write on its own thread instead
+//! ([`GroupCommit::append_now`]) when nothing is queued or being written: that saves the
+//! two thread wake-ups of a hand-off (docs/latency.md), at the price of blocking the
+//! caller for one write + fdatasync.
 
 use crate::error::StorageError;
 use crate::wal::{SyncMode, Wal};
@@ -21,7 +26,7 @@ pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 /// Called on the group-commit thread with how long one batch took to write and
 /// fdatasync, for a latency histogram. Batches that are not synced (commit marks only,
 /// or a log opened with [`SyncMode::None`]) and failed batches are not reported.
-pub type SyncObserver = Box<dyn Fn(Duration) + Send>;
+pub type SyncObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
 pub struct GroupCommitStats {
@@ -49,12 +54,18 @@ struct Queue {
     shutting_down: bool,
     /// The thread has exited: new submissions fail at once.
     closed: bool,
+    /// The log is being written (by the thread, or by `append_now`'s caller): the other
+    /// must not start, so batches reach the log in submission order.
+    writing: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Mutex<GroupCommitStats>,
+    /// `None` once the thread has exited and handed it back.
+    wal: Mutex<Option<Wal>>,
+    observer: Option<SyncObserver>,
 }
 
 impl Shared {
@@ -71,11 +82,42 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
+
+    fn wal(&self) -> MutexGuard<'_, Option<Wal>> {
+        self.wal.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Writes `batch` with one `append` (one fdatasync) and counts it. The caller holds
+    /// the `writing` flag, so nobody else is in the log.
+    fn append(&self, batch: &[PersistRequest]) -> Result<(), StorageError> {
+        let mut wal = self.wal();
+        let Some(wal) = wal.as_mut() else {
+            return Err(StorageError::Closed);
+        };
+        let synced =
+            wal.options().sync == SyncMode::Fsync && batch.iter().any(PersistRequest::needs_sync);
+        let started = Instant::now();
+        let result = wal.append(batch);
+        if let (Some(observer), true, true) = (&self.observer, synced, result.is_ok()) {
+            let took = started.elapsed();
+            // Like a completion, a panicking observer must not take the log down.
+            let _ = catch_unwind(AssertUnwindSafe(|| observer(took)));
+        }
+        let mut stats = self.stats();
+        stats.requests += batch.len() as u64;
+        stats.syncs += 1;
+        stats.largest_batch = stats.largest_batch.max(batch.len() as u64);
+        if result.is_err() {
+            stats.failed_requests += batch.len() as u64;
+        }
+        stats.disk_bytes = wal.disk_bytes();
+        result
+    }
 }
 
 pub struct GroupCommit {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<Wal>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl GroupCommit {
@@ -96,11 +138,13 @@ impl GroupCommit {
                 disk_bytes: wal.disk_bytes(),
                 ..GroupCommitStats::default()
             }),
+            wal: Mutex::new(Some(wal)),
+            observer,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("synod-group-commit".to_string())
-            .spawn(move || run(wal, &thread_shared, observer))
+            .spawn(move || run(&thread_shared))
             .ok();
         if thread.is_none() {
             shared.queue().closed = true;
@@ -120,6 +164,33 @@ impl GroupCommit {
         queue.requests.push((request, done));
         drop(queue);
         self.shared.wake.notify_one();
+    }
+
+    /// Writes `requests` on the caller's thread with one `append` (one fdatasync) and
+    /// returns once they are durable — when nothing is queued or being written. Otherwise
+    /// (or when the log is closed or stopping) returns `None` without writing: submit
+    /// them instead, behind what is queued. Either way batches reach the log in the order
+    /// they were handed over; the caller must itself not rely on completions of earlier
+    /// submissions that it has not yet seen (they ran, but their messages may be queued).
+    pub fn append_now(&self, requests: &[PersistRequest]) -> Option<Result<(), StorageError>> {
+        {
+            let mut queue = self.shared.queue();
+            if queue.closed
+                || queue.shutting_down
+                || queue.writing
+                || !queue.requests.is_empty()
+                || !queue.commands.is_empty()
+            {
+                return None;
+            }
+            queue.writing = true;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| self.shared.append(requests)))
+            .unwrap_or(Err(StorageError::Closed));
+        self.shared.queue().writing = false;
+        // Whatever was submitted meanwhile waits for the thread.
+        self.shared.wake.notify_one();
+        Some(result)
     }
 
     /// Submits and blocks until the request is durable.
@@ -162,7 +233,8 @@ impl GroupCommit {
         let thread = self.thread.take()?;
         self.shared.queue().shutting_down = true;
         self.shared.wake.notify_one();
-        thread.join().ok()
+        thread.join().ok()?;
+        self.shared.wal().take()
     }
 }
 
@@ -199,18 +271,21 @@ impl Drop for CloseOnExit<'_> {
     }
 }
 
-fn run(mut wal: Wal, shared: &Shared, observer: Option<SyncObserver>) -> Wal {
+fn run(shared: &Shared) {
     let _close_on_exit = CloseOnExit(shared);
     let mut batch: Vec<PersistRequest> = Vec::new();
     loop {
         let (pending, commands, shutting_down) = {
             let mut queue = shared.queue();
-            while queue.requests.is_empty() && queue.commands.is_empty() && !queue.shutting_down {
+            while queue.writing
+                || (queue.requests.is_empty() && queue.commands.is_empty() && !queue.shutting_down)
+            {
                 queue = shared
                     .wake
                     .wait(queue)
                     .unwrap_or_else(|poison| poison.into_inner());
             }
+            queue.writing = true;
             (
                 std::mem::take(&mut queue.requests),
                 std::mem::take(&mut queue.commands),
@@ -225,25 +300,7 @@ fn run(mut wal: Wal, shared: &Shared, observer: Option<SyncObserver>) -> Wal {
                 batch.push(request);
                 completions.push(done);
             }
-            let synced = wal.options().sync == SyncMode::Fsync
-                && batch.iter().any(PersistRequest::needs_sync);
-            let started = Instant::now();
-            let result = wal.append(&batch);
-            if let (Some(observer), true, true) = (&observer, synced, result.is_ok()) {
-                let took = started.elapsed();
-                // Like a completion, a panicking observer must not take the log down.
-                let _ = catch_unwind(AssertUnwindSafe(|| observer(took)));
-            }
-            {
-                let mut stats = shared.stats();
-                stats.requests += completions.len() as u64;
-                stats.syncs += 1;
-                stats.largest_batch = stats.largest_batch.max(completions.len() as u64);
-                if result.is_err() {
-                    stats.failed_requests += completions.len() as u64;
-                }
-                stats.disk_bytes = wal.disk_bytes();
-            }
+            let result = shared.append(&batch);
             for done in completions {
                 let outcome = match &result {
                     Ok(()) => Ok(()),
@@ -257,24 +314,26 @@ fn run(mut wal: Wal, shared: &Shared, observer: Option<SyncObserver>) -> Wal {
         for command in commands {
             match command {
                 Command::Compact(through, reply) => {
-                    let result = wal.compact(through);
-                    {
-                        let mut stats = shared.stats();
-                        stats.compactions += 1;
-                        stats.disk_bytes = wal.disk_bytes();
-                    }
+                    let result = match shared.wal().as_mut() {
+                        Some(wal) => {
+                            let result = wal.compact(through);
+                            let mut stats = shared.stats();
+                            stats.compactions += 1;
+                            stats.disk_bytes = wal.disk_bytes();
+                            result
+                        }
+                        None => Err(StorageError::Closed),
+                    };
                     let _ = reply.send(result);
                 }
             }
         }
 
-        if shutting_down {
-            let mut queue = shared.queue();
-            if queue.requests.is_empty() && queue.commands.is_empty() {
-                queue.closed = true;
-                drop(queue);
-                return wal;
-            }
+        let mut queue = shared.queue();
+        queue.writing = false;
+        if shutting_down && queue.requests.is_empty() && queue.commands.is_empty() {
+            queue.closed = true;
+            return;
         }
     }
 }

@@ -168,3 +168,155 @@ fn the_sync_observer_sees_each_synced_batch_and_nothing_else() {
     // A log that never syncs reports no fsync durations.
     assert_eq!(observed_syncs(fast_options(1 << 20)), 0);
 }
+
+#[test]
+fn append_now_writes_on_the_callers_thread_when_the_log_is_idle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    let seen = Arc::new(Mutex::new(0usize));
+    let observer_seen = Arc::clone(&seen);
+    let group = GroupCommit::start_with_sync_observer(
+        wal,
+        Box::new(move |_| *observer_seen.lock().expect("seen lock") += 1),
+    );
+    group
+        .submit_and_wait(accept_request(1, 1, Ballot::new(1, 1), 0))
+        .expect("durable");
+    let result = group.append_now(&[
+        accept_request(2, 2, Ballot::new(1, 1), 1),
+        accept_request(3, 3, Ballot::new(1, 1), 2),
+    ]);
+    assert!(
+        matches!(result, Some(Ok(()))),
+        "an idle log is written at once"
+    );
+    let stats = group.stats();
+    assert_eq!(
+        (stats.requests, stats.syncs, stats.largest_batch),
+        (3, 2, 2)
+    );
+    assert_eq!(
+        *seen.lock().expect("seen lock"),
+        2,
+        "both batches were fdatasynced"
+    );
+    // The thread still takes submissions after an inline write.
+    group
+        .submit_and_wait(accept_request(4, 4, Ballot::new(1, 1), 3))
+        .expect("durable");
+    let wal = group.shutdown().expect("shutdown");
+    assert_eq!(wal.last_persist_id(), 4);
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovered.entries.len(), 4);
+}
+
+#[test]
+fn append_now_declines_while_a_batch_is_queued_or_being_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), fast_options(1 << 20)).expect("open");
+    let group = GroupCommit::start(wal);
+    // The first completion blocks the group-commit thread inside its batch until released.
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    group.submit(
+        accept_request(1, 1, Ballot::new(1, 1), 0),
+        Box::new(move |result| {
+            result.expect("durable");
+            entered_tx.send(()).expect("test waits");
+            let _ = release_rx.recv();
+        }),
+    );
+    entered_rx.recv().expect("the thread is inside its batch");
+    assert!(
+        group
+            .append_now(&[accept_request(2, 2, Ballot::new(1, 1), 1)])
+            .is_none(),
+        "the thread is writing"
+    );
+    // Queued behind the batch in progress: an inline write now would overtake it.
+    let (done_tx, done_rx) = mpsc::channel();
+    group.submit(
+        accept_request(2, 2, Ballot::new(1, 1), 1),
+        Box::new(move |result| done_tx.send(result).expect("test waits")),
+    );
+    assert!(group
+        .append_now(&[accept_request(3, 3, Ballot::new(1, 1), 2)])
+        .is_none());
+    release_tx.send(()).expect("thread waits");
+    done_rx.recv().expect("completed").expect("durable");
+    // Idle again (the thread clears its flag right after the completions run).
+    let mut result = None;
+    for _ in 0..1000 {
+        result = group.append_now(&[accept_request(3, 3, Ballot::new(1, 1), 2)]);
+        if result.is_some() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(matches!(result, Some(Ok(()))), "{result:?}");
+    let wal = group.shutdown().expect("shutdown");
+    assert_eq!(wal.last_persist_id(), 3);
+}
+
+#[test]
+fn an_inline_write_never_overtakes_a_submitted_request() {
+    // Four threads hand requests over in id order (under one lock, as the driver does on
+    // its one task); two of them try `append_now` first. When it writes, every request
+    // handed over before it must already be written: the completions counted them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), fast_options(1 << 16)).expect("open");
+    let group = Arc::new(GroupCommit::start(wal));
+    let next_id = Arc::new(Mutex::new(0u64));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|thread_index| {
+            let group = Arc::clone(&group);
+            let next_id = Arc::clone(&next_id);
+            let written = Arc::clone(&written);
+            thread::spawn(move || {
+                let mut inline = 0;
+                for _ in 0..300 {
+                    let mut next = next_id.lock().expect("id lock");
+                    *next += 1;
+                    let id = *next;
+                    let request = accept_request(id, id, Ballot::new(1, 1), 0);
+                    if thread_index % 2 == 0 {
+                        if let Some(result) = group.append_now(std::slice::from_ref(&request)) {
+                            result.expect("durable");
+                            let before = written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            assert_eq!(
+                                before,
+                                id - 1,
+                                "request {id} was written before an earlier one"
+                            );
+                            inline += 1;
+                            continue;
+                        }
+                    }
+                    let written = Arc::clone(&written);
+                    group.submit(
+                        request,
+                        Box::new(move |result| {
+                            result.expect("durable");
+                            written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }),
+                    );
+                    drop(next);
+                }
+                inline
+            })
+        })
+        .collect();
+    let inline: usize = threads
+        .into_iter()
+        .map(|handle| handle.join().expect("thread"))
+        .sum();
+    assert!(inline > 0, "some writes went inline");
+    let group = Arc::into_inner(group).expect("sole owner");
+    let wal = group.shutdown().expect("shutdown");
+    assert_eq!(wal.last_persist_id(), 1200);
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), fast_options(1 << 16)).expect("reopen");
+    assert_eq!(recovered.entries.len(), 1200);
+}
