@@ -100,8 +100,16 @@ const FEW_EVENTS_MAX: usize = 32;
 /// Most keys have one event between compactions, so it is held inline; a few events share
 /// one allocation; long histories are a persistent vector. Every form clones in O(1) or
 /// O([`FEW_EVENTS_MAX`]), so cloning the store (a snapshot) stays cheap.
+/// A key's events behind one shared pointer. The store's map is cloned for every
+/// published snapshot, and the next write then copies the map's node that holds the key:
+/// with the history inline that copied every neighbour's history too (an RRB vector's five
+/// pointers, or an event and its value); behind an `Arc` it is one count each, and only the
+/// written key's own history is copied (`Arc::make_mut`). Measured in docs/latency.md.
 #[derive(Clone, Debug)]
-pub(crate) enum KeyHistory {
+pub(crate) struct KeyHistory(Arc<Held>);
+
+#[derive(Clone, Debug)]
+enum Held {
     One(KeyEvent),
     Few(Arc<[KeyEvent]>),
     Many(Vector<KeyEvent>),
@@ -118,11 +126,17 @@ impl Eq for KeyHistory {}
 
 impl From<Vec<KeyEvent>> for KeyHistory {
     /// The compact form for these events; `events` must not be empty.
-    fn from(mut events: Vec<KeyEvent>) -> KeyHistory {
+    fn from(events: Vec<KeyEvent>) -> KeyHistory {
+        KeyHistory(Arc::new(Held::from(events)))
+    }
+}
+
+impl From<Vec<KeyEvent>> for Held {
+    fn from(mut events: Vec<KeyEvent>) -> Held {
         match events.len() {
-            1 => KeyHistory::One(events.remove(0)),
-            n if n <= FEW_EVENTS_MAX => KeyHistory::Few(events.into()),
-            _ => KeyHistory::Many(Vector::from(events)),
+            1 => Held::One(events.remove(0)),
+            n if n <= FEW_EVENTS_MAX => Held::Few(events.into()),
+            _ => Held::Many(Vector::from(events)),
         }
     }
 }
@@ -153,49 +167,49 @@ impl ExactSizeIterator for Events<'_> {}
 
 impl KeyHistory {
     pub fn len(&self) -> usize {
-        match self {
-            KeyHistory::One(_) => 1,
-            KeyHistory::Few(events) => events.len(),
-            KeyHistory::Many(events) => events.len(),
+        match &*self.0 {
+            Held::One(_) => 1,
+            Held::Few(events) => events.len(),
+            Held::Many(events) => events.len(),
         }
     }
 
     pub fn iter(&self) -> Events<'_> {
-        match self {
-            KeyHistory::One(event) => Events::Slice(std::slice::from_ref(event).iter()),
-            KeyHistory::Few(events) => Events::Slice(events.iter()),
-            KeyHistory::Many(events) => Events::Vector(events.iter()),
+        match &*self.0 {
+            Held::One(event) => Events::Slice(std::slice::from_ref(event).iter()),
+            Held::Few(events) => Events::Slice(events.iter()),
+            Held::Many(events) => Events::Vector(events.iter()),
         }
     }
 
     fn get(&self, index: usize) -> Option<&KeyEvent> {
-        match self {
-            KeyHistory::One(event) => (index == 0).then_some(event),
-            KeyHistory::Few(events) => events.get(index),
-            KeyHistory::Many(events) => events.get(index),
+        match &*self.0 {
+            Held::One(event) => (index == 0).then_some(event),
+            Held::Few(events) => events.get(index),
+            Held::Many(events) => events.get(index),
         }
     }
 
     /// The newest event.
     pub fn last(&self) -> &KeyEvent {
-        match self {
-            KeyHistory::One(event) => event,
+        match &*self.0 {
+            Held::One(event) => event,
             // Never empty: built from at least two events.
-            KeyHistory::Few(events) => &events[events.len() - 1],
-            KeyHistory::Many(events) => &events[events.len() - 1],
+            Held::Few(events) => &events[events.len() - 1],
+            Held::Many(events) => &events[events.len() - 1],
         }
     }
 
     /// The index of the last event at or before `revision`, if any.
     fn index_at(&self, revision: i64) -> Option<usize> {
-        let found = match self {
-            KeyHistory::One(event) => match event.revision().cmp(&revision) {
+        let found = match &*self.0 {
+            Held::One(event) => match event.revision().cmp(&revision) {
                 std::cmp::Ordering::Greater => Err(0),
                 std::cmp::Ordering::Equal => Ok(0),
                 std::cmp::Ordering::Less => Err(1),
             },
-            KeyHistory::Few(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
-            KeyHistory::Many(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
+            Held::Few(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
+            Held::Many(events) => events.binary_search_by(|e| e.revision().cmp(&revision)),
         };
         match found {
             Ok(index) => Some(index),
@@ -216,37 +230,43 @@ impl KeyHistory {
 
     /// Appends a newer event.
     pub fn push(&mut self, event: KeyEvent) {
-        match self {
-            KeyHistory::Many(events) => events.push_back(event),
-            KeyHistory::One(first) => {
-                *self = KeyHistory::Few(Arc::from([first.clone(), event]));
-            }
-            KeyHistory::Few(events) if events.len() < FEW_EVENTS_MAX => {
-                let longer: Vec<KeyEvent> = events
+        let longer = match &*self.0 {
+            Held::One(first) => Held::Few(Arc::from([first.clone(), event])),
+            Held::Few(events) if events.len() < FEW_EVENTS_MAX => Held::Few(
+                events
                     .iter()
                     .cloned()
                     .chain(std::iter::once(event))
-                    .collect();
-                *self = KeyHistory::Few(longer.into());
-            }
-            KeyHistory::Few(events) => {
+                    .collect::<Vec<KeyEvent>>()
+                    .into(),
+            ),
+            Held::Few(events) => {
                 let mut longer: Vector<KeyEvent> = events.iter().cloned().collect();
                 longer.push_back(event);
-                *self = KeyHistory::Many(longer);
+                Held::Many(longer)
             }
-        }
+            Held::Many(_) => {
+                if let Held::Many(events) = Arc::make_mut(&mut self.0) {
+                    events.push_back(event);
+                }
+                return;
+            }
+        };
+        self.0 = Arc::new(longer);
     }
 
     /// Drops the newest event (undoing a [`push`](Self::push) onto a history that was not
     /// empty). Returns false, changing nothing, when only one event is left.
     pub fn pop(&mut self) -> bool {
-        match self {
-            KeyHistory::One(_) => return false,
-            KeyHistory::Few(events) => {
+        match &*self.0 {
+            Held::One(_) => return false,
+            Held::Few(events) => {
                 *self = KeyHistory::from(events[..events.len() - 1].to_vec());
             }
-            KeyHistory::Many(events) => {
-                events.pop_back();
+            Held::Many(_) => {
+                if let Held::Many(events) = Arc::make_mut(&mut self.0) {
+                    events.pop_back();
+                }
             }
         }
         true
@@ -269,12 +289,12 @@ impl KeyHistory {
             Some(self.clone())
         } else if keep_from == self.len() {
             None
-        } else if let KeyHistory::Many(events) = self {
+        } else if let Held::Many(events) = &*self.0 {
             Some(match events.len() - keep_from {
                 n if n <= FEW_EVENTS_MAX => {
                     KeyHistory::from(self.iter().skip(keep_from).cloned().collect::<Vec<_>>())
                 }
-                _ => KeyHistory::Many(events.skip(keep_from)),
+                _ => KeyHistory(Arc::new(Held::Many(events.skip(keep_from)))),
             })
         } else {
             Some(KeyHistory::from(

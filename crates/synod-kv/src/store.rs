@@ -624,7 +624,7 @@ impl KvStore {
             Some(history) => history.push(event),
             None => {
                 batch.history_bytes += key_bytes(key);
-                self.keys.insert(key.clone(), KeyHistory::One(event));
+                self.keys.insert(key.clone(), KeyHistory::from(vec![event]));
             }
         }
         let key = stored.unwrap_or_else(|| key.clone());
