@@ -563,8 +563,18 @@ async fn measure_cell(
     // The floor's disk and network parts, probed under the load the cell runs in.
     let probes = if workload == Workload::Put && clients == 1 && system != System::Ceiling {
         let fdatasync = machine::fdatasync_latency(&options.data_dir, 300, 4096)?;
+        // Every member's log is on this one disk: a put needs two of three members'
+        // fdatasyncs, issued together.
+        let members = run.processes.members.len();
+        let quorum = machine::fdatasync_quorum_latency(
+            &options.data_dir,
+            300,
+            members,
+            members / 2 + 1,
+            4096,
+        )?;
         let loopback = machine::loopback_rtt(2000, 64)?;
-        Some((fdatasync.p50_us, loopback.p50_us))
+        Some((fdatasync.p50_us, loopback.p50_us, quorum.p50_us))
     } else {
         None
     };
@@ -583,6 +593,7 @@ async fn measure_cell(
     cell.placement = placement;
     cell.probe_fdatasync_p50_us = probes.map(|probes| probes.0);
     cell.probe_loopback_rtt_p50_us = probes.map(|probes| probes.1);
+    cell.probe_quorum_fdatasync_p50_us = probes.map(|probes| probes.2);
     cell.server_cpu_percent = servers.as_secs_f64() / wall * 100.0;
     cell.client_cpu_percent = client.as_secs_f64() / wall * 100.0;
     progress.note(&format!(

@@ -95,6 +95,59 @@ fn summarise(mut micros: Vec<f64>, seconds: f64) -> Sampled {
     }
 }
 
+/// A file preallocated in a directory, rewritten block by block in a ring and synced:
+/// only data is flushed, as in the log's preallocated segments. Removed on drop.
+struct ProbeFile {
+    path: std::path::PathBuf,
+    file: fs::File,
+    block: Vec<u8>,
+    next: usize,
+}
+
+impl ProbeFile {
+    const RING_BLOCKS: usize = 256;
+
+    fn create(path: std::path::PathBuf, block_bytes: usize) -> std::io::Result<ProbeFile> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let block = vec![0x5a_u8; block_bytes.max(1)];
+        for _ in 0..ProbeFile::RING_BLOCKS {
+            file.write_all(&block)?;
+        }
+        file.sync_all()?;
+        Ok(ProbeFile {
+            path,
+            file,
+            block,
+            next: 0,
+        })
+    }
+
+    /// Writes the next block and fdatasyncs it.
+    fn write_and_sync(&mut self) -> std::io::Result<()> {
+        let offset = (self.next % ProbeFile::RING_BLOCKS) * self.block.len();
+        self.next += 1;
+        self.file.seek(SeekFrom::Start(offset as u64))?;
+        self.file.write_all(&self.block)?;
+        self.file.sync_data()
+    }
+}
+
+impl Drop for ProbeFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), BenchError> {
+    fs::create_dir_all(dir)
+        .map_err(|error| BenchError::new(format!("creating {}: {error}", dir.display())))
+}
+
 /// Write `block_bytes` then `fdatasync`, `iterations` times, in a file preallocated in
 /// `dir` (overwriting the same blocks in a ring, so only data is flushed, as in the log's
 /// preallocated segments). The file is removed afterwards.
@@ -103,38 +156,107 @@ pub fn fdatasync_latency(
     iterations: usize,
     block_bytes: usize,
 ) -> Result<Sampled, BenchError> {
-    fs::create_dir_all(dir)
-        .map_err(|error| BenchError::new(format!("creating {}: {error}", dir.display())))?;
-    let path = dir.join("fdatasync-probe");
-    let ring_blocks = 256;
+    create_dir(dir)?;
     let result = (|| -> std::io::Result<Sampled> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let block = vec![0x5a_u8; block_bytes.max(1)];
-        for _ in 0..ring_blocks {
-            file.write_all(&block)?;
-        }
-        file.sync_all()?;
+        let mut file = ProbeFile::create(dir.join("fdatasync-probe"), block_bytes)?;
         let mut micros = Vec::with_capacity(iterations);
         let started = Instant::now();
-        for iteration in 0..iterations {
+        for _ in 0..iterations {
             let begin = Instant::now();
-            file.seek(SeekFrom::Start(
-                ((iteration % ring_blocks) * block.len()) as u64,
-            ))?;
-            file.write_all(&block)?;
-            file.sync_data()?;
+            file.write_and_sync()?;
             micros.push(begin.elapsed().as_secs_f64() * 1e6);
         }
         Ok(summarise(micros, started.elapsed().as_secs_f64()))
     })();
-    let _ = fs::remove_file(&path);
     result
         .map_err(|error| BenchError::new(format!("fdatasync probe in {}: {error}", dir.display())))
+}
+
+/// The disk's part of a replicated write when the members share one disk, as the three
+/// members of `synod bench cluster` do: `writers` threads, each with its own file in
+/// `dir` (each member has its own log), write `block_bytes` and fdatasync at the same
+/// moment, `iterations` times. A sample is the time from the first write's start until
+/// `quorum` of the writers' fdatasyncs have returned. On a disk that serves flushes one
+/// at a time this is near `quorum` fdatasyncs, not one. The files are removed afterwards.
+pub fn fdatasync_quorum_latency(
+    dir: &Path,
+    iterations: usize,
+    writers: usize,
+    quorum: usize,
+    block_bytes: usize,
+) -> Result<Sampled, BenchError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Barrier, Mutex};
+    create_dir(dir)?;
+    let writers = writers.max(1);
+    let quorum = quorum.clamp(1, writers);
+    let mut files = Vec::with_capacity(writers);
+    for index in 0..writers {
+        let path = dir.join(format!("fdatasync-quorum-probe-{index}"));
+        files.push(ProbeFile::create(path, block_bytes).map_err(|error| {
+            BenchError::new(format!("fdatasync probe in {}: {error}", dir.display()))
+        })?);
+    }
+    let go = Barrier::new(writers + 1);
+    let done = Barrier::new(writers + 1);
+    let stop = AtomicBool::new(false);
+    // Each writer's (start, end) of the current round, or the error that stopped it.
+    type Round = Option<std::io::Result<(Instant, Instant)>>;
+    let rounds: Vec<Mutex<Round>> = (0..writers).map(|_| Mutex::new(None)).collect();
+    let mut micros = Vec::with_capacity(iterations);
+    let started = Instant::now();
+    let failure = std::thread::scope(|scope| {
+        for (file, round) in files.iter_mut().zip(&rounds) {
+            let (go, done, stop) = (&go, &done, &stop);
+            scope.spawn(move || loop {
+                go.wait();
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let begin = Instant::now();
+                let outcome = file.write_and_sync().map(|()| (begin, Instant::now()));
+                *round.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(outcome);
+                done.wait();
+            });
+        }
+        let mut failure = None;
+        for _ in 0..iterations {
+            go.wait();
+            done.wait();
+            let mut starts = Vec::with_capacity(writers);
+            let mut ends = Vec::with_capacity(writers);
+            for round in &rounds {
+                match round
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .take()
+                {
+                    Some(Ok((begin, end))) => {
+                        starts.push(begin);
+                        ends.push(end);
+                    }
+                    Some(Err(error)) => failure = Some(error),
+                    None => {}
+                }
+            }
+            if failure.is_some() || ends.len() < quorum {
+                break;
+            }
+            ends.sort();
+            let first = starts.iter().min().copied().unwrap_or(ends[0]);
+            micros.push(ends[quorum - 1].duration_since(first).as_secs_f64() * 1e6);
+        }
+        stop.store(true, Ordering::SeqCst);
+        go.wait();
+        failure
+    });
+    if let Some(error) = failure {
+        return Err(BenchError::new(format!(
+            "fdatasync quorum probe in {}: {error}",
+            dir.display()
+        )));
+    }
+    Ok(summarise(micros, started.elapsed().as_secs_f64()))
 }
 
 /// Round trips of a `message_bytes` message over a loopback TCP connection (Nagle off),
@@ -303,6 +425,14 @@ mod tests {
         assert_eq!(disk.count, 5);
         assert!(disk.p50_us <= disk.max_us);
         assert!(!dir.path().join("fdatasync-probe").exists());
+        let quorum = fdatasync_quorum_latency(dir.path(), 5, 3, 2, 4096).unwrap();
+        assert_eq!(quorum.count, 5);
+        assert!(quorum.p50_us > 0.0 && quorum.p50_us <= quorum.max_us);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe files left"
+        );
         let rtt = loopback_rtt(50, 64).unwrap();
         assert_eq!(rtt.count, 50);
         assert!(rtt.p99_us <= rtt.max_us);

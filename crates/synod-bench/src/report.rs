@@ -80,6 +80,10 @@ pub struct Cell {
     /// under the same machine load as the cell).
     pub probe_fdatasync_p50_us: Option<f64>,
     pub probe_loopback_rtt_p50_us: Option<f64>,
+    /// Probed beside them: from the start of a majority of the members' fdatasyncs
+    /// issued together on this one disk (each in its own file) until they have all
+    /// returned, p50 (`machine::fdatasync_quorum_latency`).
+    pub probe_quorum_fdatasync_p50_us: Option<f64>,
 }
 
 impl Cell {
@@ -102,6 +106,7 @@ impl Cell {
             first_error: result.first_error.clone(),
             probe_fdatasync_p50_us: None,
             probe_loopback_rtt_p50_us: None,
+            probe_quorum_fdatasync_p50_us: None,
         }
     }
 }
@@ -335,7 +340,7 @@ impl ClusterReport {
                     continue;
                 };
                 if out.is_empty() {
-                    out.push_str("| system | clients at | put p50 at 1 client µs | floor µs = ceiling's put p50 + fdatasync p50 + peer RTT p50 × round trips | above the floor µs | floor with the leader log's own mean write + fdatasync in the cell µs | above it µs |\n| --- | --- | --: | --: | --: | --: | --: |\n");
+                    out.push_str("| system | clients at | put p50 at 1 client µs | floor µs = ceiling's put p50 + fdatasync p50 + peer RTT p50 × round trips | above the floor µs | floor on one shared disk µs (a majority's fdatasyncs issued together, p50) | above it µs | floor with the leader log's own mean write + fdatasync in the cell µs | above it µs |\n| --- | --- | --: | --: | --: | --: | --: | --: | --: |\n");
                 }
                 // The probe runs alone between cells; on a shared disk the log's own
                 // syncs during the cell can differ from it by milliseconds.
@@ -349,12 +354,17 @@ impl ClusterReport {
                             && breakdown.breakdown.leader_fsync.count > 0
                     })
                     .map(|breakdown| floor - fdatasync + breakdown.breakdown.leader_fsync.mean_us);
+                let shared = cell
+                    .probe_quorum_fdatasync_p50_us
+                    .map(|quorum| floor - fdatasync + quorum);
                 out.push_str(&format!(
-                    "| {} | {} | {} | {floor:.0} = {ceiling:.0} + {fdatasync:.0} + {loopback:.0} × {round_trips} | {:+.0} | {} | {} |\n",
+                    "| {} | {} | {} | {floor:.0} = {ceiling:.0} + {fdatasync:.0} + {loopback:.0} × {round_trips} | {:+.0} | {} | {} | {} | {} |\n",
                     system.name(),
                     placement.name(),
                     cell.p50_us,
                     cell.p50_us as f64 - floor,
+                    shared.map_or("—".to_string(), |shared| format!("{shared:.0}")),
+                    shared.map_or("—".to_string(), |shared| format!("{:+.0}", cell.p50_us as f64 - shared)),
                     own.map_or("—".to_string(), |own| format!("{own:.0}")),
                     own.map_or("—".to_string(), |own| format!("{:+.0}", cell.p50_us as f64 - own)),
                 ));

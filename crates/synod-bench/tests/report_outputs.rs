@@ -27,6 +27,7 @@ fn cell(system: System, workload: Workload, clients: usize, ops_per_sec: f64, p5
         first_error: None,
         probe_fdatasync_p50_us: None,
         probe_loopback_rtt_p50_us: None,
+        probe_quorum_fdatasync_p50_us: None,
     }
 }
 
@@ -289,6 +290,8 @@ fn placements_are_compared_and_single_client_puts_judged_against_their_floor() {
     let mut follower = placed(Placement::Follower, Workload::Put, 1, 400.0, 1950);
     follower.probe_fdatasync_p50_us = Some(1500.0);
     follower.probe_loopback_rtt_p50_us = Some(20.0);
+    // Two of three members' fdatasyncs issued together on the one disk took 1700 µs.
+    follower.probe_quorum_fdatasync_p50_us = Some(1700.0);
     report.cells.push(follower);
     // Balanced put at 64 clients: 7200 ops/s against 10000 pinned at the leader.
     report
@@ -354,11 +357,12 @@ fn placements_are_compared_and_single_client_puts_judged_against_their_floor() {
     // Synod at each placement, then etcd's balanced cell.
     assert_eq!(rows.len(), 4, "{floors}");
     assert!(
-        rows[1].contains("| leader | 1870 | 1830 = 300 + 1500 + 30 × 1 | +40 |"),
+        rows[1]
+            .contains("| leader | 1870 | 1830 = 300 + 1500 + 30 × 1 | +40 | — | — | 1130 | +740 |"),
         "{floors}"
     );
     assert!(
-        rows[2].contains("| follower | 1950 | 1840 = 300 + 1500 + 20 × 2 | +110 |"),
+        rows[2].contains("| follower | 1950 | 1840 = 300 + 1500 + 20 × 2 | +110 | 2040 | -90 |"),
         "{floors}"
     );
 }
