@@ -40,6 +40,9 @@ pub struct Status {
     /// Phase 1 runs of a leader that stayed the leader: it rose above a stray ballot
     /// (see `Node::refresh_leadership`).
     pub refreshes: u64,
+    /// Reads this node forwarded to a leader in a `ReadIndex` message it shared with at
+    /// least one other read (`Node::flush_forwarded_reads`).
+    pub batched_forwarded_reads: u64,
     pub now: Tick,
 }
 
@@ -165,6 +168,8 @@ pub struct Node {
     pub(crate) durable_persist_id: PersistId,
     pub(crate) phase1_runs: u64,
     pub(crate) refreshes: u64,
+    /// See [`Status::batched_forwarded_reads`].
+    pub(crate) batched_forwarded_reads: u64,
     /// A leadership transfer this node started (`transfer.rs`), until it ends.
     pub(crate) transfer: Option<crate::transfer::Transfer>,
     /// The last leadership of ours that told a target to campaign: it never serves a
@@ -173,8 +178,13 @@ pub struct Node {
     /// When a transfer that had sent `TimeoutNow` was abandoned while this node still
     /// led that ballot: it moves to a new one once a quorum answers (`transfer.rs`).
     pub(crate) abandoned_at: Option<Tick>,
-    /// Reads forwarded to the leader: request → when.
-    pub(crate) forwarded_reads: std::collections::BTreeMap<crate::read::ReadId, Tick>,
+    /// Reads asked for since the last `take_ready`, to go to the leader in one message
+    /// (`Node::flush_forwarded_reads`).
+    pub(crate) unsent_reads: Vec<crate::read::ReadId>,
+    /// Batches of reads forwarded to the leader: the batch's message id (its first read)
+    /// → (when it was sent, its reads).
+    pub(crate) forwarded_reads:
+        std::collections::BTreeMap<crate::read::ReadId, (Tick, Vec<crate::read::ReadId>)>,
     /// The deliberate bug this node runs (model checking only; see `mutant.rs`).
     #[cfg(feature = "mutants")]
     pub(crate) mutant: Option<crate::mutant::Mutant>,
@@ -225,9 +235,11 @@ impl Node {
             durable_persist_id: 0,
             phase1_runs: 0,
             refreshes: 0,
+            batched_forwarded_reads: 0,
             transfer: None,
             released_lease: None,
             abandoned_at: None,
+            unsent_reads: Vec::new(),
             forwarded_reads: Default::default(),
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -516,11 +528,13 @@ impl Node {
             || self.log.delivered_index() < self.log.commit_index()
             || self.wants_flush()
             || self.wants_read_round()
+            || !self.unsent_reads.is_empty()
     }
 
     /// Drains the outputs of every input since the last call. This is also where queued
     /// commands are cut into batches: commands that arrive together share a slot.
     pub fn take_ready(&mut self) -> Ready {
+        self.flush_forwarded_reads();
         match self.config.mode {
             Mode::MultiPaxos => {
                 self.flush_pending();
@@ -614,6 +628,7 @@ impl Node {
             inflight_slots,
             phase1_runs: self.phase1_runs,
             refreshes: self.refreshes,
+            batched_forwarded_reads: self.batched_forwarded_reads,
             now: self.now,
         }
     }

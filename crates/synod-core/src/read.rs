@@ -11,6 +11,9 @@
 //! chosen. A follower forwards the request to the leader and waits for its own log to
 //! reach the index; the request carries the follower's incarnation, so a reply meant for
 //! an earlier life of the follower (whose request numbers started at 1 too) is ignored.
+//! The reads a follower is asked for between two `take_ready`s go in one `ReadIndex`
+//! message, numbered by the first of them: the leader's answer is taken after every one
+//! of them was asked for, so one read index serves them all (docs/latency.md).
 
 use crate::ballot::{Ballot, NodeId, Slot, Tick};
 use crate::config::ReadMode;
@@ -42,19 +45,47 @@ impl Node {
                 self.register_read(me, self.config.incarnation, request);
                 self.serve_reads();
             }
-            (_, Some(leader)) if leader != me => {
-                self.forwarded_reads.insert(request, self.now);
+            // Sent with the others asked for before the next `take_ready`.
+            (_, Some(leader)) if leader != me => self.unsent_reads.push(request),
+            _ => self.event(Event::ReadFailed { request }),
+        }
+        self.check_invariants_pub();
+    }
+
+    /// Sends the reads asked for since the last call to the leader in one `ReadIndex`
+    /// message. A read whose node has meanwhile become the leader, or lost it, is routed as
+    /// `read_index` would route it now.
+    pub(crate) fn flush_forwarded_reads(&mut self) {
+        if self.unsent_reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.unsent_reads);
+        let me = self.config.id;
+        match self.leader {
+            Some(leader) if leader != me && !self.leads() => {
+                let batch = reads[0];
+                if reads.len() > 1 {
+                    self.batched_forwarded_reads += reads.len() as u64;
+                }
+                self.forwarded_reads.insert(batch, (self.now, reads));
                 self.send(
                     leader,
                     Message::ReadIndex {
-                        request,
+                        request: batch,
                         incarnation: self.config.incarnation,
                     },
                 );
             }
-            _ => self.event(Event::ReadFailed { request }),
+            _ => {
+                for request in reads {
+                    self.read_index(request);
+                }
+                // Routed again: none is left unsent unless a leader elsewhere takes it.
+                if !self.unsent_reads.is_empty() {
+                    self.flush_forwarded_reads();
+                }
+            }
         }
-        self.check_invariants_pub();
     }
 
     /// Queues a read at the leader; without a lease it waits for the next heartbeat
@@ -162,20 +193,24 @@ impl Node {
         read_index: Option<Slot>,
         ballot: Ballot,
     ) {
-        if incarnation != self.config.incarnation || self.forwarded_reads.remove(&request).is_none()
-        {
+        if incarnation != self.config.incarnation {
             return;
         }
-        match read_index {
-            Some(read_index) => {
-                self.learn_commit_from(from, ballot, read_index);
-                self.event(Event::ReadReady {
+        let Some((_, reads)) = self.forwarded_reads.remove(&request) else {
+            return;
+        };
+        if let Some(read_index) = read_index {
+            self.learn_commit_from(from, ballot, read_index);
+        }
+        for request in reads {
+            self.event(match read_index {
+                Some(read_index) => Event::ReadReady {
                     request,
                     read_index,
                     path: ReadPath::Forwarded,
-                })
-            }
-            None => self.event(Event::ReadFailed { request }),
+                },
+                None => Event::ReadFailed { request },
+            });
         }
     }
 
@@ -258,12 +293,16 @@ impl Node {
         let expired: Vec<ReadId> = self
             .forwarded_reads
             .iter()
-            .filter(|(_, sent)| now >= **sent + deadline)
-            .map(|(request, _)| *request)
+            .filter(|(_, (sent, _))| now >= *sent + deadline)
+            .map(|(batch, _)| *batch)
             .collect();
-        for request in expired {
-            self.forwarded_reads.remove(&request);
-            self.event(Event::ReadFailed { request });
+        for batch in expired {
+            let Some((_, reads)) = self.forwarded_reads.remove(&batch) else {
+                continue;
+            };
+            for request in reads {
+                self.event(Event::ReadFailed { request });
+            }
         }
     }
 }

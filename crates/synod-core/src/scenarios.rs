@@ -1189,6 +1189,101 @@ fn read_index_reply_meant_for_an_earlier_life_confirms_nothing() {
     );
 }
 
+/// Reads asked at a follower before it next drains go to the leader in one `ReadIndex`
+/// message, and the one reply releases every one of them with the same read index: the
+/// leader took that index after all of them were asked for. A read asked after the
+/// message left waits for a message of its own.
+#[test]
+fn reads_asked_at_a_follower_together_share_one_read_index_round_trip() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.node(leader).propose(cmd("w")).unwrap();
+    cluster.settle();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    for request in [7, 8, 9] {
+        cluster.node(follower).read_index(request);
+    }
+    let asks = cluster.node(follower).take_ready().messages;
+    assert!(
+        matches!(
+            asks[..],
+            [Envelope {
+                message: Message::ReadIndex { request: 7, .. },
+                ..
+            }]
+        ),
+        "one message for the three reads: {asks:?}"
+    );
+    cluster.node(follower).read_index(10);
+    let later = cluster.node(follower).take_ready().messages;
+    assert!(matches!(
+        later[..],
+        [Envelope {
+            message: Message::ReadIndex { request: 10, .. },
+            ..
+        }]
+    ));
+    cluster.node(leader).step(asks[0].clone()).unwrap();
+    let replies: Vec<Envelope> = cluster
+        .node(leader)
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter(|e| matches!(e.message, Message::ReadIndexReply { .. }))
+        .collect();
+    assert_eq!(replies.len(), 1, "one reply for the batch");
+    let commit_index = cluster.node(leader).status().commit_index;
+    cluster.node(follower).step(replies[0].clone()).unwrap();
+    let events = cluster.node(follower).take_ready().events;
+    let mut ready: Vec<(u64, Slot)> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::ReadReady {
+                request,
+                read_index,
+                ..
+            } => Some((*request, *read_index)),
+            _ => None,
+        })
+        .collect();
+    ready.sort();
+    assert_eq!(
+        ready,
+        vec![(7, commit_index), (8, commit_index), (9, commit_index)],
+        "{events:?}"
+    );
+    // The same reply again (a duplicate on the wire) releases nothing more.
+    cluster.node(follower).step(replies[0].clone()).unwrap();
+    let events = cluster.node(follower).take_ready().events;
+    assert!(!events.iter().any(|e| matches!(e, Event::ReadReady { .. })));
+}
+
+/// A batch whose leader never answers fails whole after an election timeout, and reads a
+/// follower was asked for while it knew no leader fail at once when it drains.
+#[test]
+fn forwarded_read_batch_without_an_answer_fails_every_read_in_it() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(follower).read_index(1);
+    cluster.node(follower).read_index(2);
+    let asks = cluster.node(follower).take_ready().messages;
+    assert_eq!(asks.len(), 1);
+    // The ask is lost; nothing from the leader reaches the follower either.
+    let timeout = cluster.node(follower).config.election_timeout_ticks;
+    let mut failed = Vec::new();
+    for _ in 0..timeout {
+        cluster.node(follower).tick();
+        for event in cluster.node(follower).take_ready().events {
+            if let Event::ReadFailed { request } = event {
+                failed.push(request);
+            }
+        }
+    }
+    failed.sort();
+    assert_eq!(failed, vec![1, 2]);
+}
+
 /// Without a lease (or in read-index mode) a read is confirmed by a heartbeat round a
 /// quorum answers. Acknowledgements of heartbeats sent before the read arrived — in the
 /// same tick — prove nothing about the time after it, so they must not count.

@@ -87,6 +87,8 @@ pub struct Coverage {
     /// A leader heard of a stray higher ballot (raised by a node unable to reach a
     /// quorum) and ran Phase 1 above it while staying the leader.
     pub leader_refreshes: u64,
+    /// Follower reads that went to the leader in one `ReadIndex` message with others.
+    pub batched_follower_reads: u64,
     /// Events sent to simulated watchers (checked against the committed history).
     pub watch_events: u64,
     /// Watches resumed at a node (after a crash took their stream, or a reconnect) from
@@ -135,6 +137,7 @@ impl Coverage {
         self.long_delays += other.long_delays;
         self.leader_changes_after_heal += other.leader_changes_after_heal;
         self.leader_refreshes += other.leader_refreshes;
+        self.batched_follower_reads += other.batched_follower_reads;
         self.contested_leader_changes_after_heal += other.contested_leader_changes_after_heal;
         self.isolated_phase1 += other.isolated_phase1;
         self.revision_reads += other.revision_reads;
@@ -1046,6 +1049,8 @@ impl Simulation {
             if let Some(replica) = &node.replica {
                 self.report.coverage.add_stats(&replica.stats());
                 self.report.phase1_runs += replica.status().node.phase1_runs;
+                self.report.coverage.batched_follower_reads +=
+                    replica.status().node.batched_forwarded_reads;
             }
         }
         self.report.committed = self.checker.max_slot();

@@ -217,6 +217,8 @@ impl Simulation {
         past.leader_transfers += stats.leader_transfers;
         past.leader_transfer_timeouts += stats.leader_transfer_timeouts;
         self.report.phase1_runs += replica.status().node.phase1_runs;
+        self.report.coverage.batched_follower_reads +=
+            replica.status().node.batched_forwarded_reads;
         node.epoch += 1;
         node.paused_until = None;
         node.inbox.clear();

@@ -41,6 +41,7 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("revision_reads", coverage.revision_reads),
         ("mvcc_compactions", coverage.mvcc_compactions),
         ("leader_refreshes", coverage.leader_refreshes),
+        ("batched_follower_reads", coverage.batched_follower_reads),
         ("watch_events", coverage.watch_events),
         ("watch_resumes", coverage.watch_resumes),
         ("watch_stalls", coverage.watch_stalls),
