@@ -1148,6 +1148,33 @@ fn new_leader_keeps_asking_for_chosen_slots_it_lacks() {
     );
 }
 
+/// The request number of the one `ReadIndex` among `messages`, if exactly one is there.
+fn lone_read_index(messages: &[Envelope]) -> Option<u64> {
+    let asks: Vec<u64> = messages
+        .iter()
+        .filter_map(|envelope| match envelope.message {
+            Message::ReadIndex { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    match asks[..] {
+        [request] => Some(request),
+        _ => None,
+    }
+}
+
+/// Delivers `ask` to `leader` and returns the `ReadIndexReply`s it sends.
+fn read_index_replies(cluster: &mut Cluster, leader: NodeId, ask: Envelope) -> Vec<Envelope> {
+    cluster.node(leader).step(ask).unwrap();
+    cluster
+        .node(leader)
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter(|e| matches!(e.message, Message::ReadIndexReply { .. }))
+        .collect()
+}
+
 /// Request numbers restart in every life of a node. A follower asked for read index 1,
 /// restarted, and asked for read index 1 again after a write committed: the first life's
 /// reply, arriving late, must not confirm the second life's read with the older index.
@@ -1158,21 +1185,8 @@ fn read_index_reply_meant_for_an_earlier_life_confirms_nothing() {
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     cluster.node(follower).read_index(1);
     let ask = cluster.node(follower).take_ready().messages;
-    assert!(matches!(
-        ask[..],
-        [Envelope {
-            message: Message::ReadIndex { request: 1, .. },
-            ..
-        }]
-    ));
-    cluster.node(leader).step(ask[0].clone()).unwrap();
-    let old_reply: Vec<Envelope> = cluster
-        .node(leader)
-        .take_ready()
-        .messages
-        .into_iter()
-        .filter(|e| matches!(e.message, Message::ReadIndexReply { .. }))
-        .collect();
+    assert_eq!(lone_read_index(&ask), Some(1));
+    let old_reply = read_index_replies(&mut cluster, leader, ask[0].clone());
     assert_eq!(old_reply.len(), 1);
     cluster.configs.get_mut(&follower).unwrap().incarnation += 1;
     cluster.crash_and_restart(follower);
@@ -1204,33 +1218,12 @@ fn reads_asked_at_a_follower_together_share_one_read_index_round_trip() {
         cluster.node(follower).read_index(request);
     }
     let asks = cluster.node(follower).take_ready().messages;
-    assert!(
-        matches!(
-            asks[..],
-            [Envelope {
-                message: Message::ReadIndex { request: 7, .. },
-                ..
-            }]
-        ),
-        "one message for the three reads: {asks:?}"
-    );
+    assert_eq!(asks.len(), 1, "one message for the three reads: {asks:?}");
+    assert_eq!(lone_read_index(&asks), Some(7));
     cluster.node(follower).read_index(10);
     let later = cluster.node(follower).take_ready().messages;
-    assert!(matches!(
-        later[..],
-        [Envelope {
-            message: Message::ReadIndex { request: 10, .. },
-            ..
-        }]
-    ));
-    cluster.node(leader).step(asks[0].clone()).unwrap();
-    let replies: Vec<Envelope> = cluster
-        .node(leader)
-        .take_ready()
-        .messages
-        .into_iter()
-        .filter(|e| matches!(e.message, Message::ReadIndexReply { .. }))
-        .collect();
+    assert_eq!(lone_read_index(&later), Some(10));
+    let replies = read_index_replies(&mut cluster, leader, asks[0].clone());
     assert_eq!(replies.len(), 1, "one reply for the batch");
     let commit_index = cluster.node(leader).status().commit_index;
     cluster.node(follower).step(replies[0].clone()).unwrap();
