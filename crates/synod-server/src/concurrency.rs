@@ -6,7 +6,7 @@
 //! Both are etcd's `concurrency` recipes run in the server: a waiter puts `name/<lease in
 //! hex>` attached to its lease (a txn: only if absent, so a retry finds its own key), and
 //! holds the lock — or leads the election — once no key under `name/` with a lower create
-//! revision is left. Waiting follows this member's applied store (the observer's channel),
+//! revision is left. Waiting follows this member's applied store ([`crate::applied`]),
 //! so it costs nothing while nothing changes. A waiter whose key vanished (its lease
 //! expired or was revoked) gets etcd's "session expired" error; a waiter whose client
 //! goes away deletes its key, as etcd's `Mutex.Lock` does on failure.
@@ -18,6 +18,7 @@
 // tonic's `Status` is large, and every gRPC handler returns it.
 #![allow(clippy::result_large_err)]
 
+use crate::applied::AppliedFeed;
 use crate::etcd::{kv_status, server_status};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
@@ -32,7 +33,7 @@ use synod_kv::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvStore, Op, OpResponse,
     PutRequest, RangeRequest, Response, TxnRequest,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -44,7 +45,7 @@ const SESSION_TTL_SECONDS: i64 = 60;
 #[derive(Clone)]
 pub struct Concurrency {
     handle: Handle<KvStore>,
-    applied: watch::Receiver<KvStore>,
+    applied: AppliedFeed<KvStore>,
     cluster_id: u64,
     member_id: u64,
 }
@@ -52,7 +53,7 @@ pub struct Concurrency {
 impl Concurrency {
     pub fn new(
         handle: Handle<KvStore>,
-        applied: watch::Receiver<KvStore>,
+        applied: AppliedFeed<KvStore>,
         cluster_id: u64,
         member_id: u64,
     ) -> Concurrency {
@@ -128,17 +129,21 @@ impl Concurrency {
     /// Waits until no live key under `prefix` was created before `mine` (etcd's
     /// `waitDeletes`), on this member's applied state; fails if `key` itself is gone.
     async fn wait_turn(&self, prefix: &Bytes, key: &Bytes, mine: i64) -> Result<i64, Status> {
-        let mut applied = self.applied.clone();
+        let mut applied = self
+            .applied
+            .follow(&self.handle)
+            .await
+            .map_err(server_status)?;
         loop {
             {
-                let store = applied.borrow_and_update();
+                let store = applied.state();
                 if store.revision() >= mine {
                     if store.get(key).is_none_or(|kv| kv.create_revision != mine) {
                         return Err(Status::not_found(
                             "etcdserver: session expired (the waiter's lease is gone)",
                         ));
                     }
-                    let earlier = keys_under(&store, prefix)
+                    let earlier = keys_under(store, prefix)
                         .into_iter()
                         .any(|kv| kv.create_revision < mine);
                     if !earlier {
@@ -412,13 +417,17 @@ impl Election for Concurrency {
         let prefix = prefix_of(&request.into_inner().name);
         let (responses, receiver) = mpsc::channel(16);
         let service = self.clone();
-        let mut applied = self.applied.clone();
+        let mut applied = self
+            .applied
+            .follow(&self.handle)
+            .await
+            .map_err(server_status)?;
         tokio::spawn(async move {
             let mut last: Option<(Bytes, i64)> = None;
             loop {
                 let update = {
-                    let store = applied.borrow_and_update();
-                    leader_in(&store, &prefix).map(|kv| (kv, store.revision()))
+                    let store = applied.state();
+                    leader_in(store, &prefix).map(|kv| (kv, store.revision()))
                 };
                 if let Some((kv, revision)) = update {
                     let seen = (kv.key.clone(), kv.mod_revision);

@@ -11,6 +11,7 @@
 //! proposes commands and runs reads. `synod node` and `synod dev` are [`run_node`] and
 //! [`run_dev`].
 
+pub mod applied;
 pub mod cli;
 pub mod compactor;
 pub mod concurrency;

@@ -2,6 +2,7 @@
 //! `/metrics`, `/version` on the same port) and its metrics endpoint — what `synod node`
 //! runs, and what the tests start in-process.
 
+use crate::applied::AppliedFeed;
 use crate::compactor::{AutoCompactor, CompactionPolicy};
 use crate::concurrency::Concurrency;
 use crate::config::ServerConfig;
@@ -30,6 +31,7 @@ pub struct EtcdNode {
     grpc: Vec<JoinHandle<()>>,
     metrics_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    applied: AppliedFeed<KvStore>,
 }
 
 /// Listeners an [`EtcdNode`] serves on; `peer: None` binds the member's peer address.
@@ -56,9 +58,9 @@ impl EtcdNode {
         // backup, or their ids differ and they refuse each other.
         config.cluster.cluster_id ^= restored_from;
         let auto_compaction = config.auto_compaction;
-        // The watch task sees every state the replica applies (an O(1) clone), and so does
-        // the lessor (which leases exist, and whose epoch it is).
-        let (applied_tx, applied_rx) = watch::channel(store.clone());
+        // The lessor sees every state the replica applies (which leases exist, and whose
+        // epoch it is); the watch task and lock waiters follow it while they need it.
+        let applied = AppliedFeed::new();
         let lessor = SharedLessor::new(config.node_id, config.election_timeout);
         let lease_settings = LeaseSettings {
             cluster_id: config.cluster.cluster_id,
@@ -69,9 +71,10 @@ impl EtcdNode {
             promotion_extension: config.election_timeout,
         };
         let observed_lessor = lessor.clone();
+        let feed = applied.clone();
         let observer: crate::Observer<KvStore> = Box::new(move |store: &KvStore| {
             observed_lessor.on_applied(store);
-            applied_tx.send_replace(store.clone());
+            feed.publish(store);
         });
         let peer = match listeners.peer {
             Some(peer) => peer,
@@ -94,7 +97,8 @@ impl EtcdNode {
         let (shutdown, _) = watch::channel(false);
         let watch_service = {
             let (watches, watch_task) = WatchTask::spawn(
-                applied_rx.clone(),
+                applied.clone(),
+                server.handle(),
                 watch_settings.clone(),
                 server.metrics(),
                 shutdown.subscribe(),
@@ -116,7 +120,7 @@ impl EtcdNode {
         .with_leases(leases.server())
         .with_concurrency(Concurrency::new(
             server.handle(),
-            applied_rx,
+            applied.clone(),
             server.config().cluster.cluster_id,
             server.node_id(),
         ));
@@ -205,7 +209,13 @@ impl EtcdNode {
             grpc,
             metrics_task,
             shutdown,
+            applied,
         })
+    }
+
+    /// The applied store as the watch task and lock waiters follow it.
+    pub fn applied(&self) -> &AppliedFeed<KvStore> {
+        &self.applied
     }
 
     pub fn server(&self) -> &Server<KvStore> {

@@ -1,9 +1,10 @@
 //! etcd's `Watch` service: a bidirectional gRPC stream per client call, many watches per
 //! stream, served at any member from its own apply stream.
 //!
-//! The replica's task hands each new state of the store to [`WatchTask`] (an O(1) clone
-//! through a `tokio::sync::watch` channel: only the latest matters, since the store's
-//! history holds every revision in between). The task owns the member's
+//! While the member has watchers, the replica's task hands each new state of the store to
+//! [`WatchTask`] (an O(1) clone through [`crate::applied`]: only the latest matters, since
+//! the store's history holds every revision in between); with none, it hands over nothing
+//! and a new watch starts from the state read at its creation. The task owns the member's
 //! [`WatchHub`](synod_kv::WatchHub) and is its only driver: it feeds it store states,
 //! the streams' create, cancel and progress requests, a catch-up round every
 //! [`CATCH_UP_INTERVAL`] (etcd's 100 ms) and the progress ticks, then hands the responses to
@@ -32,10 +33,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::applied::{AppliedFeed, Following};
 use crate::metrics::Metrics;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::mvccpb;
+use crate::{Handle, ServerError};
 
 /// How often watchers that fell behind are caught up from history (etcd's 100 ms).
 pub const CATCH_UP_INTERVAL: Duration = Duration::from_millis(100);
@@ -126,15 +129,16 @@ pub struct WatchTask {
 }
 
 impl WatchTask {
-    /// Starts the task; it stops when `stop` changes or the store channel closes.
+    /// Starts the task; it stops when `stop` changes or the replica stops.
     pub fn spawn(
-        store: watch::Receiver<KvStore>,
+        feed: AppliedFeed<KvStore>,
+        handle: Handle<KvStore>,
         settings: WatchSettings,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> (WatchTask, tokio::task::JoinHandle<()>) {
         let (inputs, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, receiver, settings, metrics, stop));
+        let task = tokio::spawn(run(feed, handle, receiver, settings, metrics, stop));
         (WatchTask { inputs }, task)
     }
 
@@ -152,15 +156,66 @@ impl WatchTask {
     }
 }
 
+/// The store states the hub needs, followed only while it has watchers (see
+/// [`crate::applied`]): with none, the replica's task publishes nothing.
+struct Store {
+    feed: AppliedFeed<KvStore>,
+    handle: Handle<KvStore>,
+    following: Option<Following<KvStore>>,
+}
+
+impl Store {
+    /// The store as applied now, following the feed from here on. A client that saw its
+    /// write acknowledged and then creates a watch finds the write here: the replica
+    /// publishes a state before it answers, and a new follower reads the state first.
+    async fn now(&mut self, hub: &mut WatchHub) -> Result<&KvStore, ServerError> {
+        match &mut self.following {
+            Some(following) => {
+                if following.refresh() {
+                    hub.advance(following.state());
+                }
+            }
+            None => {
+                let following = self.feed.follow(&self.handle).await?;
+                hub.advance(following.state());
+                self.following = Some(following);
+            }
+        }
+        Ok(self.following.as_ref().expect("followed above").state())
+    }
+
+    /// Waits for the next applied state while following (forever while not).
+    async fn changed(&mut self) -> Result<(), ServerError> {
+        match &mut self.following {
+            Some(following) => following.changed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn current(&self) -> Option<&KvStore> {
+        self.following.as_ref().map(Following::state)
+    }
+}
+
 async fn run(
-    mut store: watch::Receiver<KvStore>,
+    feed: AppliedFeed<KvStore>,
+    handle: Handle<KvStore>,
     mut inputs: mpsc::UnboundedReceiver<Input>,
     settings: WatchSettings,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut current = store.borrow_and_update().clone();
-    let mut hub = WatchHub::new(&current);
+    let mut store = Store {
+        feed,
+        handle,
+        following: None,
+    };
+    // The hub starts at the store as applied now; it follows the store once it has a
+    // watcher.
+    let mut hub = match store.feed.follow(&store.handle).await {
+        Ok(following) => WatchHub::new(following.state()),
+        Err(_) => return,
+    };
     let mut sinks: BTreeMap<StreamId, Sink> = BTreeMap::new();
     let mut catch_up = tokio::time::interval(CATCH_UP_INTERVAL);
     catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,26 +231,25 @@ async fn run(
                 if changed.is_err() {
                     break;
                 }
-                current = store.borrow_and_update().clone();
-                hub.advance(&current);
+                let current = store.current().expect("a change comes only while following");
+                hub.advance(current);
             }
             input = inputs.recv() => {
                 let Some(input) = input else { break };
-                // A client that saw its write acknowledged and then creates a watch finds
-                // the write here: the replica publishes a state before it answers.
-                if store.has_changed().unwrap_or(false) {
-                    current = store.borrow_and_update().clone();
-                    hub.advance(&current);
+                // This one and whatever else is waiting, before flushing.
+                let mut next = Some(input);
+                let mut stopped = false;
+                while let (Some(input), false) = (next.take(), stopped) {
+                    stopped = on_input(&mut hub, &mut sinks, &mut store, input).await.is_err();
+                    next = inputs.try_recv().ok();
                 }
-                on_input(&mut hub, &mut sinks, &current, input);
-                // Take whatever else is waiting before flushing.
-                while let Ok(input) = inputs.try_recv() {
-                    on_input(&mut hub, &mut sinks, &current, input);
+                if stopped {
+                    break;
                 }
             }
             _ = catch_up.tick() => {
-                if hub.unsynced() > 0 {
-                    hub.catch_up(&current);
+                if let (true, Some(current)) = (hub.unsynced() > 0, store.current()) {
+                    hub.catch_up(current);
                 }
             }
             _ = progress.tick() => hub.progress_tick(),
@@ -239,9 +293,13 @@ async fn run(
         }
         record(&metrics, &hub, before);
         // Caught-up responses were all taken: the next batch need not wait for the timer.
-        if all_taken && hub.unsynced() > 0 {
-            hub.catch_up(&current);
+        if let (true, true, Some(current)) = (all_taken, hub.unsynced() > 0, store.current()) {
+            hub.catch_up(current);
             tokio::task::yield_now().await;
+        }
+        if hub.is_empty() {
+            // Nobody to tell: stop following, so the replica stops publishing.
+            store.following = None;
         }
     }
     for (_, sink) in sinks {
@@ -251,12 +309,13 @@ async fn run(
     }
 }
 
-fn on_input(
+/// Hands one stream request to the hub; fails only once the replica stopped.
+async fn on_input(
     hub: &mut WatchHub,
     sinks: &mut BTreeMap<StreamId, Sink>,
-    store: &KvStore,
+    store: &mut Store,
     input: Input,
-) {
+) -> Result<(), ServerError> {
     match input {
         Input::Open { sink, reply } => {
             let stream = hub.open_stream();
@@ -275,15 +334,21 @@ fn on_input(
             if let Some(sink) = sinks.get_mut(&stream) {
                 sink.creating.push_back(fragment);
             }
-            hub.create(store, stream, watch_id, request);
+            let current = store.now(hub).await?;
+            hub.create(current, stream, watch_id, request);
         }
         Input::Cancel { stream, watch_id } => hub.cancel(stream, watch_id),
-        Input::Progress { stream } => hub.request_progress(stream),
+        Input::Progress { stream } => {
+            // Answered with the revision as applied now.
+            store.now(hub).await?;
+            hub.request_progress(stream);
+        }
         Input::Close { stream } => {
             sinks.remove(&stream);
             hub.close_stream(stream);
         }
     }
+    Ok(())
 }
 
 fn record(metrics: &Metrics, hub: &WatchHub, before: synod_kv::WatchStats) {

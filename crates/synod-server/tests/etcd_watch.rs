@@ -80,6 +80,15 @@ impl Stream {
         self.send(RequestUnion::CreateRequest(create)).await;
     }
 
+    /// Cancels `watch_id` and returns etcd's answer (`canceled`).
+    async fn cancel(&mut self, watch_id: i64) -> pb::WatchResponse {
+        self.send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+            watch_id,
+        }))
+        .await;
+        self.next().await
+    }
+
     async fn next(&mut self) -> pb::WatchResponse {
         tokio::time::timeout(Duration::from_secs(20), self.responses.message())
             .await
@@ -260,12 +269,7 @@ async fn a_txn_arrives_in_one_response_and_filters_cancel_and_ids_follow_etcd() 
         vec![(PUT, "job/a".into(), "x".into(), revision)]
     );
     // Cancel watch 0: etcd answers with `canceled`, and it sends nothing more.
-    stream
-        .send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
-            watch_id: 0,
-        }))
-        .await;
-    let canceled = stream.next().await;
+    let canceled = stream.cancel(0).await;
     assert_eq!((canceled.watch_id, canceled.canceled), (0, true));
     client
         .delete_range(pb::DeleteRangeRequest {
@@ -459,5 +463,79 @@ async fn a_stream_that_requires_a_leader_ends_when_its_member_has_none() {
         refused.err().map(|status| status.message().to_string()),
         Some("etcdserver: no leader".to_string())
     );
+    cluster.stop_all().await;
+}
+
+/// Waits until the member's watch task stopped following its applied store.
+async fn until_unfollowed(cluster: &EtcdCluster, index: usize) {
+    let feed = cluster.node(index).applied();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while feed.followers() > 0 || feed.holds_state() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still followed by {} after 10 s",
+            feed.followers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With no watcher a member publishes no store states (each would cost the next write a
+/// copy of what it touches). A watch created after a write was acknowledged still starts
+/// after that write, and one that asks for a revision written meanwhile finds it in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_created_while_nobody_watched_starts_after_the_acknowledged_writes() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = kv(&cluster, leader).await;
+    // An open stream without a watch follows nothing.
+    let mut stream = Stream::open(&cluster, leader).await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = put(&mut client, "q", &i.to_string()).await;
+    }
+    until_unfollowed(&cluster, leader).await;
+
+    stream.create(create("q")).await;
+    let created = stream.next().await;
+    assert!(created.created, "{created:?}");
+    assert!(created.header.unwrap().revision >= last);
+    assert_eq!(cluster.node(leader).applied().followers(), 1);
+    let after = put(&mut client, "q", "after").await;
+    assert_eq!(after, last + 1);
+    let first = stream.next().await;
+    assert_eq!(
+        summary(&first),
+        vec![(PUT, "q".into(), "after".into(), after)],
+        "the first event is the first write after the watch, none acknowledged before it"
+    );
+
+    // Canceled, the last watch lets go of the store; a revision written meanwhile comes
+    // from history to the next watch that asks for it.
+    assert!(stream.cancel(first.watch_id).await.canceled);
+    until_unfollowed(&cluster, leader).await;
+    let unwatched = put(&mut client, "q", "unwatched").await;
+    stream
+        .create(pb::WatchCreateRequest {
+            start_revision: unwatched,
+            ..create("q")
+        })
+        .await;
+    assert!(stream.next().await.created);
+    let replayed = stream.next().await;
+    assert_eq!(
+        summary(&replayed),
+        vec![(PUT, "q".into(), "unwatched".into(), unwatched)]
+    );
+    // A progress request with no watch answers the revision as applied now.
+    assert!(stream.cancel(replayed.watch_id).await.canceled);
+    until_unfollowed(&cluster, leader).await;
+    let latest = put(&mut client, "other", "x").await;
+    stream
+        .send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
+    let progress = stream.next().await;
+    assert_eq!(progress.watch_id, -1);
+    assert_eq!(progress.header.unwrap().revision, latest);
     cluster.stop_all().await;
 }
