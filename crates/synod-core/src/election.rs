@@ -438,7 +438,11 @@ impl Node {
         }
         let _ = from;
         let was_leader = matches!(self.role, RoleState::Leader(_));
-        let followed_by_none_else = leader_hint.is_none_or(|leader| leader == self.config.id);
+        // While this leader holds its lease nobody else can have been elected, whatever
+        // the answer names: a leader cut off as it re-ran Phase 1 keeping its leadership
+        // still names itself, at a ballot above ours.
+        let followed_by_none_else =
+            leader_hint.is_none_or(|leader| leader == self.config.id) || self.holds_leader_lease();
         // A leader handing over does not compete with the target it told to campaign:
         // that higher ballot is most likely the target's (nobody leads at it yet).
         let refresh = was_leader && followed_by_none_else && !self.handing_over();

@@ -32,6 +32,8 @@ pub(crate) struct PeerProgress {
     pub acked_sent_at: Tick,
     /// The highest read-index round this peer acknowledged.
     pub acked_round: u64,
+    /// The highest commit point sent to this peer (in an Accept or a heartbeat).
+    pub commit_told: Slot,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -58,6 +60,9 @@ pub(crate) struct Leader {
     /// commit point passes it they hear so at once, not at the next Accept or
     /// heartbeat (their clients are waiting on them).
     pub commit_notices: BTreeMap<NodeId, Slot>,
+    /// The commit point at the previous tick: one no message carried to a peer since is
+    /// a whole tick old, and the next tick sends it (`Node::heartbeat_silent_peers`).
+    pub commit_at_last_tick: Slot,
 }
 
 impl Leader {
@@ -81,6 +86,7 @@ impl Leader {
                             last_heard: now,
                             acked_sent_at: 0,
                             acked_round: 0,
+                            commit_told: 0,
                         },
                     )
                 })
@@ -92,6 +98,7 @@ impl Leader {
             read_round: 0,
             read_round_wanted: false,
             commit_notices: BTreeMap::new(),
+            commit_at_last_tick: 0,
         }
     }
 
@@ -347,6 +354,7 @@ impl Node {
         }
         for progress in leader.peers.values_mut() {
             progress.last_sent = now;
+            progress.commit_told = progress.commit_told.max(commit_index);
         }
         for (first_slot, values) in cut_runs(slots, max_bytes) {
             for node in self.config.nodes.clone() {
@@ -427,6 +435,7 @@ impl Node {
             leader.commit_notices.remove(follower);
             if let Some(progress) = leader.peers.get_mut(follower) {
                 progress.last_sent = now;
+                progress.commit_told = progress.commit_told.max(commit_index);
             }
         }
         for follower in due {
@@ -571,7 +580,9 @@ impl Node {
         }
         let mut messages = Vec::new();
         for (peer, slots) in resend {
-            leader.peers.get_mut(&peer).expect("peer").last_sent = now;
+            let progress = leader.peers.get_mut(&peer).expect("peer");
+            progress.last_sent = now;
+            progress.commit_told = progress.commit_told.max(commit_index);
             for (first_slot, values) in cut_runs(slots, max_bytes) {
                 messages.push((peer, first_slot, values));
             }
@@ -600,6 +611,11 @@ impl Node {
     }
 
     /// Heartbeats to every peer we sent nothing for a heartbeat interval (or to all).
+    /// At a tick (`all` false) also to every peer that was not sent a commit point the
+    /// leader already had at the previous tick: a follower learns that a slot is chosen
+    /// within two ticks, not a heartbeat interval — its watchers and serializable reads
+    /// wait for that. While commands flow their Accepts carry the commit point, and this
+    /// adds nothing.
     pub(crate) fn heartbeat_silent_peers(&mut self, all: bool) {
         let now = self.now;
         let heartbeat = self.config.heartbeat_interval_ticks;
@@ -609,13 +625,25 @@ impl Node {
         };
         let ballot = leader.ballot;
         let round = leader.read_round;
+        let overdue = if all { 0 } else { leader.commit_at_last_tick };
+        if !all {
+            leader.commit_at_last_tick = commit_index;
+        }
         let mut heartbeats = Vec::new();
+        let mut commit_notices = 0;
         for (peer, progress) in leader.peers.iter_mut() {
-            if all || now >= progress.last_sent + heartbeat {
+            let silent = now >= progress.last_sent + heartbeat;
+            let uninformed = progress.commit_told < overdue;
+            if all || silent || uninformed {
+                if !(all || silent) {
+                    commit_notices += 1;
+                }
                 progress.last_sent = now;
+                progress.commit_told = commit_index;
                 heartbeats.push(*peer);
             }
         }
+        self.tick_commit_notices += commit_notices;
         for peer in heartbeats {
             self.send(
                 peer,

@@ -43,6 +43,9 @@ pub struct Status {
     /// Reads this node forwarded to a leader in a `ReadIndex` message it shared with at
     /// least one other read (`Node::flush_forwarded_reads`).
     pub batched_forwarded_reads: u64,
+    /// Heartbeats this leader sent only to tell a follower the commit point, at a tick
+    /// after it moved with no Accept to carry it (`Node::heartbeat_silent_peers`).
+    pub tick_commit_notices: u64,
     pub now: Tick,
 }
 
@@ -170,6 +173,8 @@ pub struct Node {
     pub(crate) refreshes: u64,
     /// See [`Status::batched_forwarded_reads`].
     pub(crate) batched_forwarded_reads: u64,
+    /// See [`Status::tick_commit_notices`].
+    pub(crate) tick_commit_notices: u64,
     /// A leadership transfer this node started (`transfer.rs`), until it ends.
     pub(crate) transfer: Option<crate::transfer::Transfer>,
     /// The last leadership of ours that told a target to campaign: it never serves a
@@ -236,6 +241,7 @@ impl Node {
             phase1_runs: 0,
             refreshes: 0,
             batched_forwarded_reads: 0,
+            tick_commit_notices: 0,
             transfer: None,
             released_lease: None,
             abandoned_at: None,
@@ -629,6 +635,7 @@ impl Node {
             phase1_runs: self.phase1_runs,
             refreshes: self.refreshes,
             batched_forwarded_reads: self.batched_forwarded_reads,
+            tick_commit_notices: self.tick_commit_notices,
             now: self.now,
         }
     }

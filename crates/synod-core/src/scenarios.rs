@@ -879,6 +879,55 @@ fn follower_learns_the_commit_of_its_forwarded_command_without_waiting() {
     );
 }
 
+/// With no Accept to carry it, the commit point reaches every follower within two of the
+/// leader's ticks rather than a heartbeat interval later (a follower's watchers and
+/// serializable reads wait for it); an Accept that leaves anyway carries it, and then no
+/// heartbeat is added.
+#[test]
+fn every_follower_hears_the_commit_point_within_two_leader_ticks() {
+    let mut cluster = Cluster::with(3, |id| {
+        let mut config = config(id, 3, Mode::MultiPaxos);
+        config.heartbeat_interval_ticks = 5;
+        config.election_timeout_ticks = 20;
+        config
+    });
+    let leader = cluster.elect();
+    let followers: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
+    cluster.node(leader).propose(cmd("first")).unwrap();
+    cluster.settle();
+    cluster.node(leader).propose(cmd("second")).unwrap();
+    cluster.settle(); // no tick: only messages move
+    for follower in &followers {
+        assert_eq!(
+            cluster.delivered_commands(*follower),
+            vec![cmd("first")],
+            "the second Accept carried the first commit point, nothing told the second"
+        );
+    }
+    let heartbeats = cluster.count_sent("heartbeat");
+    cluster.tick(1);
+    assert_eq!(
+        cluster.count_sent("heartbeat"),
+        heartbeats,
+        "a commit point younger than a tick waits: the next command's Accept may carry it"
+    );
+    cluster.tick(1);
+    for follower in &followers {
+        assert_eq!(
+            cluster.delivered_commands(*follower),
+            vec![cmd("first"), cmd("second")]
+        );
+    }
+    assert_eq!(cluster.count_sent("heartbeat") - heartbeats, 2, "one each");
+    assert_eq!(cluster.node(leader).status().tick_commit_notices, 2);
+    cluster.tick(1);
+    assert_eq!(
+        cluster.count_sent("heartbeat") - heartbeats,
+        2,
+        "told once, a follower is not told again until the point moves or a heartbeat is due"
+    );
+}
+
 #[test]
 fn survivors_campaign_within_a_quarter_timeout_of_their_leases_running_out() {
     // Failover time is lease + jitter: a follower's timer runs out at most
@@ -1962,4 +2011,61 @@ fn a_cut_off_leader_that_abandons_a_transfer_raises_no_ballot() {
         cluster.events[&leader]
     );
     assert_eq!(cluster.node(leader).status().promised, ballot);
+}
+
+/// A leader cut off just as it re-ran Phase 1 keeping its leadership (as after a timed-out
+/// transfer) still names itself leader when it answers, at a ballot above the one the
+/// others elected meanwhile. Once the partition heals, the new leader, which holds its
+/// lease, refreshes its own ballot above the stale one instead of stepping down to follow
+/// the stale claim (the swarm's seed 13081 and 5960).
+#[test]
+fn a_cut_off_leader_still_naming_itself_does_not_depose_a_leader_holding_its_lease() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    campaign(&mut cluster, 3);
+    cluster.node(3).propose(cmd("before")).unwrap();
+    cluster.settle();
+    cluster.isolate(3);
+    cluster.node(3).rerun_phase1_keeping_leadership();
+    cluster.settle();
+    let stale = cluster.node(3).status().promised;
+    let leader = cluster.elect();
+    assert_ne!(leader, 3);
+    let ballot = cluster.node(leader).status().promised;
+    assert!(
+        ballot < stale,
+        "the scenario needs the stale ballot above the new leader's: {ballot:?} {stale:?}"
+    );
+    assert_eq!(
+        cluster.node(3).status().leader,
+        Some(3),
+        "still names itself"
+    );
+    cluster.node(leader).propose(cmd("during")).unwrap();
+    cluster.settle();
+    for events in cluster.events.values_mut() {
+        events.clear();
+    }
+    cluster.heal();
+    cluster.tick(10);
+
+    let status = cluster.node(leader).status();
+    assert_eq!(status.role, Role::Leader, "the lease holder was deposed");
+    assert!(status.promised > stale, "{:?}", status.promised);
+    assert!(
+        !cluster.events[&leader]
+            .iter()
+            .any(|e| matches!(e, Event::SteppedDown { .. })),
+        "{:?}",
+        cluster.events[&leader]
+    );
+    for id in 1..=3 {
+        assert_eq!(cluster.node(id).status().leader, Some(leader), "n{id}");
+    }
+    cluster.node(leader).propose(cmd("after")).unwrap();
+    cluster.tick(3);
+    assert_eq!(
+        cluster.delivered_commands(3),
+        vec![cmd("before"), cmd("during"), cmd("after")]
+    );
+    cluster.assert_agreement();
 }

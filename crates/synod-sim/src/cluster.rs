@@ -89,6 +89,9 @@ pub struct Coverage {
     pub leader_refreshes: u64,
     /// Follower reads that went to the leader in one `ReadIndex` message with others.
     pub batched_follower_reads: u64,
+    /// Heartbeats a leader sent at a tick only to tell a follower the commit point
+    /// (no Accept carried it since it moved).
+    pub tick_commit_notices: u64,
     /// Events sent to simulated watchers (checked against the committed history).
     pub watch_events: u64,
     /// Watches resumed at a node (after a crash took their stream, or a reconnect) from
@@ -138,6 +141,7 @@ impl Coverage {
         self.leader_changes_after_heal += other.leader_changes_after_heal;
         self.leader_refreshes += other.leader_refreshes;
         self.batched_follower_reads += other.batched_follower_reads;
+        self.tick_commit_notices += other.tick_commit_notices;
         self.contested_leader_changes_after_heal += other.contested_leader_changes_after_heal;
         self.isolated_phase1 += other.isolated_phase1;
         self.revision_reads += other.revision_reads;
@@ -930,10 +934,14 @@ impl Simulation {
                     // (a refresh that then lost).
                     if leader == id && *ballot >= watched && self.now <= until {
                         self.heal_watch = None;
+                        // Disrupted: another node raised a ballot at or above the
+                        // leader's while it could not reach a quorum. The leader's own
+                        // ballots do not count (it may have raised the one it leads at
+                        // while cut off, then won it once the partition changed).
                         let disrupted = self
                             .raised_ballots
                             .range(watched..)
-                            .any(|(_, isolated)| *isolated);
+                            .any(|(raised, isolated)| *isolated && raised.node != id);
                         let coverage = &mut self.report.coverage;
                         if disrupted {
                             coverage.leader_changes_after_heal += 1;
@@ -1051,6 +1059,8 @@ impl Simulation {
                 self.report.phase1_runs += replica.status().node.phase1_runs;
                 self.report.coverage.batched_follower_reads +=
                     replica.status().node.batched_forwarded_reads;
+                self.report.coverage.tick_commit_notices +=
+                    replica.status().node.tick_commit_notices;
             }
         }
         self.report.committed = self.checker.max_slot();

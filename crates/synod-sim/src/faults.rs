@@ -219,6 +219,7 @@ impl Simulation {
         self.report.phase1_runs += replica.status().node.phase1_runs;
         self.report.coverage.batched_follower_reads +=
             replica.status().node.batched_forwarded_reads;
+        self.report.coverage.tick_commit_notices += replica.status().node.tick_commit_notices;
         node.epoch += 1;
         node.paused_until = None;
         node.inbox.clear();

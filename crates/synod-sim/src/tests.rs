@@ -42,6 +42,7 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("mvcc_compactions", coverage.mvcc_compactions),
         ("leader_refreshes", coverage.leader_refreshes),
         ("batched_follower_reads", coverage.batched_follower_reads),
+        ("tick_commit_notices", coverage.tick_commit_notices),
         ("watch_events", coverage.watch_events),
         ("watch_resumes", coverage.watch_resumes),
         ("watch_stalls", coverage.watch_stalls),
