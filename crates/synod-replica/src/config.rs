@@ -25,6 +25,10 @@ pub struct ReplicaConfig {
     /// A snapshot stream the runtime has not reported on after this long is given up,
     /// so the peer can be sent one again.
     pub snapshot_send_timeout_nanos: Nanos,
+    /// A snapshot delivered whole to a peer is not sent to it again for this long (the
+    /// peer is likely still syncing, verifying and installing it); a stream that failed
+    /// may be sent again at once.
+    pub snapshot_resend_after_nanos: Nanos,
     /// A proposal's payload larger than this is refused with
     /// [`crate::RequestError::TooLarge`] (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
@@ -39,7 +43,8 @@ pub struct ReplicaConfig {
 
 impl ReplicaConfig {
     /// Defaults around a core configuration: 10 ms ticks, 5 s request timeout, retries
-    /// after an election timeout, snapshots every 10,000 slots, 1.5 MiB requests.
+    /// after an election timeout, snapshots every 10,000 slots (a delivered one sent
+    /// again after two election timeouts at the soonest), 1.5 MiB requests.
     pub fn new(core: synod_core::Config, client_id: u64) -> ReplicaConfig {
         let tick_nanos = 10_000_000;
         let retry_after_nanos = core.election_timeout_ticks * tick_nanos;
@@ -52,6 +57,7 @@ impl ReplicaConfig {
             maintenance_interval_nanos: 20_000_000,
             snapshot_interval_slots: 10_000,
             snapshot_send_timeout_nanos: 120_000_000_000,
+            snapshot_resend_after_nanos: 2 * retry_after_nanos,
             max_request_bytes: 3 << 19,
             client_id: client_id.max(1),
             observe_applied: false,

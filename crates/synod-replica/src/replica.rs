@@ -203,6 +203,9 @@ pub struct ReplicaStats {
     pub snapshots_installed: u64,
     /// Snapshot streams started to peers.
     pub snapshots_sent: u64,
+    /// Requests for a snapshot not answered with another stream: one was delivered to
+    /// that peer less than `snapshot_resend_after` ago and is likely being installed.
+    pub snapshot_resends_held: u64,
     /// Times the known leader changed.
     pub leader_changes: u64,
     /// Leadership transfers this replica started that ended with the target leading.
@@ -280,6 +283,8 @@ pub struct Replica<S: StateMachine> {
     last_snapshot_slot: Slot,
     snapshot_in_progress: bool,
     sending_snapshots: BTreeMap<NodeId, Nanos>,
+    /// When the last stream to each peer was delivered whole (see `snapshot_resend_after`).
+    delivered_snapshots: BTreeMap<NodeId, Nanos>,
 
     stats: ReplicaStats,
     out: ReplicaReady,
@@ -332,6 +337,7 @@ impl<S: StateMachine> Replica<S> {
             last_snapshot_slot: snapshot_slot,
             snapshot_in_progress: false,
             sending_snapshots: BTreeMap::new(),
+            delivered_snapshots: BTreeMap::new(),
             stats: ReplicaStats::default(),
             out: ReplicaReady::default(),
         })
@@ -514,10 +520,18 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// A snapshot stream to `peer` ended (delivered to the transport, or failed).
-    pub fn on_snapshot_sent(&mut self, now: Nanos, peer: NodeId) {
+    /// A snapshot stream to `peer` ended: `delivered` whole to the transport, or failed.
+    /// A delivered one is not sent again for `snapshot_resend_after`: the peer keeps
+    /// asking for the slots until it has synced, verified, decoded and installed it, and
+    /// answering each ask with a fresh stream made the copies collide.
+    pub fn on_snapshot_sent(&mut self, now: Nanos, peer: NodeId, delivered: bool) {
         self.advance(now);
         self.sending_snapshots.remove(&peer);
+        if delivered {
+            self.delivered_snapshots.insert(peer, now);
+        } else {
+            self.delivered_snapshots.remove(&peer);
+        }
     }
 
     /// A snapshot from `from` arrived, was saved durably and decoded. Installed if it
@@ -894,6 +908,15 @@ impl<S: StateMachine> Replica<S> {
             .get(&peer)
             .is_some_and(|since| now < since + timeout)
         {
+            return;
+        }
+        let resend_after = self.config.snapshot_resend_after_nanos;
+        if self
+            .delivered_snapshots
+            .get(&peer)
+            .is_some_and(|at| now < at.saturating_add(resend_after))
+        {
+            self.stats.snapshot_resends_held += 1;
             return;
         }
         let have = self.last_snapshot_slot;

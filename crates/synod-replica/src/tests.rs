@@ -143,7 +143,7 @@ impl Cluster {
             replica.on_snapshot_saved(now, save.slot, Ok(()));
         }
         for (peer, _) in &ready.send_snapshots {
-            replica.on_snapshot_sent(now, *peer);
+            replica.on_snapshot_sent(now, *peer, !self.cut.contains(&(id, *peer)));
         }
         for (peer, slot) in ready.send_snapshots {
             if self.cut.contains(&(id, peer)) {
@@ -431,8 +431,9 @@ fn paused_acceptor_measures_the_lease_it_grants_from_its_resumed_clock() {
     assert_eq!(cluster.replicas[&acceptor].status().node.promised, ballot);
 }
 
-#[test]
-fn snapshots_compact_the_log_and_bring_a_lagging_replica_back() {
+/// Three replicas snapshotting every 5 slots; the leader applied and compacted 12
+/// commands while one follower (the second id returned) was cut off.
+fn leader_past_a_cut_off_follower() -> (Cluster, NodeId, NodeId) {
     let mut cluster = Cluster::new(3, |config| config.snapshot_interval_slots = 5);
     let leader = cluster.elect();
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
@@ -442,6 +443,12 @@ fn snapshots_compact_the_log_and_bring_a_lagging_replica_back() {
         cluster.settle();
     }
     cluster.run(3);
+    (cluster, leader, lagging)
+}
+
+#[test]
+fn snapshots_compact_the_log_and_bring_a_lagging_replica_back() {
+    let (mut cluster, leader, lagging) = leader_past_a_cut_off_follower();
     let status = cluster.replica(leader).status();
     assert!(status.snapshot_slot >= 10, "{status:?}");
     assert!(
@@ -454,6 +461,55 @@ fn snapshots_compact_the_log_and_bring_a_lagging_replica_back() {
     assert_eq!(caught_up.applied_slot, status.applied_slot, "{caught_up:?}");
     assert_eq!(cluster.replica(lagging).stats().snapshots_installed, 1);
     assert_eq!(cluster.replica(lagging).state_machine().entries.len(), 12);
+}
+
+/// A lagging follower asks for the slots it lacks at every retransmit while it syncs,
+/// verifies and installs the snapshot it was sent; a large one takes a second or more.
+/// Answering each ask with a fresh stream sent a 70 MB snapshot four to six times per
+/// catch-up in `synod bench cluster`, the copies collided at the follower (both failed),
+/// and it decoded the ones that survived one after another. A delivered snapshot is sent
+/// again only after `snapshot_resend_after`; one whose stream failed, at once.
+#[test]
+fn a_snapshot_just_delivered_is_not_streamed_again_while_the_follower_installs_it() {
+    let (mut cluster, leader, lagging) = leader_past_a_cut_off_follower();
+    let resend_after = cluster.configs[&leader].snapshot_resend_after_nanos;
+    assert!(resend_after > 0);
+    let asks = |cluster: &mut Cluster| {
+        let now = cluster.now(leader);
+        let replica = cluster.replica(leader);
+        replica
+            .step(
+                now,
+                Envelope {
+                    from: lagging,
+                    to: leader,
+                    message: Message::CatchUp { from_slot: 1 },
+                },
+            )
+            .expect("a catch-up request is valid");
+        replica.take_ready().send_snapshots
+    };
+
+    let first = asks(&mut cluster);
+    assert_eq!(first.len(), 1, "the first ask starts a stream: {first:?}");
+    assert_eq!(first[0].0, lagging);
+    let now = cluster.now(leader);
+    cluster.replica(leader).on_snapshot_sent(now, lagging, true);
+    // The follower asks again while it installs: no second stream.
+    *cluster.clocks.get_mut(&leader).unwrap() += resend_after - TICK;
+    assert_eq!(asks(&mut cluster), vec![]);
+    assert_eq!(cluster.replica(leader).stats().snapshot_resends_held, 1);
+    assert_eq!(cluster.replica(leader).stats().snapshots_sent, 1);
+    // Still asking after the grace: it never got it; send it again.
+    *cluster.clocks.get_mut(&leader).unwrap() += TICK;
+    assert_eq!(asks(&mut cluster), first);
+    // A stream the transport reports failed is sent again at the next ask.
+    let now = cluster.now(leader);
+    cluster
+        .replica(leader)
+        .on_snapshot_sent(now, lagging, false);
+    assert_eq!(asks(&mut cluster), first);
+    assert_eq!(cluster.replica(leader).stats().snapshots_sent, 3);
 }
 
 #[test]

@@ -266,6 +266,7 @@ impl ServerConfig {
         config.tick_nanos = tick_nanos;
         config.request_timeout_nanos = self.request_timeout.as_nanos() as u64;
         config.retry_after_nanos = self.election_timeout.as_nanos() as u64;
+        config.snapshot_resend_after_nanos = 2 * config.retry_after_nanos;
         config.snapshot_interval_slots = self.snapshot_interval_slots;
         config.max_request_bytes = self.max_request_bytes;
         config.validate().map_err(ConfigError)?;

@@ -128,6 +128,10 @@ pub struct Driver<S: StateMachine> {
     /// MoveLeader requests waiting for their transfer to end: (target, reply).
     transfers: Vec<(NodeId, oneshot::Sender<Result<(), MoveLeaderError>>)>,
     incoming_snapshot: Option<IncomingSnapshot>,
+    /// The slot of a snapshot received whole and now being synced, verified and decoded
+    /// (until `Control::SnapshotReceived`): a copy of it or an older one sent meanwhile
+    /// is not received again.
+    finishing_snapshot: Option<Slot>,
     stats: ReplicaStats,
     fatal: Option<String>,
     /// The applied slot the observer last saw.
@@ -162,6 +166,7 @@ impl<S: StateMachine> Driver<S> {
             reads: HashMap::new(),
             transfers: Vec::new(),
             incoming_snapshot: None,
+            finishing_snapshot: None,
             stats: ReplicaStats::default(),
             fatal: None,
             observed: None,
@@ -332,28 +337,32 @@ impl<S: StateMachine> Driver<S> {
                 }
             },
             Control::SnapshotSent { peer, result } => {
+                let delivered = result.is_ok();
                 match result {
                     Ok(slot) => tracing::info!(node = self.id, peer, slot, "snapshot sent to peer"),
                     Err(error) => {
                         tracing::warn!(node = self.id, peer, %error, "sending a snapshot failed")
                     }
                 }
-                self.replica.on_snapshot_sent(now, peer);
+                self.replica.on_snapshot_sent(now, peer, delivered);
             }
-            Control::SnapshotReceived { from, result } => match result {
-                Ok(restored) => {
-                    tracing::info!(
-                        node = self.id,
-                        peer = from,
-                        slot = restored.slot,
-                        "installing a snapshot from a peer"
-                    );
-                    self.replica.on_snapshot_received(now, from, restored);
+            Control::SnapshotReceived { from, result } => {
+                self.finishing_snapshot = None;
+                match result {
+                    Ok(restored) => {
+                        tracing::info!(
+                            node = self.id,
+                            peer = from,
+                            slot = restored.slot,
+                            "installing a snapshot from a peer"
+                        );
+                        self.replica.on_snapshot_received(now, from, restored);
+                    }
+                    Err(error) => {
+                        tracing::error!(node = self.id, peer = from, %error, "a received snapshot could not be installed")
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(node = self.id, peer = from, %error, "a received snapshot could not be installed")
-                }
-            },
+            }
         }
     }
 
@@ -396,6 +405,18 @@ impl<S: StateMachine> Driver<S> {
             if slot <= status.applied_slot || slot <= status.node.commit_index {
                 return;
             }
+            if self
+                .finishing_snapshot
+                .is_some_and(|finishing| slot <= finishing)
+            {
+                tracing::debug!(
+                    node = self.id,
+                    peer = from,
+                    slot,
+                    "a snapshot of this slot is being installed; not receiving it again"
+                );
+                return;
+            }
             match self.snapshots.writer(slot) {
                 Ok(writer) => {
                     tracing::info!(
@@ -435,7 +456,11 @@ impl<S: StateMachine> Driver<S> {
         }
         incoming.next_offset += data.len() as u64;
         let done = incoming.next_offset >= total_bytes;
-        if incoming.chunks.send(data).is_err() || done {
+        let handed_over = incoming.chunks.send(data).is_ok();
+        if done && handed_over {
+            self.finishing_snapshot = Some(slot);
+        }
+        if !handed_over || done {
             self.incoming_snapshot = None;
         }
     }
@@ -764,7 +789,7 @@ impl<S: StateMachine> Driver<S> {
     fn send_snapshot(&mut self, peer: NodeId, slot: Slot) {
         let Some(queue) = self.channels.peers.get(&peer).cloned() else {
             let now = self.now();
-            self.replica.on_snapshot_sent(now, peer);
+            self.replica.on_snapshot_sent(now, peer, false);
             return;
         };
         tracing::info!(

@@ -57,6 +57,9 @@ const SNAPSHOT_BYTES_PER_UNIT: u64 = 2_000;
 pub struct Coverage {
     pub compactions: u64,
     pub snapshot_installs: u64,
+    /// Requests for a snapshot a leader did not answer with another stream, because it
+    /// had delivered one to that peer moments before (`snapshot_resend_after`).
+    pub snapshot_resends_held: u64,
     pub lease_reads: u64,
     pub read_index_reads: u64,
     pub follower_reads: u64,
@@ -128,6 +131,7 @@ impl Coverage {
     pub fn add(&mut self, other: &Coverage) {
         self.compactions += other.compactions;
         self.snapshot_installs += other.snapshot_installs;
+        self.snapshot_resends_held += other.snapshot_resends_held;
         self.lease_reads += other.lease_reads;
         self.read_index_reads += other.read_index_reads;
         self.follower_reads += other.follower_reads;
@@ -165,6 +169,7 @@ impl Coverage {
     fn add_stats(&mut self, stats: &ReplicaStats) {
         self.compactions += stats.snapshots_taken;
         self.snapshot_installs += stats.snapshots_installed;
+        self.snapshot_resends_held += stats.snapshot_resends_held;
         self.lease_reads += stats.lease_reads;
         self.read_index_reads += stats.read_index_reads;
         self.follower_reads += stats.follower_reads;
@@ -219,6 +224,8 @@ pub(crate) enum Event {
         node: NodeId,
         epoch: u64,
         peer: NodeId,
+        /// Whether the sender's transport reports the stream delivered whole.
+        delivered: bool,
     },
     SnapshotArrive {
         from: NodeId,
@@ -623,9 +630,16 @@ impl Simulation {
                 slot,
                 bytes,
             } => self.snapshot_saved(node, epoch, slot, bytes),
-            Event::SnapshotSendDone { node, epoch, peer } => {
+            Event::SnapshotSendDone {
+                node,
+                epoch,
+                peer,
+                delivered,
+            } => {
                 if self.nodes[&node].epoch == epoch {
-                    self.with_replica(node, |replica, now| replica.on_snapshot_sent(now, peer));
+                    self.with_replica(node, |replica, now| {
+                        replica.on_snapshot_sent(now, peer, delivered)
+                    });
                 }
             }
             Event::SnapshotArrive {
@@ -856,6 +870,7 @@ impl Simulation {
                     node: from,
                     epoch,
                     peer: to,
+                    delivered: false,
                 },
             );
             return;
@@ -877,12 +892,18 @@ impl Simulation {
                 },
             );
         }
+        // A lost stream is reported failed by the sender's transport (a reset
+        // connection), or it reached the transport whole and was dropped on the way or
+        // at the receiver: the sender believes it delivered, and only sends it again
+        // after `snapshot_resend_after`.
+        let delivered = !lost || self.rng.gen_bool(0.5);
         self.schedule(
             units,
             Event::SnapshotSendDone {
                 node: from,
                 epoch,
                 peer: to,
+                delivered,
             },
         );
     }
@@ -1212,6 +1233,7 @@ pub(crate) fn replica_config(
     config.tick_nanos = tick_nanos;
     config.request_timeout_nanos = options.retry_ticks * tick_nanos;
     config.retry_after_nanos = LEASE_TICKS * tick_nanos;
+    config.snapshot_resend_after_nanos = 2 * LEASE_TICKS * tick_nanos;
     config.read_retry_nanos = 2 * tick_nanos;
     config.maintenance_interval_nanos = tick_nanos;
     config.snapshot_interval_slots = options.snapshot_interval_slots;

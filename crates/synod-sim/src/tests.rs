@@ -28,6 +28,7 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
     let never: Vec<&str> = [
         ("compactions", coverage.compactions),
         ("snapshot_installs", coverage.snapshot_installs),
+        ("snapshot_resends_held", coverage.snapshot_resends_held),
         ("lease_reads", coverage.lease_reads),
         ("read_index_reads", coverage.read_index_reads),
         ("follower_reads", coverage.follower_reads),

@@ -16,6 +16,7 @@ use crate::wal::sync_dir;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use synod_core::Slot;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SYNODSNP";
@@ -26,8 +27,19 @@ const TRAILER_MAGIC: [u8; 4] = *b"SNP.";
 const VERIFY_BUFFER_BYTES: usize = 64 << 10;
 const KEPT_SNAPSHOTS: usize = 2;
 
+/// Numbers the transfers this process receives: each writes its own partial file. A
+/// leader may start sending a snapshot again while the first copy is still being
+/// written or verified; with one shared name, the second truncated the first's file
+/// under it and the first, failing, removed the second's.
+static NEXT_TRANSFER: AtomicU64 = AtomicU64::new(1);
+
 fn snapshot_file_name(slot: Slot) -> String {
     format!("{slot:020}.snap")
+}
+
+/// A transfer's file: `<slot>.snap.partial` (before 2026-12) or `<slot>.snap.partial.<n>`.
+fn is_partial_file_name(name: &str) -> bool {
+    name.ends_with(".snap.partial") || name.contains(".snap.partial.")
 }
 
 fn parse_snapshot_file_name(name: &str) -> Option<Slot> {
@@ -145,7 +157,7 @@ impl SnapshotStore {
             let item = item.map_err(|error| StorageError::io(dir, error))?;
             let name = item.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".snap.tmp") || name.ends_with(".snap.partial") {
+            if name.ends_with(".snap.tmp") || is_partial_file_name(&name) {
                 let path = item.path();
                 fs::remove_file(&path).map_err(|error| StorageError::io(&path, error))?;
             }
@@ -261,15 +273,16 @@ impl SnapshotStore {
     }
 
     /// Receives a snapshot image streamed by a peer's `SnapshotReader`. `finish` verifies
-    /// and installs it; dropping the writer unfinished discards it.
+    /// and installs it; dropping the writer unfinished discards it. Writers of one slot
+    /// may run at once: each has its own file until `finish` renames it into place.
     pub fn writer(&self, slot: Slot) -> Result<SnapshotWriter, StorageError> {
+        let transfer = NEXT_TRANSFER.fetch_add(1, Ordering::Relaxed);
         let path = self
             .dir
-            .join(format!("{}.partial", snapshot_file_name(slot)));
+            .join(format!("{}.partial.{transfer}", snapshot_file_name(slot)));
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|error| StorageError::io(&path, error))?;
         Ok(SnapshotWriter {

@@ -163,7 +163,71 @@ fn temporary_files_from_a_crash_are_removed_at_open() {
         b"half",
     )
     .expect("write");
+    fs::write(
+        dir.path().join("00000000000000000007.snap.partial.12"),
+        b"half",
+    )
+    .expect("write");
     let store = SnapshotStore::open(dir.path()).expect("open");
     assert_eq!(store.latest().expect("latest"), None);
     assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
+}
+
+/// A leader that resends its snapshot while the follower is still writing or verifying
+/// the first copy: each transfer has its own file, so neither damages the other. (Both
+/// once shared `<slot>.snap.partial`: the second truncated the first's file under it —
+/// "snapshot data checksum mismatch" — and the first, failing, removed the second's.)
+#[test]
+fn two_transfers_of_one_slot_at_once_do_not_damage_each_other() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
+    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let data = image(50_000, 7);
+    leader.save(20_000, &data).expect("save");
+    let chunks: Vec<Vec<u8>> = leader
+        .reader(20_000, 4096)
+        .expect("reader")
+        .map(|chunk| chunk.expect("chunk"))
+        .collect();
+
+    // The first copy arrives but for its last chunk; the resend starts meanwhile.
+    let mut first = follower.writer(20_000).expect("first writer");
+    for chunk in &chunks[..chunks.len() - 1] {
+        first.write_chunk(chunk).expect("write");
+    }
+    let mut second = follower.writer(20_000).expect("second writer");
+    for chunk in &chunks[..3] {
+        second.write_chunk(chunk).expect("write");
+    }
+    first
+        .write_chunk(chunks.last().expect("chunks"))
+        .expect("write");
+    first
+        .finish()
+        .expect("the first copy verifies and installs");
+    for chunk in &chunks[3..] {
+        second.write_chunk(chunk).expect("write");
+    }
+    second.finish().expect("so does the second");
+    assert_eq!(
+        follower.latest().expect("latest"),
+        Some((20_000, data.clone()))
+    );
+
+    // A copy abandoned half-way removes only its own file.
+    let mut abandoned = follower.writer(20_000).expect("writer");
+    abandoned.write_chunk(&chunks[0]).expect("write");
+    let mut kept = follower.writer(20_000).expect("writer");
+    for chunk in &chunks {
+        kept.write_chunk(chunk).expect("write");
+    }
+    drop(abandoned);
+    kept.finish().expect("the kept copy installs");
+    assert_eq!(follower.latest().expect("latest"), Some((20_000, data)));
+    assert_eq!(
+        fs::read_dir(follower_dir.path()).expect("list").count(),
+        1,
+        "no partial file is left behind"
+    );
 }
