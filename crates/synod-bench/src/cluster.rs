@@ -358,6 +358,7 @@ async fn run_async(
     }
 
     let mut failovers = Vec::new();
+    let mut keep_logs = Vec::new();
     if !options.skip_failover {
         for (system, run) in &mut running {
             if !replicated.contains(system) {
@@ -378,13 +379,31 @@ async fn run_async(
                     trial.errors
                 ));
             }
+            // A stall far beyond an election timeout is worth reading about afterwards:
+            // keep that cluster's member logs (two outliers of 3–5 s went unexplained
+            // until a run with logs showed a snapshot storm).
+            let long = 2 * options.timing.election_timeout_ms;
+            if let Some(trial) = failover.trials.iter().find(|trial| trial.stall_ms > long) {
+                let note = format!(
+                    "{} failover: a trial stalled {} ms (more than two election timeouts); \
+                     the members' logs are kept in {}",
+                    system.name(),
+                    trial.stall_ms,
+                    run.processes.data_dir.display()
+                );
+                progress.note(&note);
+                notes.push(note);
+                keep_logs.push(*system);
+            }
             failovers.push(failover);
             progress.done();
         }
     }
-    for (_, run) in running {
+    for (system, run) in running {
         if options.keep_data {
             drop(run.processes);
+        } else if keep_logs.contains(&system) {
+            run.processes.stop_keeping_logs();
         } else {
             run.processes.stop();
         }

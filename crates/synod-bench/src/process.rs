@@ -202,7 +202,9 @@ impl ClusterProcesses {
                         format!("--initial-cluster-token=bench-{}", system.name()),
                         format!("--heartbeat-interval={}", timing.heartbeat_interval_ms),
                         format!("--election-timeout={}", timing.election_timeout_ms),
-                        "--log-level=warn".to_string(),
+                        // Leader changes, snapshots sent and installed, peers lost: a
+                        // few lines a minute, and what a surprising figure is read with.
+                        "--log-level=info".to_string(),
                     ]);
                     if system == System::Ceiling {
                         args.push("--unsafe-no-fsync".to_string());
@@ -394,6 +396,15 @@ impl ClusterProcesses {
         let _ = fs::remove_dir_all(&self.data_dir);
     }
 
+    /// Kills every member and removes their data, leaving the members' logs (the
+    /// `<name>.log` files beside the data directories) until the next run.
+    pub fn stop_keeping_logs(mut self) {
+        self.kill_all();
+        for member in &self.members {
+            let _ = fs::remove_dir_all(self.data_dir.join(&member.name));
+        }
+    }
+
     fn kill_all(&mut self) {
         for member in &mut self.members {
             if member.alive {
@@ -518,6 +529,47 @@ mod tests {
         assert_ne!(cluster.members[1].pid(), killed_pid);
         cluster.stop();
         assert!(!data_dir.exists());
+    }
+
+    #[test]
+    fn stopping_with_logs_kept_removes_the_members_data_but_not_their_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A member that says something and fills its data directory (named by the flag).
+        let executable = script(
+            dir.path(),
+            "for flag; do case $flag in --data-dir=*) d=${flag#--data-dir=};; esac; done\n\
+             mkdir -p \"$d\" && echo state > \"$d/wal\"\n\
+             echo 'became leader' >&2\n\
+             exec sleep 30",
+        );
+        let data_dir = dir.path().join("cluster");
+        let cluster = ClusterProcesses::start(
+            launch(&executable, data_dir.clone()),
+            &mut Ports::from(24_300),
+        )
+        .unwrap();
+        let names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !names.iter().all(|name| {
+            data_dir.join(name).join("wal").exists()
+                && fs::read_to_string(data_dir.join(format!("{name}.log")))
+                    .is_ok_and(|log| log.contains("became leader"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the stand-in members did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.stop_keeping_logs();
+        for name in &names {
+            assert!(!data_dir.join(name).exists(), "{name}'s data is removed");
+            let log = fs::read_to_string(data_dir.join(format!("{name}.log"))).unwrap();
+            assert!(
+                log.contains("became leader"),
+                "{name}'s log is kept: {log:?}"
+            );
+        }
     }
 
     #[test]

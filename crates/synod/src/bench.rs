@@ -230,7 +230,9 @@ struct ClusterArgs {
     /// Where the members keep their data: on the disk to measure (removed afterwards).
     #[arg(long, default_value = "synod-data/bench-cluster")]
     dir: PathBuf,
-    /// Keep the data directories and the members' logs after the run.
+    /// Keep the data directories and the members' logs after the run. (A cluster whose
+    /// failover trial stalled more than two election timeouts keeps its members' logs
+    /// anyway, until the next run.)
     #[arg(long)]
     keep_data: bool,
     /// Where cluster.json, cluster.svg and README.md (generated section) are written.
