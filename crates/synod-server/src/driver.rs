@@ -128,10 +128,6 @@ pub struct Driver<S: StateMachine> {
     /// MoveLeader requests waiting for their transfer to end: (target, reply).
     transfers: Vec<(NodeId, oneshot::Sender<Result<(), MoveLeaderError>>)>,
     incoming_snapshot: Option<IncomingSnapshot>,
-    /// The slot of a snapshot received whole and now being synced, verified and decoded
-    /// (until `Control::SnapshotReceived`): a copy of it or an older one sent meanwhile
-    /// is not received again.
-    finishing_snapshot: Option<Slot>,
     stats: ReplicaStats,
     fatal: Option<String>,
     /// The applied slot the observer last saw.
@@ -166,7 +162,6 @@ impl<S: StateMachine> Driver<S> {
             reads: HashMap::new(),
             transfers: Vec::new(),
             incoming_snapshot: None,
-            finishing_snapshot: None,
             stats: ReplicaStats::default(),
             fatal: None,
             observed: None,
@@ -346,23 +341,20 @@ impl<S: StateMachine> Driver<S> {
                 }
                 self.replica.on_snapshot_sent(now, peer, delivered);
             }
-            Control::SnapshotReceived { from, result } => {
-                self.finishing_snapshot = None;
-                match result {
-                    Ok(restored) => {
-                        tracing::info!(
-                            node = self.id,
-                            peer = from,
-                            slot = restored.slot,
-                            "installing a snapshot from a peer"
-                        );
-                        self.replica.on_snapshot_received(now, from, restored);
-                    }
-                    Err(error) => {
-                        tracing::error!(node = self.id, peer = from, %error, "a received snapshot could not be installed")
-                    }
+            Control::SnapshotReceived { from, result } => match result {
+                Ok(restored) => {
+                    tracing::info!(
+                        node = self.id,
+                        peer = from,
+                        slot = restored.slot,
+                        "installing a snapshot from a peer"
+                    );
+                    self.replica.on_snapshot_received(now, from, restored);
                 }
-            }
+                Err(error) => {
+                    tracing::error!(node = self.id, peer = from, %error, "a received snapshot could not be installed")
+                }
+            },
         }
     }
 
@@ -405,18 +397,6 @@ impl<S: StateMachine> Driver<S> {
             if slot <= status.applied_slot || slot <= status.node.commit_index {
                 return;
             }
-            if self
-                .finishing_snapshot
-                .is_some_and(|finishing| slot <= finishing)
-            {
-                tracing::debug!(
-                    node = self.id,
-                    peer = from,
-                    slot,
-                    "a snapshot of this slot is being installed; not receiving it again"
-                );
-                return;
-            }
             match self.snapshots.writer(slot) {
                 Ok(writer) => {
                     tracing::info!(
@@ -456,11 +436,7 @@ impl<S: StateMachine> Driver<S> {
         }
         incoming.next_offset += data.len() as u64;
         let done = incoming.next_offset >= total_bytes;
-        let handed_over = incoming.chunks.send(data).is_ok();
-        if done && handed_over {
-            self.finishing_snapshot = Some(slot);
-        }
-        if !handed_over || done {
+        if incoming.chunks.send(data).is_err() || done {
             self.incoming_snapshot = None;
         }
     }
