@@ -165,7 +165,8 @@ pub struct NodeArgs {
     /// default) keeps every hand-off on one thread, which measured fastest with three
     /// replicas and their clients sharing two CPUs (docs/server.md); raise it when one
     /// replica has many cores to itself. A leader's write-ahead log syncs on its own
-    /// thread; a follower's on this one when its log is idle (docs/latency.md).
+    /// thread under load, on this one when a lone command is in flight; a follower's on
+    /// this one when its log is idle (docs/latency.md).
     #[arg(long, env = "SYNOD_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
     /// etcd's: `periodic` (keep --auto-compaction-retention of time) or `revision` (keep

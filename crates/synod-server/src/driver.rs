@@ -102,6 +102,9 @@ pub struct Channels<S> {
 /// Most inputs handled before the replica's outputs are drained (commands arriving
 /// together share a slot).
 const INPUT_BATCH: usize = 256;
+/// Rounds of held persists (`Driver::persist`) one pass of the loop writes before handing
+/// any still held to the group-commit thread.
+const HELD_PERSIST_ROUNDS: usize = 4;
 
 /// A snapshot being received from a peer: chunks go to a writer thread in order.
 struct IncomingSnapshot {
@@ -136,6 +139,12 @@ pub struct Driver<S: StateMachine> {
     /// not handled yet. Only at zero may it write on its own thread (`persist`): the
     /// replica takes a completion as "this and every earlier request is durable".
     persists_in_flight: usize,
+    /// A leader's persist requests held back, while one command is all it has in flight
+    /// (`carries_the_only_command`), until the Accepts of this round have left: then this
+    /// task writes them itself (`write_held_persists`) instead of waking the group-commit
+    /// thread and being woken by it. Every later request joins them, so none overtakes
+    /// another.
+    held_persists: Vec<PersistRequest>,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -166,6 +175,7 @@ impl<S: StateMachine> Driver<S> {
             fatal: None,
             observed: None,
             persists_in_flight: 0,
+            held_persists: Vec::new(),
         }
     }
 
@@ -206,6 +216,21 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
             self.process_ready();
+            for _ in 0..HELD_PERSIST_ROUNDS {
+                if self.held_persists.is_empty() {
+                    break;
+                }
+                // The peer writers this round woke run first and put the Accepts on the
+                // wire; the followers' fdatasyncs then run beside this one.
+                tokio::task::yield_now().await;
+                self.write_held_persists();
+                self.process_ready();
+            }
+            if !self.held_persists.is_empty() {
+                for request in std::mem::take(&mut self.held_persists) {
+                    self.submit_persist(request);
+                }
+            }
             if let Some(reason) = self.fatal.take() {
                 tracing::error!(node = self.id, %reason, "stopping the replica");
                 self.shutdown();
@@ -704,43 +729,100 @@ impl<S: StateMachine> Driver<S> {
         metrics.set_disk_bytes(self.group_commit.stats().disk_bytes, None);
     }
 
-    /// A replica that is not leading writes its log on this task when the log is idle:
-    /// its persists (a follower's accepts and promises) are what its replies wait for,
-    /// and the group-commit thread would add two thread wake-ups to every one
-    /// (docs/latency.md). A leader hands them over, so that its accepts reach the peers
-    /// and its own fdatasync overlaps theirs.
+    /// Makes `requests` durable. A replica that is not leading writes its log on this task
+    /// when the log is idle: its persists (a follower's accepts and promises) are what its
+    /// replies wait for, and the group-commit thread would add two thread wake-ups to
+    /// every one. A leader writes its unsynced commit marks here too (a write call). Its
+    /// synced requests it hands over under load, so that this task keeps taking requests
+    /// while the disk works; with one command in flight and nothing else to do it holds
+    /// them until this round's Accepts have left (`run`), then writes them here as well
+    /// (docs/latency.md, section 8).
     fn persist(&mut self, requests: &[PersistRequest]) {
-        let Some(last) = requests.last().map(|request| request.id) else {
+        if requests.is_empty() {
             return;
-        };
-        if self.persists_in_flight == 0
-            && self.replica.node().status().role != synod_core::Role::Leader
-        {
-            let started = Instant::now();
-            if let Some(result) = self.group_commit.append_now(requests) {
-                match result {
-                    Ok(()) => {
-                        if requests.iter().any(PersistRequest::needs_sync) {
-                            self.metrics
-                                .persist_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                        }
-                        self.metrics.persists_inline.inc();
-                        let now = self.now();
-                        self.replica.on_persisted(now, last);
-                    }
-                    Err(error) => {
-                        self.fatal = Some(format!(
-                            "the write-ahead log failed to persist request {last}: {error}"
-                        ));
-                    }
+        }
+        if !self.held_persists.is_empty() {
+            self.held_persists.extend_from_slice(requests);
+            return;
+        }
+        if self.persists_in_flight == 0 {
+            let leading = self.replica.node().status().role == synod_core::Role::Leader;
+            // A leader's commit marks are written unsynced: a write call, cheaper here
+            // than a wake-up of the group-commit thread and another of this task.
+            if !leading || !requests.iter().any(PersistRequest::needs_sync) {
+                if self.write_inline(requests) {
+                    return;
                 }
+            } else if self.carries_the_only_command(requests) {
+                self.held_persists.extend_from_slice(requests);
                 return;
             }
         }
         for request in requests {
             self.submit_persist(request.clone());
         }
+    }
+
+    /// True when `requests` accept one slot holding at most one command and no other slot
+    /// or command waits: one client at a time. Under more load the leader keeps handing
+    /// its writes over, so that requests arriving meanwhile are proposed at once.
+    fn carries_the_only_command(&self, requests: &[PersistRequest]) -> bool {
+        let mut accepts =
+            requests
+                .iter()
+                .flat_map(|request| &request.ops)
+                .filter_map(|op| match op {
+                    synod_core::PersistOp::Accept(entry) => Some(entry),
+                    _ => None,
+                });
+        let (Some(entry), None) = (accepts.next(), accepts.next()) else {
+            return false;
+        };
+        let status = self.replica.node().status();
+        entry.value.commands().len() <= 1
+            && status.inflight_slots <= 1
+            && status.pending_commands == 0
+    }
+
+    /// Writes the held requests on this task, or hands them to the group-commit thread
+    /// if it is busy (a compaction) after all.
+    fn write_held_persists(&mut self) {
+        let held = std::mem::take(&mut self.held_persists);
+        if held.is_empty() || self.persists_in_flight > 0 || !self.write_inline(&held) {
+            for request in held {
+                self.submit_persist(request);
+            }
+        }
+    }
+
+    /// `append_now` on this task; false when the group-commit thread is busy and nothing
+    /// was written.
+    fn write_inline(&mut self, requests: &[PersistRequest]) -> bool {
+        let Some(last) = requests.last().map(|request| request.id) else {
+            return true;
+        };
+        let started = Instant::now();
+        let Some(result) = self.group_commit.append_now(requests) else {
+            return false;
+        };
+        match result {
+            Ok(()) => {
+                if requests.iter().any(PersistRequest::needs_sync) {
+                    self.metrics
+                        .persist_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                self.metrics.persists_inline.inc();
+                let now = self.now();
+                self.replica.on_persisted(now, last);
+            }
+            Err(error) => {
+                self.fatal = Some(format!(
+                    "the write-ahead log failed to persist request {last}: {error}"
+                ));
+            }
+        }
+        true
     }
 
     fn submit_persist(&mut self, request: PersistRequest) {
@@ -890,6 +972,7 @@ mod tests {
         stop: watch::Sender<bool>,
         task: tokio::task::JoinHandle<Result<(), ServerError>>,
         snapshots: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
         _dir: tempfile::TempDir,
     }
 
@@ -915,6 +998,7 @@ mod tests {
         let (peer_tx, peer_inputs) = mpsc::channel(64);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop) = watch::channel(false);
+        let metrics = Metrics::new(1);
         let driver = Driver::new(
             replica,
             Instant::now(),
@@ -922,7 +1006,7 @@ mod tests {
                 tick_interval: Duration::from_millis(5),
                 snapshot_chunk_bytes: 1 << 10,
             },
-            Metrics::new(1),
+            Arc::clone(&metrics),
             Arc::new(GroupCommit::start(wal)),
             Arc::clone(&snapshots),
             Channels {
@@ -941,11 +1025,21 @@ mod tests {
             stop: stop_tx,
             task: tokio::spawn(driver.run()),
             snapshots,
+            metrics,
             _dir: dir,
         }
     }
 
     async fn put(running: &Running, key: &str, value: &str) -> Result<Response, ServerError> {
+        answered(send_put(running, key, value).await).await
+    }
+
+    /// Hands a put to the driver without waiting for its answer.
+    async fn send_put(
+        running: &Running,
+        key: &str,
+        value: &str,
+    ) -> oneshot::Receiver<Result<Bytes, ServerError>> {
         let command = Command::unsessioned(Op::Put(PutRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
@@ -960,6 +1054,12 @@ mod tests {
             })
             .await
             .expect("driver runs");
+        answer
+    }
+
+    async fn answered(
+        answer: oneshot::Receiver<Result<Bytes, ServerError>>,
+    ) -> Result<Response, ServerError> {
         answer
             .await
             .expect("answered")
@@ -1014,6 +1114,55 @@ mod tests {
         let status = status.await.unwrap();
         assert_eq!(status.role, synod_core::Role::Leader);
         assert!(status.applied_slot >= 1);
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_leader_writes_a_lone_command_itself_and_hands_a_crowd_to_group_commit() {
+        let running = start(0);
+        // Leadership's first slots and their commit marks go to the group-commit thread,
+        // and a put arriving while one of those is still there is handed over too: warm
+        // up until a put finds the thread idle (its Accept and commit mark written here).
+        for attempt in 0.. {
+            assert!(attempt < 100, "no put found the group-commit thread idle");
+            let before = running.metrics.persists_inline.get();
+            put(&running, "warm", "up").await.expect("put");
+            if running.metrics.persists_inline.get() - before >= 2 {
+                break;
+            }
+        }
+        // One client at a time: each put's Accept is held until the round's messages are
+        // out, then written on the driver's task, and so is its commit mark.
+        let before = running.metrics.persists_inline.get();
+        for i in 0..5 {
+            put(&running, &format!("one{i}"), "v").await.expect("put");
+        }
+        let lone = running.metrics.persists_inline.get() - before;
+        // Five Accepts and five commit marks.
+        assert!(
+            lone >= 10,
+            "{lone} inline writes for five lone puts, not ten"
+        );
+        // Thirty-two puts queued before the driver runs again share slots, and their
+        // Accepts go to the group-commit thread: only commit marks may be written inline.
+        let before = running.metrics.persists_inline.get();
+        let mut answers = Vec::new();
+        for i in 0..32 {
+            answers.push(send_put(&running, &format!("crowd{i}"), "v").await);
+        }
+        for answer in answers {
+            assert!(answered(answer).await.expect("put").result.is_ok());
+        }
+        let crowd = running.metrics.persists_inline.get() - before;
+        assert!(
+            crowd <= 1,
+            "{crowd} inline writes for a crowd of 32 puts: only the commit mark may be"
+        );
+        assert_eq!(
+            read(&running, "crowd31", Consistency::Linearizable).await,
+            Some(Bytes::from_static(b"v"))
+        );
         let _ = running.stop.send(true);
         running.task.await.unwrap().unwrap();
     }
