@@ -48,7 +48,11 @@ fn codec() -> impl Options {
 }
 
 fn encode<T: Serialize>(value: &T) -> Bytes {
-    let mut out = vec![RUNTIME_FORMAT];
+    // Sized first: a snapshot file carries the state machine's image (hundreds of MB for
+    // a large store), which a Vec grown by doubling would copy again at every step.
+    let size = codec().serialized_size(value).unwrap_or(0);
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    out.push(RUNTIME_FORMAT);
     codec()
         .serialize_into(&mut out, value)
         .unwrap_or_else(|error| panic!("encoding runtime data failed: {error}"));

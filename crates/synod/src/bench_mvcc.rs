@@ -39,6 +39,10 @@ struct Row {
     history_estimate_bytes: u64,
     snapshot_bytes: u64,
     snapshot_freeze_us: u64,
+    /// Encoding the frozen store into the snapshot's bytes (what a member's blocking
+    /// thread does every `--snapshot-count` slots).
+    #[serde(default)]
+    snapshot_encode_ms: f64,
     rss_after_compaction_bytes: u64,
     estimate_after_compaction_bytes: u64,
     apply_seconds: f64,
@@ -78,7 +82,9 @@ fn measure(keys: u64, revisions: u64, value_bytes: usize) -> Row {
     let frozen = Instant::now();
     let job = store.snapshot_job();
     let snapshot_freeze_us = frozen.elapsed().as_micros() as u64;
+    let encoding = Instant::now();
     let snapshot_bytes = job().len() as u64;
+    let snapshot_encode_ms = encoding.elapsed().as_secs_f64() * 1000.0;
     let compact = synod_kv::Command::unsessioned(Op::Compact(CompactRequest {
         revision: store.revision(),
         physical: true,
@@ -93,6 +99,7 @@ fn measure(keys: u64, revisions: u64, value_bytes: usize) -> Row {
         history_estimate_bytes,
         snapshot_bytes,
         snapshot_freeze_us,
+        snapshot_encode_ms,
         rss_after_compaction_bytes: rss_bytes().saturating_sub(rss_before_bytes),
         estimate_after_compaction_bytes: store.history_bytes(),
         apply_seconds,
@@ -105,12 +112,12 @@ fn mib(bytes: u64) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| keys | revisions | value B | RSS MiB | RSS B/revision | quota estimate MiB | snapshot MiB | freeze µs | RSS after compaction MiB | estimate after MiB | apply s |\n\
-         | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n",
+        "| keys | revisions | value B | RSS MiB | RSS B/revision | quota estimate MiB | snapshot MiB | freeze µs | encode ms | RSS after compaction MiB | estimate after MiB | apply s |\n\
+         | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n",
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} |\n",
             row.keys,
             row.revisions,
             row.value_bytes,
@@ -119,6 +126,7 @@ fn table(rows: &[Row]) -> String {
             mib(row.history_estimate_bytes),
             mib(row.snapshot_bytes),
             row.snapshot_freeze_us,
+            row.snapshot_encode_ms,
             mib(row.rss_after_compaction_bytes),
             mib(row.estimate_after_compaction_bytes),
             row.apply_seconds,
