@@ -39,7 +39,7 @@ impl StateMachine for Broadcast {
     }
 
     fn snapshot(&self) -> Bytes {
-        Bytes::from(codec::encode(self))
+        Bytes::from(codec::encode_large_as(codec::FORMAT_VERSION, self))
     }
 
     fn empty_like(&self) -> Self {

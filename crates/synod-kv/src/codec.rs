@@ -33,12 +33,21 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Encodes `value` behind another format-version byte (snapshots have their own).
 pub(crate) fn encode_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    // Sized first: a store's snapshot is hundreds of MB, and a Vec grown by doubling
-    // copies it again at every step and faults in twice its size in fresh pages (a
-    // counting pass costs far less: `synod bench mvcc`, "encode ms", docs/mvcc.md).
+    encode_into(vec![version], value)
+}
+
+/// [`encode_as`] for values of many MB (a store's snapshot): sized first, because a Vec
+/// grown by doubling copies the bytes again at every step and faults in twice their size
+/// in fresh pages; the counting pass costs far less (`synod bench mvcc`, "encode ms",
+/// docs/mvcc.md). Small values (commands, responses) skip the pass.
+pub(crate) fn encode_large_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let size = options().serialized_size(value).unwrap_or(0);
     let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
     out.push(version);
+    encode_into(out, value)
+}
+
+fn encode_into<T: Serialize>(mut out: Vec<u8>, value: &T) -> Vec<u8> {
     // Serializing into a Vec with no byte limit cannot fail for these types: they contain no
     // maps with non-string keys, no unsized sequences and no custom Serialize that errors.
     if let Err(error) = options().serialize_into(&mut out, value) {
@@ -126,7 +135,7 @@ mod tests {
     fn a_large_value_is_encoded_into_one_allocation_of_its_exact_size() {
         // 50,000 keys' worth of bytes: a Vec grown by doubling would end with spare room.
         let value: Vec<(u64, Vec<u8>)> = (0..50_000u64).map(|i| (i, vec![7; 37])).collect();
-        let bytes = encode_as(3, &value);
+        let bytes = encode_large_as(3, &value);
         assert_eq!(bytes.capacity(), bytes.len());
         assert_eq!(
             decode_as::<Vec<(u64, Vec<u8>)>>(3, &bytes).expect("decodes"),

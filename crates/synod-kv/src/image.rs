@@ -158,7 +158,10 @@ struct LatestImage {
 }
 
 pub(crate) fn encode(store: &KvStore) -> Bytes {
-    Bytes::from(codec::encode_as(SNAPSHOT_FORMAT_VERSION, &StoreRef(store)))
+    Bytes::from(codec::encode_large_as(
+        SNAPSHOT_FORMAT_VERSION,
+        &StoreRef(store),
+    ))
 }
 
 /// Decodes a snapshot into a store with `template`'s settings.

@@ -48,10 +48,10 @@ fn codec() -> impl Options {
 }
 
 fn encode<T: Serialize>(value: &T) -> Bytes {
-    // Sized first: a snapshot file carries the state machine's image (hundreds of MB for
-    // a large store), which a Vec grown by doubling would copy again at every step.
-    let size = codec().serialized_size(value).unwrap_or(0);
-    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    encode_into(Vec::new(), value)
+}
+
+fn encode_into<T: Serialize>(mut out: Vec<u8>, value: &T) -> Bytes {
     out.push(RUNTIME_FORMAT);
     codec()
         .serialize_into(&mut out, value)
@@ -201,9 +201,15 @@ impl RuntimeImage {
         }
     }
 
-    /// The bytes of a snapshot file.
+    /// The bytes of a snapshot file. Sized first: it carries the state machine's image
+    /// (hundreds of MB for a large store), which a Vec grown by doubling would copy again
+    /// at every step.
     pub fn encode(&self) -> Bytes {
-        encode(self)
+        let size = codec().serialized_size(self).unwrap_or(0);
+        encode_into(
+            Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1)),
+            self,
+        )
     }
 
     /// Reads a snapshot file's bytes.

@@ -67,12 +67,31 @@ fn truncated_snapshot_is_detected() {
     assert!(matches!(store.latest(), Err(StorageError::Corrupt { .. })));
 }
 
+/// A leader's snapshot store and a follower's, each in a directory of its own.
+struct LeaderAndFollower {
+    leader: SnapshotStore,
+    follower: SnapshotStore,
+    _leader_dir: tempfile::TempDir,
+    follower_dir: tempfile::TempDir,
+}
+
+impl LeaderAndFollower {
+    fn open() -> LeaderAndFollower {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        LeaderAndFollower {
+            leader: SnapshotStore::open(leader_dir.path()).expect("open"),
+            follower: SnapshotStore::open(follower_dir.path()).expect("open"),
+            _leader_dir: leader_dir,
+            follower_dir,
+        }
+    }
+}
+
 #[test]
 fn lagging_replica_receives_a_snapshot_in_small_chunks() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
-    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let stores = LeaderAndFollower::open();
+    let (leader, follower) = (&stores.leader, &stores.follower);
     let data = image(200_000, 5);
     leader.save(4242, &data).expect("save");
 
@@ -93,10 +112,8 @@ fn lagging_replica_receives_a_snapshot_in_small_chunks() {
 
 #[test]
 fn damaged_transfer_is_rejected_and_leaves_nothing_behind() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
-    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let stores = LeaderAndFollower::open();
+    let (leader, follower) = (&stores.leader, &stores.follower);
     leader.save(9, &image(10_000, 1)).expect("save");
     let mut writer = follower.writer(9).expect("writer");
     for (index, chunk) in leader.reader(9, 333).expect("reader").enumerate() {
@@ -108,15 +125,18 @@ fn damaged_transfer_is_rejected_and_leaves_nothing_behind() {
     }
     assert!(matches!(writer.finish(), Err(StorageError::Corrupt { .. })));
     assert_eq!(follower.slots().expect("slots"), Vec::<u64>::new());
-    assert_eq!(fs::read_dir(follower_dir.path()).expect("list").count(), 0);
+    assert_eq!(
+        fs::read_dir(stores.follower_dir.path())
+            .expect("list")
+            .count(),
+        0
+    );
 }
 
 #[test]
 fn transfer_of_another_slot_is_rejected() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
-    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let stores = LeaderAndFollower::open();
+    let (leader, follower) = (&stores.leader, &stores.follower);
     leader.save(9, &image(100, 1)).expect("save");
     let mut writer = follower.writer(10).expect("writer");
     for chunk in leader.reader(9, 64).expect("reader") {
@@ -179,10 +199,8 @@ fn temporary_files_from_a_crash_are_removed_at_open() {
 /// "snapshot data checksum mismatch" — and the first, failing, removed the second's.)
 #[test]
 fn two_transfers_of_one_slot_at_once_do_not_damage_each_other() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = SnapshotStore::open(leader_dir.path()).expect("open");
-    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let stores = LeaderAndFollower::open();
+    let (leader, follower) = (&stores.leader, &stores.follower);
     let data = image(50_000, 7);
     leader.save(20_000, &data).expect("save");
     let chunks: Vec<Vec<u8>> = leader
@@ -226,7 +244,9 @@ fn two_transfers_of_one_slot_at_once_do_not_damage_each_other() {
     kept.finish().expect("the kept copy installs");
     assert_eq!(follower.latest().expect("latest"), Some((20_000, data)));
     assert_eq!(
-        fs::read_dir(follower_dir.path()).expect("list").count(),
+        fs::read_dir(stores.follower_dir.path())
+            .expect("list")
+            .count(),
         1,
         "no partial file is left behind"
     );
