@@ -12,6 +12,7 @@ use crate::process::{etcd_version, find_on_path, ClusterProcesses, Launch, Ports
 use crate::report::{
     Ceilings, Cell, ClusterReport, Failover, FailoverTrial, Placement, ReadModes, Settings,
 };
+use crate::timeline::CellTimeline;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -338,6 +339,7 @@ async fn run_async(
 
     let mut cells = Vec::new();
     let mut breakdowns = Vec::new();
+    let mut timelines = Vec::new();
     for workload in &options.workloads {
         for &clients in &options.clients {
             for (system, run) in &running {
@@ -345,12 +347,13 @@ async fn run_async(
                     continue;
                 }
                 for placement in placements_of(*system, &options.placements) {
-                    let (cell, breakdown) = measure_cell(
+                    let (cell, breakdown, timeline) = measure_cell(
                         *system, run, *workload, clients, placement, options, progress,
                     )
                     .await?;
                     cells.push(cell);
                     breakdowns.extend(breakdown);
+                    timelines.extend(timeline);
                     progress.done();
                 }
             }
@@ -431,6 +434,7 @@ async fn run_async(
         cells,
         failovers,
         breakdowns,
+        timelines,
         targets: Vec::new(),
     };
     report.evaluate_targets();
@@ -554,7 +558,7 @@ async fn measure_cell(
     placement: Placement,
     options: &ClusterOptions,
     progress: &dyn Progress,
-) -> Result<(Cell, Option<CellBreakdown>), BenchError> {
+) -> Result<(Cell, Option<CellBreakdown>, Option<CellTimeline>), BenchError> {
     progress.step(&format!(
         "{} · {} · {clients} clients · {}",
         system.name(),
@@ -579,6 +583,25 @@ async fn measure_cell(
     } else {
         None
     };
+    // Step by step: Synod's pinned single-client puts (balanced puts its one client at
+    // the leader too) and the ceiling's.
+    let timeline_wanted = workload == Workload::Put
+        && clients == 1
+        && match system {
+            System::Synod => entry.is_some() && placement != Placement::Balanced,
+            System::Ceiling => true,
+            System::SynodReadIndex | System::Etcd => false,
+        };
+    if timeline_wanted {
+        // Recording on at every member (what was recorded before is dropped). A member
+        // that does not answer costs the cell its timeline, not the run.
+        for member in &run.processes.members {
+            if let Err(error) = crate::timeline::fetch(&member.metrics_url, true).await {
+                progress.note(&format!("no request timeline for this cell: {error}"));
+            }
+        }
+        spec.record_windows = true;
+    }
     // The floor's disk and network parts, probed under the load the cell runs in.
     let probes = if workload == Workload::Put && clients == 1 && system != System::Ceiling {
         let fdatasync = machine::fdatasync_latency(&options.data_dir, 300, 4096)?;
@@ -647,7 +670,25 @@ async fn measure_cell(
         }
         _ => None,
     };
-    Ok((cell, breakdown))
+    let timeline = if timeline_wanted {
+        let mut timelines = Vec::new();
+        for member in &run.processes.members {
+            match crate::timeline::fetch(&member.metrics_url, false).await {
+                Ok(timeline) => timelines.push(timeline),
+                Err(error) => progress.note(&format!("no request timeline for this cell: {error}")),
+            }
+        }
+        let leader = leader.unwrap_or(0);
+        let entry = entry.unwrap_or(leader);
+        (timelines.len() == run.processes.members.len()).then(|| CellTimeline {
+            system: system.name().to_string(),
+            placement,
+            timeline: crate::timeline::analyse(&result.windows, &timelines, leader, entry),
+        })
+    } else {
+        None
+    };
+    Ok((cell, breakdown, timeline))
 }
 
 /// Every member's histograms, in member order.

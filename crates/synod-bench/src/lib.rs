@@ -24,6 +24,7 @@ pub mod load;
 pub mod machine;
 pub mod process;
 pub mod report;
+pub mod timeline;
 pub mod watch;
 
 pub use cluster::{run, Bar, ClusterOptions, Plain, Progress, Quiet};
@@ -48,6 +49,9 @@ pub fn write_outputs(report: &ClusterReport, dir: &Path) -> Result<Vec<PathBuf>,
     let mut written = vec![json, svg];
     if !report.breakdowns.is_empty() {
         written.push(write("breakdown.svg", &breakdown::svg(&report.breakdowns))?);
+    }
+    if !report.timelines.is_empty() {
+        written.push(write("timeline.svg", &timeline::svg(&report.timelines))?);
     }
     let readme_path = dir.join("README.md");
     let existing = std::fs::read_to_string(&readme_path).ok();

@@ -16,6 +16,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 use synod_server::proto::etcdserverpb as pb;
 use synod_server::proto::etcdserverpb::kv_client::KvClient;
+use synod_server::timeline::monotonic_ns;
 use tonic::transport::{Channel, Endpoint};
 
 /// The operation every client of a cell repeats.
@@ -72,6 +73,9 @@ pub struct LoadSpec {
     pub seed: u64,
     /// Keep the completion instant of every successful operation (for failover gaps).
     pub record_completions: bool,
+    /// Keep every measured successful operation's send and receipt on the host's
+    /// monotonic clock (to line up with the members' timelines).
+    pub record_windows: bool,
 }
 
 impl LoadSpec {
@@ -87,6 +91,7 @@ impl LoadSpec {
             request_timeout: Duration::from_secs(10),
             seed: 1,
             record_completions: false,
+            record_windows: false,
         }
     }
 
@@ -150,6 +155,9 @@ pub struct LoadResult {
     pub started: Instant,
     /// Completion instants of successful operations, sorted (only when asked for).
     pub completions: Vec<Instant>,
+    /// Send and receipt of each measured successful operation, `CLOCK_MONOTONIC` ns,
+    /// sorted (only when asked for).
+    pub windows: Vec<(u64, u64)>,
 }
 
 impl LoadResult {
@@ -277,6 +285,7 @@ struct ClientTally {
     errors: u64,
     first_error: Option<String>,
     completions: Vec<Instant>,
+    windows: Vec<(u64, u64)>,
 }
 
 fn new_histogram() -> Result<Histogram<u64>, BenchError> {
@@ -290,15 +299,18 @@ async fn client_loop(
     mut operations: Operations,
     measure_from: Instant,
     stop_at: Instant,
-    record_completions: bool,
+    record: (bool, bool),
     mut tally: ClientTally,
 ) -> ClientTally {
+    let (record_completions, record_windows) = record;
     loop {
         let start = Instant::now();
         if start >= stop_at {
             return tally;
         }
+        let sent_ns = if record_windows { monotonic_ns() } else { 0 };
         let outcome = operations.issue(&mut kv).await;
+        let received_ns = if record_windows { monotonic_ns() } else { 0 };
         let done = Instant::now();
         let measured = start >= measure_from;
         match outcome {
@@ -310,6 +322,9 @@ async fn client_loop(
                     tally.histogram.saturating_record(micros);
                     if record_completions {
                         tally.completions.push(done);
+                    }
+                    if record_windows {
+                        tally.windows.push((sent_ns, received_ns));
                     }
                 }
             }
@@ -356,13 +371,14 @@ pub async fn run_load(endpoints: &[String], spec: &LoadSpec) -> Result<LoadResul
             errors: 0,
             first_error: None,
             completions: Vec::new(),
+            windows: Vec::new(),
         };
         tasks.push(tokio::spawn(client_loop(
             kv,
             operations,
             measure_from,
             stop_at,
-            spec.record_completions,
+            (spec.record_completions, spec.record_windows),
             tally,
         )));
     }
@@ -370,6 +386,7 @@ pub async fn run_load(endpoints: &[String], spec: &LoadSpec) -> Result<LoadResul
     let mut errors = 0;
     let mut first_error = None;
     let mut completions = Vec::new();
+    let mut windows = Vec::new();
     for task in tasks {
         let tally = task
             .await
@@ -382,8 +399,10 @@ pub async fn run_load(endpoints: &[String], spec: &LoadSpec) -> Result<LoadResul
             first_error = tally.first_error;
         }
         completions.extend(tally.completions);
+        windows.extend(tally.windows);
     }
     completions.sort_unstable();
+    windows.sort_unstable();
     Ok(LoadResult {
         ops: histogram.len(),
         errors,
@@ -392,6 +411,7 @@ pub async fn run_load(endpoints: &[String], spec: &LoadSpec) -> Result<LoadResul
         first_error,
         started: measure_from,
         completions,
+        windows,
     })
 }
 
@@ -454,6 +474,7 @@ mod tests {
             first_error: None,
             started: Instant::now(),
             completions,
+            windows: Vec::new(),
         }
     }
 

@@ -264,6 +264,8 @@ pub struct ClusterReport {
     pub failovers: Vec<Failover>,
     /// Where a single client's put spends its time, per placement (Synod ×3).
     pub breakdowns: Vec<crate::breakdown::CellBreakdown>,
+    /// The single-client put cells step by step (Synod ×3 pinned, and the ceiling).
+    pub timelines: Vec<crate::timeline::CellTimeline>,
     pub targets: Vec<Target>,
 }
 
@@ -981,6 +983,17 @@ impl ClusterReport {
             out.push_str("Means per request from the members' own histograms (`grpc_server_handling_seconds`, `synod_proposal_duration_seconds`, `synod_wal_persist_duration_seconds`, `etcd_disk_wal_fsync_duration_seconds`; their sums and counts before and after the cell, warm-up included) beside the client's mean round trip; each segment is one stage minus the stage nested in it (`crates/synod-bench/src/breakdown.rs`).\n\n");
             out.push_str("![where a put's microseconds go](breakdown.svg)\n\n");
             out.push_str(&crate::breakdown::table(&self.breakdowns));
+        }
+        if !self.timelines.is_empty() {
+            {
+                out.push_str("\n### The path of one put, step by step\n\n");
+                out.push_str("The single-client put cells from the members' own timelines (`/debug/timeline`, on while these cells run), lined up with the client's requests on the host's monotonic clock: each step is the first event of its kind at its member after the step before, in the same request; medians over the cell's requests (`crates/synod-bench/src/timeline.rs`). The time between two steps is what the histograms above cannot show: a message between tasks, threads and processes, wake-ups included. The ceiling's rows are the floor's first term taken apart.\n\n");
+                out.push_str("![one put, step by step](timeline.svg)\n\n");
+                for cell in &self.timelines {
+                    out.push_str(&crate::timeline::table(&cell.label(), &cell.timeline));
+                    out.push('\n');
+                }
+            }
         }
         out.push_str("\n### Failover (kill -9 of the leader under put load; clients on the other members)\n\n");
         if self.failovers.is_empty() {

@@ -133,6 +133,7 @@ fn synthetic() -> ClusterReport {
             failover(System::Etcd, [1000, 1800, 1200], 4),
         ],
         breakdowns: Vec::new(),
+        timelines: Vec::new(),
         targets: Vec::new(),
     };
     report.evaluate_targets();

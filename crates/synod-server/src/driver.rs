@@ -139,11 +139,12 @@ pub struct Driver<S: StateMachine> {
     /// not handled yet. Only at zero may it write on its own thread (`persist`): the
     /// replica takes a completion as "this and every earlier request is durable".
     persists_in_flight: usize,
-    /// A leader's persist requests held back, while one command is all it has in flight
-    /// (`carries_the_only_command`), until the Accepts of this round have left: then this
-    /// task writes them itself (`write_held_persists`) instead of waking the group-commit
-    /// thread and being woken by it. Every later request joins them, so none overtakes
-    /// another.
+    /// Persist requests held back until this task yields once: commit marks alone (the
+    /// replies of this round reach their gRPC handlers first), or a leader's requests
+    /// while one command is all it has in flight (`carries_the_only_command`: the
+    /// Accepts of this round leave first). Then this task writes them itself
+    /// (`write_held_persists`) instead of waking the group-commit thread and being woken
+    /// by it. Every later request joins them, so none overtakes another.
     held_persists: Vec<PersistRequest>,
 }
 
@@ -275,6 +276,7 @@ impl<S: StateMachine> Driver<S> {
         self.next_request += 1;
         match request {
             Request::Propose { payload, reply } => {
+                self.metrics.timeline.record("propose", "", 0, 0);
                 self.proposals.insert(id, (reply, Instant::now()));
                 self.replica.propose(now, id, payload);
             }
@@ -335,6 +337,7 @@ impl<S: StateMachine> Driver<S> {
                                 .persist_seconds
                                 .observe(submitted.elapsed().as_secs_f64());
                         }
+                        self.metrics.timeline.record("persisted", "", id, 0);
                         self.replica.on_persisted(now, id);
                     }
                     Err(error) => {
@@ -392,6 +395,9 @@ impl<S: StateMachine> Driver<S> {
                     kind = envelope.message.kind(),
                     "message"
                 );
+                self.metrics
+                    .timeline
+                    .message("driver_in", &envelope.message, envelope.from);
                 let now = self.now();
                 if let Err(error) = self.replica.step(now, envelope) {
                     tracing::warn!(node = self.id, %error, "refused peer message");
@@ -512,11 +518,19 @@ impl<S: StateMachine> Driver<S> {
                 break;
             }
             let ready = self.replica.take_ready();
-            self.persist(&ready.persist);
+            self.metrics.timeline.record("ready", "", 0, 0);
+            // Messages and replies go before this round's writes: the core holds back
+            // every message that vouches for durable state until `on_persisted`, and a
+            // reply reports a chosen slot, durable at a quorum. So an Accept or a
+            // forwarded proposal does not wait for a follower's fdatasync, nor a reply
+            // for the leader's commit-mark write.
             for envelope in &ready.messages {
                 let Some(queue) = self.channels.peers.get(&envelope.to) else {
                     continue;
                 };
+                self.metrics
+                    .timeline
+                    .message("send", &envelope.message, envelope.to);
                 if let Err(mpsc::error::TrySendError::Full(_)) =
                     queue.try_send(Frame::Message(envelope.clone()))
                 {
@@ -526,6 +540,7 @@ impl<S: StateMachine> Driver<S> {
             // Before answering: whoever sees a reply then finds its effect observed.
             self.observe();
             self.answer(&ready);
+            self.persist(&ready.persist);
             self.carry_out_snapshots(ready);
         }
         self.observe();
@@ -547,6 +562,7 @@ impl<S: StateMachine> Driver<S> {
     fn answer(&mut self, ready: &ReplicaReady) {
         for (request, result) in &ready.replies {
             if let Some((reply, received)) = self.proposals.remove(request) {
+                self.metrics.timeline.record("reply", "", 0, 0);
                 self.metrics
                     .proposal_seconds
                     .observe(received.elapsed().as_secs_f64());
@@ -742,14 +758,26 @@ impl<S: StateMachine> Driver<S> {
             return;
         }
         if !self.held_persists.is_empty() {
-            self.held_persists.extend_from_slice(requests);
-            return;
+            let holding_marks_only = !self.held_persists.iter().any(PersistRequest::needs_sync);
+            if !holding_marks_only || !requests.iter().any(PersistRequest::needs_sync) {
+                self.held_persists.extend_from_slice(requests);
+                return;
+            }
+            // An fdatasync is wanted: the held marks go first, now, and the new requests
+            // take the usual way.
+            self.write_held_persists();
         }
         if self.persists_in_flight == 0 {
             let leading = self.replica.node().status().role == synod_core::Role::Leader;
-            // A leader's commit marks are written unsynced: a write call, cheaper here
-            // than a wake-up of the group-commit thread and another of this task.
-            if !leading || !requests.iter().any(PersistRequest::needs_sync) {
+            if !requests.iter().any(PersistRequest::needs_sync) {
+                // Commit marks alone are written unsynced, on this task: a write call,
+                // cheaper than a wake-up of the group-commit thread and another of this
+                // task. Nothing waits for them, so they wait for the yield: the gRPC
+                // handlers this round's replies woke run first.
+                self.held_persists.extend_from_slice(requests);
+                return;
+            }
+            if !leading {
                 if self.write_inline(requests) {
                     return;
                 }
@@ -802,9 +830,13 @@ impl<S: StateMachine> Driver<S> {
             return true;
         };
         let started = Instant::now();
+        let started_ns = crate::timeline::monotonic_ns();
         let Some(result) = self.group_commit.append_now(requests) else {
             return false;
         };
+        self.metrics
+            .timeline
+            .record_at(started_ns, "persist_start", "", last, 0);
         match result {
             Ok(()) => {
                 if requests.iter().any(PersistRequest::needs_sync) {
@@ -813,6 +845,7 @@ impl<S: StateMachine> Driver<S> {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 self.metrics.persists_inline.inc();
+                self.metrics.timeline.record("persisted", "", last, 0);
                 let now = self.now();
                 self.replica.on_persisted(now, last);
             }
@@ -832,9 +865,12 @@ impl<S: StateMachine> Driver<S> {
         // Only requests that wait for an fdatasync are timed: commit marks alone are
         // written unsynced and would hide the synced ones' latency in the mean.
         let submitted = request.needs_sync().then(Instant::now);
+        self.metrics.timeline.record("persist_start", "", id, 0);
+        let metrics = Arc::clone(&self.metrics);
         self.group_commit.submit(
             request,
             Box::new(move |result| {
+                metrics.timeline.record("fsync_done", "", id, 0);
                 let _ = control.send(Control::Persisted {
                     id,
                     result,
@@ -1118,26 +1154,38 @@ mod tests {
         running.task.await.unwrap().unwrap();
     }
 
-    #[tokio::test]
-    async fn a_leader_writes_a_lone_command_itself_and_hands_a_crowd_to_group_commit() {
-        let running = start(0);
-        // Leadership's first slots and their commit marks go to the group-commit thread,
-        // and a put arriving while one of those is still there is handed over too: warm
-        // up until a put finds the thread idle (its Accept and commit mark written here).
+    /// Waits until the driver has gone round its loop since the last reply, so that the
+    /// writes it holds until after its replies (commit marks) are done.
+    async fn settle(running: &Running) {
+        read(running, "settle", Consistency::Serializable).await;
+    }
+
+    /// Leadership's first slots and their commit marks go to the group-commit thread,
+    /// and a put arriving while one of those is still there is handed over too: puts
+    /// until one finds the thread idle (its Accept and commit mark written inline).
+    async fn warm_up_until_writes_are_inline(running: &Running) {
         for attempt in 0.. {
             assert!(attempt < 100, "no put found the group-commit thread idle");
             let before = running.metrics.persists_inline.get();
-            put(&running, "warm", "up").await.expect("put");
+            put(running, "warm", "up").await.expect("put");
+            settle(running).await;
             if running.metrics.persists_inline.get() - before >= 2 {
                 break;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_leader_writes_a_lone_command_itself_and_hands_a_crowd_to_group_commit() {
+        let running = start(0);
+        warm_up_until_writes_are_inline(&running).await;
         // One client at a time: each put's Accept is held until the round's messages are
         // out, then written on the driver's task, and so is its commit mark.
         let before = running.metrics.persists_inline.get();
         for i in 0..5 {
             put(&running, &format!("one{i}"), "v").await.expect("put");
         }
+        settle(&running).await;
         let lone = running.metrics.persists_inline.get() - before;
         // Five Accepts and five commit marks.
         assert!(
@@ -1163,6 +1211,53 @@ mod tests {
             read(&running, "crowd31", Consistency::Linearizable).await,
             Some(Bytes::from_static(b"v"))
         );
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lone_puts_reply_leaves_before_its_commit_mark_is_written() {
+        let running = start(0);
+        warm_up_until_writes_are_inline(&running).await;
+        running.metrics.timeline.take(Some(true));
+        for i in 0..5 {
+            put(&running, &format!("one{i}"), "v").await.expect("put");
+            // Where the client has its answer (this test's task, on the driver's thread).
+            running.metrics.timeline.record("answered", "", 0, 0);
+        }
+        settle(&running).await;
+        let dump = running.metrics.timeline.take(Some(false));
+        // Each put, from the driver taking it: its Accept written and durable, then the
+        // reply, and only once the client has it the unsynced commit mark (nothing waits
+        // for that).
+        let mut puts: Vec<Vec<&str>> = Vec::new();
+        for event in &dump.events {
+            match event.stage {
+                "propose" => puts.push(Vec::new()),
+                "persist_start" | "persisted" | "reply" | "answered" => {
+                    if let Some(put) = puts.last_mut() {
+                        put.push(event.stage);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(puts.len(), 5, "{:?}", dump.events);
+        for put in puts {
+            assert_eq!(
+                put,
+                [
+                    "persist_start",
+                    "persisted",
+                    "reply",
+                    "answered",
+                    "persist_start",
+                    "persisted"
+                ],
+                "{:?}",
+                dump.events
+            );
+        }
         let _ = running.stop.send(true);
         running.task.await.unwrap().unwrap();
     }

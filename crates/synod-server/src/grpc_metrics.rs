@@ -289,6 +289,7 @@ pub async fn count_grpc(
     if !is_grpc(request.headers()) {
         return next.run(request).await;
     }
+    metrics.timeline.record("grpc_in", "", 0, 0);
     let grpc = &metrics.grpc;
     let mut call = grpc.start(request.uri().path());
     let received = grpc.received_bytes.clone();
@@ -300,6 +301,7 @@ pub async fn count_grpc(
         })
     });
     let response = next.run(request).await;
+    metrics.timeline.record("grpc_out", "", 0, 0);
     let call = match code_in(response.headers()) {
         Some(code) => {
             call.finish(code);

@@ -46,6 +46,20 @@ pub struct Version {
 }
 
 #[derive(Deserialize)]
+struct TimelineQuery {
+    enable: Option<bool>,
+}
+
+/// The request path's events recorded since the last call, then recording on or off
+/// (`?enable=true|false`; `crate::timeline`).
+async fn timeline(
+    State(state): State<HttpState>,
+    Query(query): Query<TimelineQuery>,
+) -> Json<crate::timeline::TimelineDump> {
+    Json(state.metrics.timeline.take(query.enable))
+}
+
+#[derive(Deserialize)]
 struct HealthQuery {
     serializable: Option<String>,
 }
@@ -56,6 +70,7 @@ pub fn routes(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .route("/debug/timeline", get(timeline))
         .with_state(state)
 }
 

@@ -27,6 +27,7 @@ mod node;
 pub mod proto;
 mod server;
 pub mod snapshot_file;
+pub mod timeline;
 pub mod transport;
 pub mod watch;
 pub mod wire;

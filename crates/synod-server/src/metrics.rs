@@ -48,6 +48,8 @@ pub struct Metrics {
     pub peer_received_bytes: IntCounterVec,
     /// go-grpc-prometheus's `grpc_server_*` and etcd's client byte counters.
     pub grpc: GrpcMetrics,
+    /// Per-event timeline of the request path, off unless asked for (`/debug/timeline`).
+    pub timeline: crate::timeline::Timeline,
     /// Client proposals received by this node.
     pub proposals: IntCounter,
     /// Proposals sent again after a leader change or a timeout.
@@ -287,6 +289,7 @@ impl Metrics {
                 &["From"],
             ),
             grpc: GrpcMetrics::new(&registry),
+            timeline: crate::timeline::Timeline::new(node_id),
             proposals: counter(
                 &registry,
                 "synod_proposals_total",

@@ -352,6 +352,10 @@ async fn serve_inbound(
                     context.refuse("misaddressed");
                     return;
                 }
+                context
+                    .metrics
+                    .timeline
+                    .message("wire_in", &envelope.message, peer);
                 PeerInput::Message(envelope)
             }
             Frame::SnapshotChunk {
@@ -657,21 +661,42 @@ async fn serve_outbound(
         let mut ping = tokio::time::interval(timing.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffer = Vec::new();
+        let timeline = &metrics.timeline;
+        // The messages of one write, for the timeline (only while it records).
+        let mut written: Vec<(&'static str, u64)> = Vec::new();
+        let note = |frame: &Frame, written: &mut Vec<(&'static str, u64)>| {
+            if let (true, Frame::Message(envelope)) = (timeline.enabled(), frame) {
+                written.push((
+                    envelope.message.kind(),
+                    crate::timeline::message_slot(&envelope.message),
+                ));
+            }
+        };
         loop {
             tokio::select! {
                 frame = outgoing.recv() => {
                     let Some(frame) = frame else { return OutboundEnd::Stopping };
                     buffer.clear();
+                    written.clear();
+                    note(&frame, &mut written);
                     append_within_limit(context, peer.id, &frame, &mut buffer);
                     // Coalesce what else is queued into one write.
                     while buffer.len() < (256 << 10) {
                         match outgoing.try_recv() {
-                            Ok(frame) => append_within_limit(context, peer.id, &frame, &mut buffer),
+                            Ok(frame) => {
+                                note(&frame, &mut written);
+                                append_within_limit(context, peer.id, &frame, &mut buffer);
+                            }
                             Err(_) => break,
                         }
                     }
                     if buffer.is_empty() {
                         continue;
+                    }
+                    // Recorded as the write begins: the peer may read the message (and
+                    // this process be preempted by it) before the write call returns.
+                    for (kind, slot) in written.drain(..) {
+                        timeline.record("wire_out", kind, slot, peer.id);
                     }
                     if writer.write_all(&buffer).await.is_err() {
                         return OutboundEnd::Lost;

@@ -166,3 +166,84 @@ async fn the_client_port_serves_metrics_and_version_over_http_beside_grpc() {
     assert_eq!(range.kvs.len(), 1);
     cluster.stop_all().await;
 }
+
+/// One member's `/debug/timeline` answer, as (stage, kind, t_ns) in recorded order.
+async fn timeline(cluster: &EtcdCluster, index: usize, enable: bool) -> Vec<(String, String, u64)> {
+    let path = format!("/debug/timeline?enable={enable}");
+    let response = http(cluster.client_addrs[index], "GET", &path).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let dump: serde_json::Value = serde_json::from_str(&response.body).expect("timeline JSON");
+    assert_eq!(dump["enabled"], enable, "{}", response.body);
+    dump["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| {
+            (
+                event["stage"].as_str().unwrap().to_string(),
+                event["kind"].as_str().unwrap().to_string(),
+                event["t_ns"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// When `stage` (of `kind`) was first recorded at or after `after`, or a panic naming
+/// what was recorded (heartbeats and pings come at any time).
+fn first_after(events: &[(String, String, u64)], stage: &str, kind: &str, after: u64) -> u64 {
+    events
+        .iter()
+        .find(|(s, k, t)| s == stage && k == kind && *t >= after)
+        .map(|(_, _, t)| *t)
+        .unwrap_or_else(|| panic!("no {stage}:{kind} in {events:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_at_a_follower_leaves_its_path_on_every_members_timeline_in_order() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    put(&cluster, follower, "warm").await;
+    for index in 0..3 {
+        timeline(&cluster, index, true).await;
+    }
+    put(&cluster, follower, "traced").await;
+    // The other follower's Accepted may still be on its way; it is not looked at.
+    let at_follower = timeline(&cluster, follower, false).await;
+    let at_leader = timeline(&cluster, leader, false).await;
+    timeline(&cluster, (leader + 2) % 3, false).await;
+
+    // The follower: the request, its forward, the slot's Accept. Each step is the first
+    // of its kind after the one before, at the member named; the clock is the host's.
+    let steps = [
+        (&at_follower, "grpc_in", ""),
+        (&at_follower, "propose", ""),
+        (&at_follower, "send", "forward"),
+        (&at_follower, "wire_out", "forward"),
+        (&at_leader, "wire_in", "forward"),
+        (&at_leader, "driver_in", "forward"),
+        (&at_leader, "send", "accept"),
+        (&at_leader, "wire_out", "accept"),
+        (&at_follower, "wire_in", "accept"),
+        (&at_follower, "driver_in", "accept"),
+    ];
+    let mut at = 0;
+    for (events, stage, kind) in steps {
+        at = first_after(events, stage, kind, at);
+    }
+    // The leader hears a peer's Accepted (every quorum has one) before it tells the
+    // follower the slot is chosen (a heartbeat at once: the follower forwarded it); the
+    // follower then answers.
+    let accept_sent = first_after(&at_leader, "send", "accept", 0);
+    let accepted = first_after(&at_leader, "driver_in", "accepted", accept_sent);
+    let notice_sent = first_after(&at_leader, "send", "heartbeat", accepted);
+    let notice = first_after(&at_follower, "driver_in", "heartbeat", notice_sent);
+    let reply = first_after(&at_follower, "reply", "", notice);
+    first_after(&at_follower, "grpc_out", "", reply);
+
+    // Off again: nothing more is recorded.
+    put(&cluster, follower, "untraced").await;
+    assert!(timeline(&cluster, follower, false).await.is_empty());
+    assert!(timeline(&cluster, leader, false).await.is_empty());
+    cluster.stop_all().await;
+}
