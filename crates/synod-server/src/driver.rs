@@ -139,12 +139,12 @@ pub struct Driver<S: StateMachine> {
     /// not handled yet. Only at zero may it write on its own thread (`persist`): the
     /// replica takes a completion as "this and every earlier request is durable".
     persists_in_flight: usize,
-    /// Persist requests held back until this task yields once: commit marks alone (the
-    /// replies of this round reach their gRPC handlers first), or a leader's requests
-    /// while one command is all it has in flight (`carries_the_only_command`: the
-    /// Accepts of this round leave first). Then this task writes them itself
-    /// (`write_held_persists`) instead of waking the group-commit thread and being woken
-    /// by it. Every later request joins them, so none overtakes another.
+    /// Persist requests this task writes itself (`write_held_persists`), later, instead
+    /// of waking the group-commit thread and being woken by it: a leader's requests while
+    /// one command is all it has in flight (`carries_the_only_command`), after one yield
+    /// so that the Accepts of this round leave first; or commit marks alone, with the
+    /// next write or at the next tick (`persist_now`). Every later request joins them, so
+    /// none overtakes another.
     held_persists: Vec<PersistRequest>,
 }
 
@@ -200,6 +200,8 @@ impl<S: StateMachine> Driver<S> {
                 Some(input) = self.channels.peer_inputs.recv() => self.on_peer_input(input),
                 Some(request) = self.channels.requests.recv() => self.on_request(request),
                 _ = ticker.tick() => {
+                    // Commit marks held since the last write go now (`persist_now`).
+                    self.write_held_persists();
                     let now = self.now();
                     self.replica.tick(now);
                 }
@@ -218,7 +220,7 @@ impl<S: StateMachine> Driver<S> {
             }
             self.process_ready();
             for _ in 0..HELD_PERSIST_ROUNDS {
-                if self.held_persists.is_empty() {
+                if self.held_persists.is_empty() || self.holding_marks_only() {
                     break;
                 }
                 // The peer writers this round woke run first and put the Accepts on the
@@ -227,7 +229,7 @@ impl<S: StateMachine> Driver<S> {
                 self.write_held_persists();
                 self.process_ready();
             }
-            if !self.held_persists.is_empty() {
+            if !self.held_persists.is_empty() && !self.holding_marks_only() {
                 for request in std::mem::take(&mut self.held_persists) {
                     self.submit_persist(request);
                 }
@@ -244,8 +246,11 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// Every waiting request fails with `Stopped`.
+    /// Every waiting request fails with `Stopped`; held commit marks are written.
     fn shutdown(&mut self) {
+        if self.fatal.is_none() {
+            self.write_held_persists();
+        }
         self.replica.shut_down();
         let ready = self.replica.take_ready();
         self.answer(&ready);
@@ -757,23 +762,33 @@ impl<S: StateMachine> Driver<S> {
         if requests.is_empty() {
             return;
         }
-        if !self.held_persists.is_empty() {
-            let holding_marks_only = !self.held_persists.iter().any(PersistRequest::needs_sync);
-            if !holding_marks_only || !requests.iter().any(PersistRequest::needs_sync) {
-                self.held_persists.extend_from_slice(requests);
-                return;
-            }
-            // An fdatasync is wanted: the held marks go first, now, and the new requests
-            // take the usual way.
-            self.write_held_persists();
+        if self.holding_marks_only() {
+            // The held commit marks go with these requests, in the same write.
+            let mut all = std::mem::take(&mut self.held_persists);
+            all.extend_from_slice(requests);
+            self.persist_now(&all);
+            return;
         }
+        if !self.held_persists.is_empty() {
+            self.held_persists.extend_from_slice(requests);
+            return;
+        }
+        self.persist_now(requests);
+    }
+
+    /// True when what is held is commit marks alone (see `persist_now`).
+    fn holding_marks_only(&self) -> bool {
+        !self.held_persists.is_empty() && !self.held_persists.iter().any(PersistRequest::needs_sync)
+    }
+
+    /// `persist` with nothing held.
+    fn persist_now(&mut self, requests: &[PersistRequest]) {
         if self.persists_in_flight == 0 {
             let leading = self.replica.node().status().role == synod_core::Role::Leader;
             if !requests.iter().any(PersistRequest::needs_sync) {
-                // Commit marks alone are written unsynced, on this task: a write call,
-                // cheaper than a wake-up of the group-commit thread and another of this
-                // task. Nothing waits for them, so they wait for the yield: the gRPC
-                // handlers this round's replies woke run first.
+                // Commit marks alone: nothing waits for them (`needs_sync`), so they are
+                // held and go with the next write (a lone client's next Accept), or on
+                // this task at the next tick; not on the path of this round's replies.
                 self.held_persists.extend_from_slice(requests);
                 return;
             }
@@ -1154,22 +1169,34 @@ mod tests {
         running.task.await.unwrap().unwrap();
     }
 
-    /// Waits until the driver has gone round its loop since the last reply, so that the
-    /// writes it holds until after its replies (commit marks) are done.
-    async fn settle(running: &Running) {
-        read(running, "settle", Consistency::Serializable).await;
+    /// The persist stages of `events` (and this test's own `answered`), one list per
+    /// proposal the driver took; what came before the first proposal is left out.
+    fn persist_stages_per_put(events: &[crate::timeline::TimelineEvent]) -> Vec<Vec<&str>> {
+        let mut puts: Vec<Vec<&str>> = Vec::new();
+        for event in events {
+            match event.stage {
+                "propose" => puts.push(Vec::new()),
+                "persist_start" | "persisted" | "reply" | "answered" | "fsync_done" => {
+                    if let Some(put) = puts.last_mut() {
+                        put.push(event.stage);
+                    }
+                }
+                _ => {}
+            }
+        }
+        puts
     }
 
     /// Leadership's first slots and their commit marks go to the group-commit thread,
     /// and a put arriving while one of those is still there is handed over too: puts
-    /// until one finds the thread idle (its Accept and commit mark written inline).
+    /// until one finds the thread idle (its Accept written on the driver's task).
     async fn warm_up_until_writes_are_inline(running: &Running) {
         for attempt in 0.. {
             assert!(attempt < 100, "no put found the group-commit thread idle");
-            let before = running.metrics.persists_inline.get();
+            running.metrics.timeline.take(Some(true));
             put(running, "warm", "up").await.expect("put");
-            settle(running).await;
-            if running.metrics.persists_inline.get() - before >= 2 {
+            let dump = running.metrics.timeline.take(Some(false));
+            if persist_stages_per_put(&dump.events) == [["persist_start", "persisted", "reply"]] {
                 break;
             }
         }
@@ -1180,20 +1207,23 @@ mod tests {
         let running = start(0);
         warm_up_until_writes_are_inline(&running).await;
         // One client at a time: each put's Accept is held until the round's messages are
-        // out, then written on the driver's task, and so is its commit mark.
+        // out, then written on the driver's task; nothing goes to the group-commit thread.
+        running.metrics.timeline.take(Some(true));
         let before = running.metrics.persists_inline.get();
         for i in 0..5 {
             put(&running, &format!("one{i}"), "v").await.expect("put");
         }
-        settle(&running).await;
         let lone = running.metrics.persists_inline.get() - before;
-        // Five Accepts and five commit marks.
+        let dump = running.metrics.timeline.take(Some(false));
+        assert!(lone >= 5, "{lone} inline writes for five lone puts");
         assert!(
-            lone >= 10,
-            "{lone} inline writes for five lone puts, not ten"
+            !dump.events.iter().any(|event| event.stage == "fsync_done"),
+            "a lone put's write went to the group-commit thread: {:?}",
+            dump.events
         );
         // Thirty-two puts queued before the driver runs again share slots, and their
-        // Accepts go to the group-commit thread: only commit marks may be written inline.
+        // Accepts go to the group-commit thread: only a commit mark (held since the lone
+        // puts, or flushed at a tick) may be written inline.
         let before = running.metrics.persists_inline.get();
         let mut answers = Vec::new();
         for i in 0..32 {
@@ -1216,48 +1246,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_puts_reply_leaves_before_its_commit_mark_is_written() {
+    async fn a_lone_puts_commit_mark_goes_with_the_next_write_not_before_its_reply() {
         let running = start(0);
         warm_up_until_writes_are_inline(&running).await;
         running.metrics.timeline.take(Some(true));
-        for i in 0..5 {
+        for i in 0..10 {
             put(&running, &format!("one{i}"), "v").await.expect("put");
             // Where the client has its answer (this test's task, on the driver's thread).
             running.metrics.timeline.record("answered", "", 0, 0);
         }
-        settle(&running).await;
-        let dump = running.metrics.timeline.take(Some(false));
-        // Each put, from the driver taking it: its Accept written and durable, then the
-        // reply, and only once the client has it the unsynced commit mark (nothing waits
-        // for that).
-        let mut puts: Vec<Vec<&str>> = Vec::new();
-        for event in &dump.events {
-            match event.stage {
-                "propose" => puts.push(Vec::new()),
-                "persist_start" | "persisted" | "reply" | "answered" => {
-                    if let Some(put) = puts.last_mut() {
-                        put.push(event.stage);
-                    }
-                }
-                _ => {}
+        let written = running.metrics.persists_inline.get();
+        // The last put's commit mark has no next write to go with: a tick writes it.
+        for _ in 0..200 {
+            if running.metrics.persists_inline.get() > written {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(puts.len(), 5, "{:?}", dump.events);
-        for put in puts {
+        let dump = running.metrics.timeline.take(Some(false));
+        let puts = persist_stages_per_put(&dump.events);
+        assert_eq!(puts.len(), 10, "{:?}", dump.events);
+        // Each put: one write (its Accept, and the commit mark of the put before unless a
+        // tick wrote that), durable, then the reply; the commit mark of a put is never
+        // written between its Accept and its reply, and (but at a tick) not after either.
+        for put in &puts {
             assert_eq!(
-                put,
-                [
-                    "persist_start",
-                    "persisted",
-                    "reply",
-                    "answered",
-                    "persist_start",
-                    "persisted"
-                ],
+                put[..3],
+                ["persist_start", "persisted", "reply"],
                 "{:?}",
                 dump.events
             );
+            let rest: Vec<&str> = put[3..]
+                .iter()
+                .copied()
+                .filter(|s| *s != "answered")
+                .collect();
+            assert!(
+                rest.is_empty() || rest == ["persist_start", "persisted"],
+                "{put:?} in {:?}",
+                dump.events
+            );
         }
+        // Ticks come every 5 ms; a lone put takes well under that, so most marks went
+        // with the next put's Accept.
+        assert!(
+            puts[..9].iter().any(|put| put.len() == 4),
+            "every commit mark had a write of its own: {:?}",
+            dump.events
+        );
+        assert_eq!(
+            puts[9].len(),
+            6,
+            "the last commit mark was not written at a tick: {:?}",
+            dump.events
+        );
         let _ = running.stop.send(true);
         running.task.await.unwrap().unwrap();
     }
