@@ -526,6 +526,14 @@ impl Node {
         }
     }
 
+    /// True when a reply (Promise, Accepted, HeartbeatAck) waits for a persist request
+    /// to be reported durable (`on_persisted`). A runtime that defers requests nothing
+    /// waits for (commit marks alone) writes them now if this is true: such a reply
+    /// waits for the last request issued before it, whatever that request holds.
+    pub fn holds_replies(&self) -> bool {
+        !self.outbox.held.is_empty()
+    }
+
     /// True when `take_ready` has something to hand out.
     pub fn has_ready(&self) -> bool {
         !self.outbox.messages.is_empty()

@@ -229,6 +229,12 @@ impl<S: StateMachine> Driver<S> {
                 self.write_held_persists();
                 self.process_ready();
             }
+            if self.holding_marks_only() && self.replica.node().holds_replies() {
+                // A reply waits on a held mark (a HeartbeatAck is held on the last
+                // request issued before it): the marks go now, and so does the reply.
+                self.write_held_persists();
+                self.process_ready();
+            }
             if !self.held_persists.is_empty() && !self.holding_marks_only() {
                 for request in std::mem::take(&mut self.held_persists) {
                     self.submit_persist(request);
@@ -1028,13 +1034,28 @@ mod tests {
     }
 
     fn start(snapshot_interval_slots: u64) -> Running {
+        start_member(
+            synod_core::Config::new(1, vec![1]),
+            snapshot_interval_slots,
+            Duration::from_millis(5),
+            HashMap::new(),
+        )
+    }
+
+    /// A driver for `core`'s member; `peers` get the frames it sends them.
+    fn start_member(
+        mut core: synod_core::Config,
+        snapshot_interval_slots: u64,
+        tick_interval: Duration,
+        peers: HashMap<NodeId, mpsc::Sender<Frame>>,
+    ) -> Running {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut core = synod_core::Config::new(1, vec![1]);
         core.election_timeout_ticks = 2;
         core.heartbeat_interval_ticks = 1;
         core.lease_ticks = 2;
+        let core_id = core.id;
         let mut config = ReplicaConfig::new(core, 7);
-        config.tick_nanos = 5_000_000;
+        config.tick_nanos = tick_interval.as_nanos() as u64;
         config.snapshot_interval_slots = snapshot_interval_slots;
         let options = WalOptions {
             segment_bytes: 1 << 20,
@@ -1049,12 +1070,12 @@ mod tests {
         let (peer_tx, peer_inputs) = mpsc::channel(64);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop) = watch::channel(false);
-        let metrics = Metrics::new(1);
+        let metrics = Metrics::new(core_id);
         let driver = Driver::new(
             replica,
             Instant::now(),
             DriverSettings {
-                tick_interval: Duration::from_millis(5),
+                tick_interval,
                 snapshot_chunk_bytes: 1 << 10,
             },
             Arc::clone(&metrics),
@@ -1066,7 +1087,7 @@ mod tests {
                 control_tx,
                 control_rx,
                 stop,
-                peers: HashMap::new(),
+                peers,
                 observer: None,
             },
         );
@@ -1300,6 +1321,70 @@ mod tests {
             "the last commit mark was not written at a tick: {:?}",
             dump.events
         );
+        let _ = running.stop.send(true);
+        running.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_followers_heartbeat_ack_does_not_wait_for_its_held_commit_mark() {
+        use synod_core::{Ballot, Envelope, Message, Value};
+        let (to_leader, mut from_follower) = mpsc::channel(64);
+        // Member 2 of three; its ticks never come after the first, so nothing but the
+        // driver's own rule can write a held commit mark.
+        let running = start_member(
+            synod_core::Config::new(2, vec![1, 2, 3]),
+            0,
+            Duration::from_secs(3600),
+            HashMap::from([(1, to_leader)]),
+        );
+        // The interval's first tick comes at once: let the idle driver take it first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ballot = Ballot::new(1, 1);
+        let from_leader = |message| {
+            PeerInput::Message(Envelope {
+                from: 1,
+                to: 2,
+                message,
+            })
+        };
+        let mut next_from_follower = async || loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), from_follower.recv())
+                .await
+                .expect("the follower answered within 10 s")
+                .expect("the driver runs");
+            if let Frame::Message(envelope) = frame {
+                return envelope.message.kind();
+            }
+        };
+        running
+            .peer_inputs
+            .send(from_leader(Message::Accept {
+                ballot,
+                first_slot: 1,
+                values: vec![Value::Noop],
+                commit_index: 0,
+                sent_at: 1,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(next_from_follower().await, "accepted");
+        // Slot 1 is chosen: the follower acknowledges, then learns the commit point, a
+        // commit mark it holds (nothing waits for it, and no other write comes).
+        for round in 1..=3 {
+            running
+                .peer_inputs
+                .send(from_leader(Message::Heartbeat {
+                    ballot,
+                    commit_index: 1,
+                    sent_at: 1 + round,
+                    round,
+                }))
+                .await
+                .unwrap();
+            // From the second on, the core holds the acknowledgement on the last request
+            // issued before it: that mark. The driver writes it at once.
+            assert_eq!(next_from_follower().await, "heartbeat_ack", "round {round}");
+        }
         let _ = running.stop.send(true);
         running.task.await.unwrap().unwrap();
     }
