@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     /// Leave out the unreplicated ceiling.
     pub skip_ceiling: bool,
     pub skip_failover: bool,
+    /// Leave the members' request timelines off in the single-client put cells (the
+    /// path of one put is then not printed; the p50 is measured without the recording).
+    pub skip_timeline: bool,
     pub workloads: Vec<Workload>,
     /// Synod's read modes to measure linearizable gets in: `ReadIndex` and `Both` add a
     /// second Synod cluster running `--read-mode read-index`.
@@ -68,6 +71,7 @@ impl ClusterOptions {
             etcd_executable: None,
             skip_etcd: false,
             skip_ceiling: false,
+            skip_timeline: false,
             skip_failover: false,
             workloads: Workload::ALL.to_vec(),
             read_modes: ReadModes::Both,
@@ -585,7 +589,8 @@ async fn measure_cell(
     };
     // Step by step: Synod's pinned single-client puts (balanced puts its one client at
     // the leader too) and the ceiling's.
-    let timeline_wanted = workload == Workload::Put
+    let timeline_wanted = !options.skip_timeline
+        && workload == Workload::Put
         && clients == 1
         && match system {
             System::Synod => entry.is_some() && placement != Placement::Balanced,

@@ -250,6 +250,10 @@ struct ClusterArgs {
     /// Leave out the leader kill.
     #[arg(long)]
     skip_failover: bool,
+    /// Leave the members' request timelines off in the single-client put cells: no
+    /// step-by-step path of one put, and its p50 measured without the recording.
+    #[arg(long)]
+    skip_timeline: bool,
     /// Concurrent clients, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
@@ -335,6 +339,7 @@ fn run_cluster(args: ClusterArgs) -> ExitCode {
     options.skip_etcd = args.skip_etcd;
     options.skip_ceiling = args.skip_ceiling;
     options.skip_failover = args.skip_failover;
+    options.skip_timeline = args.skip_timeline;
     options.clients = args.clients;
     options.placements = args.placements;
     options.connections_per_endpoint = args.connections_per_endpoint.max(1);
