@@ -205,6 +205,8 @@ impl ClusterProcesses {
                         // Leader changes, snapshots sent and installed, peers lost: a
                         // few lines a minute, and what a surprising figure is read with.
                         "--log-level=info".to_string(),
+                        // The single-client put cells read each member's timeline.
+                        "--enable-debug-timeline".to_string(),
                     ]);
                     if system == System::Ceiling {
                         args.push("--unsafe-no-fsync".to_string());

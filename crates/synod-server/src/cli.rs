@@ -133,6 +133,11 @@ pub struct NodeArgs {
     /// URLs, which serve them too [default: none].
     #[arg(long, env = "SYNOD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+    /// Serve GET /debug/timeline on the client and metrics URLs: this member's
+    /// request-path events, for `synod bench cluster` (as etcd's --enable-pprof, off by
+    /// default).
+    #[arg(long, env = "SYNOD_ENABLE_DEBUG_TIMELINE")]
+    pub enable_debug_timeline: bool,
     /// Milliseconds between a leader's heartbeats.
     #[arg(long, env = "SYNOD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -294,6 +299,7 @@ impl NodeArgs {
         config.max_clock_drift_percent = self.max_clock_drift_percent;
         config.max_request_bytes = self.max_request_bytes;
         config.read_mode = self.read_mode;
+        config.debug_timeline = self.enable_debug_timeline;
         config.auto_compaction = crate::compactor::CompactionPolicy::parse(
             &self.auto_compaction_mode,
             &self.auto_compaction_retention,

@@ -216,6 +216,10 @@ pub struct ServerConfig {
     pub auto_compaction: Option<crate::compactor::CompactionPolicy>,
     /// How often quiet watches that asked for progress get one (etcd's default 10 min).
     pub watch_progress_notify_interval: Duration,
+    /// Serve `GET /debug/timeline` (`crate::timeline`); off by default, as etcd's
+    /// `--enable-pprof`: whoever reaches the client port could otherwise switch the
+    /// recording on.
+    pub debug_timeline: bool,
 }
 
 impl ServerConfig {
@@ -240,6 +244,7 @@ impl ServerConfig {
             quota_backend_bytes: synod_kv::DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(600),
+            debug_timeline: false,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// How long `/health` waits for its read (etcd: the request timeout).
     pub health_timeout: Duration,
+    /// Whether `/debug/timeline` is served (`ServerConfig::debug_timeline`).
+    pub debug_timeline: bool,
 }
 
 /// etcd's `/health` answer (`{"health":"true","reason":""}`).
@@ -52,11 +54,15 @@ struct TimelineQuery {
 
 /// The request path's events recorded since the last call, then recording on or off
 /// (`?enable=true|false`; `crate::timeline`).
-async fn timeline(
-    State(state): State<HttpState>,
-    Query(query): Query<TimelineQuery>,
-) -> Json<crate::timeline::TimelineDump> {
-    Json(state.metrics.timeline.take(query.enable))
+async fn timeline(State(state): State<HttpState>, Query(query): Query<TimelineQuery>) -> Response {
+    if !state.debug_timeline {
+        return (
+            StatusCode::NOT_FOUND,
+            "the request timeline is off: start the member with --enable-debug-timeline\n",
+        )
+            .into_response();
+    }
+    Json(state.metrics.timeline.take(query.enable)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -128,6 +128,7 @@ impl EtcdNode {
             handle: server.handle(),
             metrics: server.metrics(),
             health_timeout: health_timeout(server.config()),
+            debug_timeline: server.config().debug_timeline,
         };
         let mut grpc = grpc_tasks;
         let mut client_addrs = Vec::new();

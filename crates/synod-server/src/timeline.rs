@@ -4,7 +4,7 @@
 //!
 //! Off by default; while off, a recording point costs one relaxed atomic load. Switched
 //! on and read through `GET /debug/timeline?enable=true|false` on the client and metrics
-//! ports: each call answers the events recorded since the previous call (and forgets
+//! ports of a member started with `--enable-debug-timeline` (404 otherwise): each call answers the events recorded since the previous call (and forgets
 //! them), then turns recording on or off. Times are `CLOCK_MONOTONIC` in nanoseconds,
 //! which every process of one host shares, so a load generator on the same host lines
 //! the members' events up with its own requests.

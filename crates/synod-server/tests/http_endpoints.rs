@@ -200,7 +200,7 @@ fn first_after(events: &[(String, String, u64)], stage: &str, kind: &str, after:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_at_a_follower_leaves_its_path_on_every_members_timeline_in_order() {
-    let mut cluster = EtcdCluster::start(3).await;
+    let mut cluster = EtcdCluster::start_with(3, |config| config.debug_timeline = true).await;
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
     put(&cluster, follower, "warm").await;
@@ -245,5 +245,28 @@ async fn a_put_at_a_follower_leaves_its_path_on_every_members_timeline_in_order(
     put(&cluster, follower, "untraced").await;
     assert!(timeline(&cluster, follower, false).await.is_empty());
     assert!(timeline(&cluster, leader, false).await.is_empty());
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_is_refused_unless_the_member_was_started_with_it() {
+    let mut cluster = EtcdCluster::start(1).await;
+    cluster.wait_for_leader().await;
+    let response = http(
+        cluster.client_addrs[0],
+        "GET",
+        "/debug/timeline?enable=true",
+    )
+    .await;
+    assert_eq!(response.status, 404, "{}", response.body);
+    assert!(
+        response.body.contains("--enable-debug-timeline"),
+        "{}",
+        response.body
+    );
+    // The refused call switched nothing on: a put leaves no events behind.
+    put(&cluster, 0, "untraced").await;
+    let metrics = cluster.node(0).server().metrics();
+    assert!(metrics.timeline.take(None).events.is_empty());
     cluster.stop_all().await;
 }
