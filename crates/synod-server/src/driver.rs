@@ -529,7 +529,6 @@ impl<S: StateMachine> Driver<S> {
                 break;
             }
             let ready = self.replica.take_ready();
-            self.metrics.timeline.record("ready", "", 0, 0);
             // Messages and replies go before this round's writes: the core holds back
             // every message that vouches for durable state until `on_persisted`, and a
             // reply reports a chosen slot, durable at a quorum. So an Accept or a
@@ -851,13 +850,19 @@ impl<S: StateMachine> Driver<S> {
             return true;
         };
         let started = Instant::now();
-        let started_ns = crate::timeline::monotonic_ns();
+        let started_ns = self
+            .metrics
+            .timeline
+            .enabled()
+            .then(crate::timeline::monotonic_ns);
         let Some(result) = self.group_commit.append_now(requests) else {
             return false;
         };
-        self.metrics
-            .timeline
-            .record_at(started_ns, "persist_start", "", last, 0);
+        if let Some(started_ns) = started_ns {
+            self.metrics
+                .timeline
+                .record_at(started_ns, "persist_start", "", last, 0);
+        }
         match result {
             Ok(()) => {
                 if requests.iter().any(PersistRequest::needs_sync) {
