@@ -19,7 +19,7 @@ impl Node {
     /// True while this node heard a live leader other than `candidate` recently enough
     /// that it must not promise anyone else (the leader lease).
     pub(crate) fn lease_blocks(&self, candidate: NodeId) -> bool {
-        if candidate != self.config.id && matches!(self.role, RoleState::Leader(_)) {
+        if candidate != self.config.id && self.leading() {
             // A live leader does not vote its own lease away.
             return true;
         }
@@ -29,9 +29,16 @@ impl Node {
         }
     }
 
+    /// This node leads: as the leader, or as a leader refreshing its ballot (a Phase 1
+    /// run in the candidate role while it stays the leader its followers know; a second
+    /// try, or a higher ballot, ends that).
+    fn leading(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_)) || self.leader == Some(self.config.id)
+    }
+
     /// Who the lease (or our own leadership) protects, for a `Preempted` hint.
     fn lease_holder(&self) -> Option<NodeId> {
-        if matches!(self.role, RoleState::Leader(_)) {
+        if self.leading() {
             return Some(self.config.id);
         }
         self.lease

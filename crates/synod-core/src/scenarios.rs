@@ -1671,6 +1671,73 @@ fn a_stray_ballot_makes_the_leader_refresh_its_own_not_step_down() {
     cluster.assert_agreement();
 }
 
+/// A leader refreshing its ballot (a stray higher one came back, as above) is a
+/// candidate for that Phase 1 but still the leader a quorum follows. It must not vote its
+/// leadership away meanwhile: a rival's pre-vote is refused and its Prepare preempted, as
+/// they would be a moment before. Before the fix the refreshing leader granted the
+/// pre-vote (its role was no longer `Leader`, and a node holds no lease on itself), the
+/// rival won a quorum with it and the leader's Phase 1 was preempted: `synod sim --seed
+/// 5086` lost a healthy leader this way after a heal.
+#[test]
+fn a_leader_refreshing_its_ballot_does_not_vote_its_leadership_away() {
+    let mut cluster = Cluster::new(3, Mode::MultiPaxos);
+    let leader = cluster.elect();
+    cluster.node(leader).propose(cmd("before")).unwrap();
+    cluster.settle();
+    let stray = (1..=3).find(|id| *id != leader).unwrap();
+    let rival = (1..=3).find(|id| *id != leader && *id != stray).unwrap();
+    cluster.isolate(stray);
+    cluster.node(stray).start_phase1();
+    cluster.settle();
+    cluster.heal();
+    // The leader's disk holds its new promise back: the refresh stays in Phase 1.
+    cluster.stalled_disks.insert(leader, Vec::new());
+    cluster.tick(cluster.configs[&leader].heartbeat_interval_ticks + 1);
+    assert_eq!(cluster.node(leader).status().role, Role::Candidate);
+    assert_eq!(cluster.node(leader).status().leader, Some(leader));
+    let refreshing_at = cluster.node(leader).status().promised;
+
+    let rival_ballot = Ballot::new(refreshing_at.round + 1, rival);
+    let answers = |cluster: &mut Cluster, message: Message| {
+        let node = cluster.node(leader);
+        node.step(Envelope {
+            from: rival,
+            to: leader,
+            message,
+        })
+        .unwrap();
+        node.take_ready().messages
+    };
+    let pre_vote = answers(
+        &mut cluster,
+        Message::PreVote {
+            ballot: rival_ballot,
+            round: 1,
+        },
+    );
+    assert!(
+        pre_vote
+            .iter()
+            .any(|e| matches!(e.message, Message::PreVoteReply { granted: false, .. })),
+        "{pre_vote:?}"
+    );
+    let prepare = answers(
+        &mut cluster,
+        Message::Prepare {
+            ballot: rival_ballot,
+            from_slot: 1,
+            transfer_from: None,
+        },
+    );
+    assert!(
+        prepare
+            .iter()
+            .any(|e| matches!(e.message, Message::Preempted { .. })),
+        "{prepare:?}"
+    );
+    assert_eq!(cluster.node(leader).status().promised, refreshing_at);
+}
+
 // ---- Leadership transfer (transfer.rs, docs/leader-transfer.md) ----
 
 fn transfer_outcomes(cluster: &Cluster, id: NodeId) -> Vec<(NodeId, TransferOutcome)> {

@@ -179,6 +179,14 @@ pub trait StateMachine: Send + 'static {
         let image = self.snapshot();
         Box::new(move || image)
     }
+    /// About how many bytes a snapshot of the state would take now (0: unknown). The
+    /// replica waits for the log since its last snapshot to grow by a share of this
+    /// before it takes the next one (`ReplicaConfig::snapshot_log_growth_percent`), so a
+    /// large state is not written out again after every few thousand small commands.
+    /// Must be deterministic: every replica of the same log computes the same figure.
+    fn size_hint(&self) -> u64 {
+        0
+    }
     /// Replaces the whole state with a snapshot; on error the state is left untouched.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
     /// An empty machine with this one's settings: a received snapshot is restored into

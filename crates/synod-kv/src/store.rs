@@ -1012,6 +1012,11 @@ impl StateMachine for KvStore {
         image::encode(self)
     }
 
+    /// The quota's estimate of the retained history: what the image mostly holds.
+    fn size_hint(&self) -> u64 {
+        self.history_bytes
+    }
+
     fn snapshot_job(&self) -> crate::SnapshotJob {
         let frozen = self.clone();
         Box::new(move || image::encode(&frozen))

@@ -22,6 +22,17 @@ pub struct ReplicaConfig {
     pub maintenance_interval_nanos: Nanos,
     /// Take a snapshot (and compact the log) every this many applied slots; 0 never.
     pub snapshot_interval_slots: u64,
+    /// And not before the slots applied since the last snapshot add up to this share
+    /// (percent) of the state's size when that snapshot was taken
+    /// ([`synod_kv::StateMachine::size_hint`]); 0: the slot count alone decides.
+    /// Writing a large state out again after every few thousand small commands costs
+    /// far more disk than the commands themselves. This is the Raft dissertation's
+    /// expansion factor (§5.1.3): the log kept on disk and in memory stays within this
+    /// share of the last snapshot (or `snapshot_interval_slots`, if that is more), and
+    /// a state that grows with the log (an uncompacted MVCC history) is written out at
+    /// sizes growing geometrically, so the snapshots written add up to a bounded
+    /// multiple of the log rather than growing with the square of it.
+    pub snapshot_log_growth_percent: u64,
     /// A snapshot stream the runtime has not reported on after this long is given up,
     /// so the peer can be sent one again.
     pub snapshot_send_timeout_nanos: Nanos,
@@ -43,8 +54,9 @@ pub struct ReplicaConfig {
 
 impl ReplicaConfig {
     /// Defaults around a core configuration: 10 ms ticks, 5 s request timeout, retries
-    /// after an election timeout, snapshots every 10,000 slots (a delivered one sent
-    /// again after two election timeouts at the soonest), 1.5 MiB requests.
+    /// after an election timeout, snapshots every 10,000 slots once the log has grown by
+    /// the state's size (a delivered one sent again after two election timeouts at the
+    /// soonest), 1.5 MiB requests.
     pub fn new(core: synod_core::Config, client_id: u64) -> ReplicaConfig {
         let tick_nanos = 10_000_000;
         let retry_after_nanos = core.election_timeout_ticks * tick_nanos;
@@ -56,6 +68,7 @@ impl ReplicaConfig {
             read_retry_nanos: 20_000_000,
             maintenance_interval_nanos: 20_000_000,
             snapshot_interval_slots: 10_000,
+            snapshot_log_growth_percent: 100,
             snapshot_send_timeout_nanos: 120_000_000_000,
             snapshot_resend_after_nanos: 2 * retry_after_nanos,
             max_request_bytes: 3 << 19,

@@ -203,6 +203,9 @@ pub struct ReplicaStats {
     pub snapshots_installed: u64,
     /// Snapshot streams started to peers.
     pub snapshots_sent: u64,
+    /// Times a snapshot was due by its slot count but waited for the log to grow by
+    /// `snapshot_log_growth_percent` of the state (counted once per snapshot).
+    pub snapshots_held_for_log_growth: u64,
     /// Requests for a snapshot not answered with another stream: one was delivered to
     /// that peer less than `snapshot_resend_after` ago and is likely being installed.
     pub snapshot_resends_held: u64,
@@ -282,6 +285,17 @@ pub struct Replica<S: StateMachine> {
 
     last_snapshot_slot: Slot,
     snapshot_in_progress: bool,
+    /// The bytes of the slots applied since the last snapshot point: what the log holds
+    /// beyond it (see `ReplicaConfig::snapshot_log_growth_percent`).
+    log_bytes_since_snapshot: u64,
+    /// The state's size (`StateMachine::size_hint`) at the last snapshot point.
+    state_bytes_at_snapshot: u64,
+    /// The slot count is reached but the log has not grown enough (counted once).
+    snapshot_held_for_growth: bool,
+    /// This member's snapshot thresholds, in thousandths of the configured ones: 1000 at
+    /// the lowest member id, up to 1500 at the highest, so members applying the same log
+    /// do not all write their snapshots out at the same moment.
+    snapshot_spread_permille: u64,
     sending_snapshots: BTreeMap<NodeId, Nanos>,
     /// When the last stream to each peer was delivered whole (see `snapshot_resend_after`).
     delivered_snapshots: BTreeMap<NodeId, Nanos>,
@@ -310,10 +324,12 @@ impl<S: StateMachine> Replica<S> {
             });
         }
         let mut node = Node::recover(config.core.clone(), durable).map_err(RecoverError::Config)?;
+        let snapshot_spread_permille = snapshot_spread_permille(&config.core);
         let (state_machine, sessions) = match snapshot {
             Some(restored) => (restored.state_machine, restored.sessions),
             None => (state_machine, Sessions::default()),
         };
+        let state_bytes_at_snapshot = state_machine.size_hint();
         if snapshot_slot > 0 {
             // The state machine already holds every slot up to the snapshot.
             node.install_snapshot(snapshot_slot);
@@ -336,6 +352,10 @@ impl<S: StateMachine> Replica<S> {
             assignments: BTreeMap::new(),
             last_snapshot_slot: snapshot_slot,
             snapshot_in_progress: false,
+            log_bytes_since_snapshot: 0,
+            state_bytes_at_snapshot,
+            snapshot_held_for_growth: false,
+            snapshot_spread_permille,
             sending_snapshots: BTreeMap::new(),
             delivered_snapshots: BTreeMap::new(),
             stats: ReplicaStats::default(),
@@ -553,6 +573,8 @@ impl<S: StateMachine> Replica<S> {
         self.state_machine = restored.state_machine;
         self.sessions = restored.sessions;
         self.applied_slot = slot;
+        self.log_bytes_since_snapshot = 0;
+        self.state_bytes_at_snapshot = self.state_machine.size_hint();
         self.last_snapshot_slot = self.last_snapshot_slot.max(slot);
         self.node.install_snapshot(slot);
         self.out.compact_log = Some(slot);
@@ -747,6 +769,7 @@ impl<S: StateMachine> Replica<S> {
                 self.apply_command(slot, command);
             }
             self.applied_slot = slot;
+            self.log_bytes_since_snapshot += value.size_bytes() as u64;
             self.stats.slots_applied += 1;
             if self.config.observe_applied {
                 self.out.applied.push(Committed { slot, value });
@@ -931,16 +954,36 @@ impl<S: StateMachine> Replica<S> {
         self.out.send_snapshots.push((peer, have));
     }
 
-    /// Every `snapshot_interval_slots` applied slots: freeze the state now (cheap), have
-    /// the runtime encode and save it elsewhere, compact when it reports back.
+    /// Every `snapshot_interval_slots` applied slots, once the log since the last
+    /// snapshot has also grown by `snapshot_log_growth_percent` of the state's size then
+    /// (both scaled by this member's spread): freeze the state now (cheap), have the runtime
+    /// encode and save it elsewhere, compact when it reports back.
     fn maybe_snapshot(&mut self) {
         let interval = self.config.snapshot_interval_slots;
-        if interval == 0
-            || self.snapshot_in_progress
-            || self.applied_slot < self.last_snapshot_slot + interval
-        {
+        if interval == 0 || self.snapshot_in_progress {
             return;
         }
+        let spread = self.snapshot_spread_permille;
+        let due = self.last_snapshot_slot + interval.saturating_mul(spread) / 1000;
+        if self.applied_slot < due {
+            return;
+        }
+        let growth = self.config.snapshot_log_growth_percent;
+        if growth > 0 {
+            let needed =
+                u128::from(self.state_bytes_at_snapshot) * u128::from(growth) * u128::from(spread)
+                    / 100_000;
+            if u128::from(self.log_bytes_since_snapshot) < needed {
+                if !self.snapshot_held_for_growth {
+                    self.snapshot_held_for_growth = true;
+                    self.stats.snapshots_held_for_log_growth += 1;
+                }
+                return;
+            }
+        }
+        self.snapshot_held_for_growth = false;
+        self.log_bytes_since_snapshot = 0;
+        self.state_bytes_at_snapshot = self.state_machine.size_hint();
         let slot = self.applied_slot;
         let frozen = self.state_machine.snapshot_job();
         let sessions = self.sessions.clone();
@@ -950,4 +993,12 @@ impl<S: StateMachine> Replica<S> {
             encode: Box::new(move || RuntimeImage::new(slot, &sessions, frozen()).encode()),
         });
     }
+}
+
+/// A member's snapshot thresholds in thousandths of the configured ones, by its place
+/// among the member ids: 1000 for the lowest, 1000 + 500 × rank / members above it.
+fn snapshot_spread_permille(core: &synod_core::Config) -> u64 {
+    let members = core.nodes.len().max(1) as u64;
+    let rank = core.nodes.iter().filter(|&&node| node < core.id).count() as u64;
+    1000 + 500 * rank / members
 }

@@ -24,6 +24,9 @@ impl StateMachine for Journal {
     fn applied(&self) -> Slot {
         self.applied
     }
+    fn size_hint(&self) -> u64 {
+        self.entries.iter().map(|entry| entry.len() as u64).sum()
+    }
     fn snapshot(&self) -> Bytes {
         let list: Vec<Vec<u8>> = self.entries.iter().map(|e| e.to_vec()).collect();
         Bytes::from(bincode::serialize(&(self.applied, list)).unwrap())
@@ -53,6 +56,7 @@ fn config(id: NodeId, n: u64) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(core, 77 * id);
     config.tick_nanos = TICK;
     config.snapshot_interval_slots = 0;
+    config.snapshot_log_growth_percent = 0;
     config
 }
 
@@ -62,6 +66,8 @@ struct Cluster {
     replicas: BTreeMap<NodeId, Replica<Journal>>,
     durable: BTreeMap<NodeId, DurableState>,
     snapshots: BTreeMap<NodeId, (Slot, Bytes)>,
+    /// Every slot each replica saved a snapshot of, in order.
+    saved: BTreeMap<NodeId, Vec<Slot>>,
     clocks: BTreeMap<NodeId, Nanos>,
     network: VecDeque<Envelope>,
     cut: Vec<(NodeId, NodeId)>,
@@ -100,6 +106,7 @@ impl Cluster {
                 .map(|id| (*id, DurableState::default()))
                 .collect(),
             snapshots: BTreeMap::new(),
+            saved: BTreeMap::new(),
             clocks: configs.keys().map(|id| (*id, 0)).collect(),
             configs,
             network: VecDeque::new(),
@@ -140,6 +147,7 @@ impl Cluster {
         if let Some(save) = ready.save_snapshot {
             let bytes = (save.encode)();
             self.snapshots.insert(id, (save.slot, bytes));
+            self.saved.entry(id).or_default().push(save.slot);
             replica.on_snapshot_saved(now, save.slot, Ok(()));
         }
         for (peer, _) in &ready.send_snapshots {
@@ -510,6 +518,70 @@ fn a_snapshot_just_delivered_is_not_streamed_again_while_the_follower_installs_i
         .on_snapshot_sent(now, lagging, false);
     assert_eq!(asks(&mut cluster), first);
     assert_eq!(cluster.replica(leader).stats().snapshots_sent, 3);
+}
+
+/// Proposes `count` commands of `bytes` bytes at the leader, one slot each.
+fn propose_one_per_slot(cluster: &mut Cluster, leader: NodeId, count: u64, bytes: usize) {
+    for i in 0..count {
+        let payload = format!("{i:0>bytes$}");
+        cluster.propose(leader, i, &payload);
+        cluster.settle();
+    }
+}
+
+/// With a state that grows with the log (a journal, an uncompacted MVCC history),
+/// snapshotting every few slots writes the whole state out each time: the bytes written
+/// grow with the square of the log. Held until the log since the last snapshot has
+/// grown by the state's size then, the snapshots come at geometrically growing gaps.
+#[test]
+fn a_snapshot_due_by_its_slot_count_waits_until_the_log_has_grown_by_the_state() {
+    let run = |growth: u64| {
+        let mut cluster = Cluster::new(1, |config| {
+            config.snapshot_interval_slots = 2;
+            config.snapshot_log_growth_percent = growth;
+        });
+        let leader = cluster.elect();
+        propose_one_per_slot(&mut cluster, leader, 200, 100);
+        let saved = cluster.saved.get(&leader).cloned().unwrap_or_default();
+        let held = cluster
+            .replica(leader)
+            .stats()
+            .snapshots_held_for_log_growth;
+        (saved, held)
+    };
+    let (every_interval, held) = run(0);
+    assert!(every_interval.len() >= 95, "{every_interval:?}");
+    assert_eq!(held, 0);
+
+    let (paced, held) = run(100);
+    assert!(
+        (5..=15).contains(&paced.len()),
+        "a handful of snapshots, not one every 2 slots: {paced:?}"
+    );
+    assert!(held >= paced.len() as u64 - 1, "held {held}: {paced:?}");
+    let gaps: Vec<Slot> = paced.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(gaps.iter().all(|gap| *gap >= 2), "{gaps:?}");
+    assert!(
+        gaps.last().unwrap() >= &(4 * gaps[0]),
+        "the gaps grow with the state: {gaps:?}"
+    );
+}
+
+/// Members applying the same log reach the same slot counts together; each scales its
+/// thresholds by its place among the member ids, so their snapshots (a burst of CPU and
+/// disk each) do not all land at once.
+#[test]
+fn members_take_their_snapshots_at_different_slots() {
+    let mut cluster = Cluster::new(3, |config| config.snapshot_interval_slots = 30);
+    let leader = cluster.elect();
+    propose_one_per_slot(&mut cluster, leader, 45, 8);
+    cluster.run(3);
+    let first: Vec<Slot> = (1..=3).map(|id| cluster.saved[&id][0]).collect();
+    assert!(
+        first[0] < first[1] && first[1] < first[2],
+        "the lowest id first, each at its own slot: {first:?}"
+    );
+    assert!(first[0] >= 30 && first[2] < 45, "{first:?}");
 }
 
 #[test]

@@ -148,6 +148,11 @@ pub struct NodeArgs {
     /// Applied slots between snapshots (each snapshot compacts the log).
     #[arg(long, env = "SYNOD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// ... and not before the commands applied since the last snapshot add up to this
+    /// percent of the store's size, so a large store is not rewritten after every few
+    /// thousand small writes (0: the count alone decides, as in etcd).
+    #[arg(long, env = "SYNOD_SNAPSHOT_LOG_GROWTH_PERCENT", default_value_t = 100)]
+    pub snapshot_log_growth_percent: u64,
     /// Milliseconds a client request may wait, through failovers, before it fails.
     #[arg(long, env = "SYNOD_REQUEST_TIMEOUT", default_value_t = 10_000)]
     pub request_timeout: u64,
@@ -295,6 +300,7 @@ impl NodeArgs {
         config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
         config.election_timeout = Duration::from_millis(self.election_timeout);
         config.snapshot_interval_slots = self.snapshot_count;
+        config.snapshot_log_growth_percent = self.snapshot_log_growth_percent;
         config.request_timeout = Duration::from_millis(self.request_timeout);
         config.max_clock_drift_percent = self.max_clock_drift_percent;
         config.max_request_bytes = self.max_request_bytes;

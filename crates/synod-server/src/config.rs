@@ -199,6 +199,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Take a snapshot and compact the log every this many applied slots.
     pub snapshot_interval_slots: u64,
+    /// ... once the log since the last snapshot has grown by this share (percent) of the
+    /// state's size; 0: the slot count alone decides (see
+    /// `synod_replica::ReplicaConfig::snapshot_log_growth_percent`).
+    pub snapshot_log_growth_percent: u64,
     /// Size of the chunks a snapshot is streamed to a lagging peer in.
     pub snapshot_chunk_bytes: usize,
     pub max_frame_bytes: usize,
@@ -235,6 +239,7 @@ impl ServerConfig {
             max_clock_drift_percent: 10,
             request_timeout: Duration::from_secs(10),
             snapshot_interval_slots: 10_000,
+            snapshot_log_growth_percent: 100,
             snapshot_chunk_bytes: 1 << 20,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -273,6 +278,7 @@ impl ServerConfig {
         config.retry_after_nanos = self.election_timeout.as_nanos() as u64;
         config.snapshot_resend_after_nanos = 2 * config.retry_after_nanos;
         config.snapshot_interval_slots = self.snapshot_interval_slots;
+        config.snapshot_log_growth_percent = self.snapshot_log_growth_percent;
         config.max_request_bytes = self.max_request_bytes;
         config.validate().map_err(ConfigError)?;
         Ok(config)

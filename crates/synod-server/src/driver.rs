@@ -70,6 +70,11 @@ pub enum Control<S> {
     WalCompacted {
         slot: Slot,
         result: Result<(), StorageError>,
+        /// How long the group-commit thread spent on the checkpoint (writing nothing else).
+        checkpoint: Duration,
+        /// How long deleting the superseded segments took (on another thread).
+        removal: Duration,
+        segments: usize,
     },
     SnapshotSent {
         peer: NodeId,
@@ -364,8 +369,22 @@ impl<S: StateMachine> Driver<S> {
                 }
                 self.replica.on_snapshot_saved(now, slot, result);
             }
-            Control::WalCompacted { slot, result } => match result {
-                Ok(()) => tracing::debug!(node = self.id, slot, "write-ahead log compacted"),
+            Control::WalCompacted {
+                slot,
+                result,
+                checkpoint,
+                removal,
+                segments,
+            } => match result {
+                // The group-commit thread writes nothing else during the checkpoint.
+                Ok(()) => tracing::info!(
+                    node = self.id,
+                    slot,
+                    checkpoint_ms = checkpoint.as_millis() as u64,
+                    segments,
+                    removal_ms = removal.as_millis() as u64,
+                    "write-ahead log compacted"
+                ),
                 Err(error) => {
                     tracing::error!(node = self.id, slot, %error, "compacting the write-ahead log failed")
                 }
@@ -605,15 +624,24 @@ impl<S: StateMachine> Driver<S> {
             let store = Arc::clone(&self.snapshots);
             let control = self.channels.control_tx.clone();
             let metrics = Arc::clone(&self.metrics);
+            let id = self.id;
             tokio::task::spawn_blocking(move || {
                 let slot = save.slot;
+                let encoding = Instant::now();
                 let image = (save.encode)();
                 let started = Instant::now();
                 let result = store.save(slot, &image).map_err(|e| e.to_string());
                 if result.is_ok() {
-                    metrics
-                        .backend_commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    let saving = started.elapsed();
+                    metrics.backend_commit_seconds.observe(saving.as_secs_f64());
+                    tracing::info!(
+                        node = id,
+                        slot,
+                        bytes = image.len(),
+                        encode_ms = (started - encoding).as_millis() as u64,
+                        save_ms = saving.as_millis() as u64,
+                        "snapshot written"
+                    );
                 }
                 record_snapshot_bytes(&store, &metrics);
                 let _ = control.send(Control::SnapshotSaved { slot, result });
@@ -626,8 +654,20 @@ impl<S: StateMachine> Driver<S> {
             let group_commit = Arc::clone(&self.group_commit);
             let control = self.channels.control_tx.clone();
             tokio::task::spawn_blocking(move || {
-                let result = group_commit.compact(slot);
-                let _ = control.send(Control::WalCompacted { slot, result });
+                let started = Instant::now();
+                let checkpoint = group_commit.checkpoint(slot);
+                let checkpointed = Instant::now();
+                let (segments, result) = match checkpoint {
+                    Ok(superseded) => (superseded.len(), superseded.remove()),
+                    Err(error) => (0, Err(error)),
+                };
+                let _ = control.send(Control::WalCompacted {
+                    slot,
+                    result,
+                    checkpoint: checkpointed - started,
+                    removal: checkpointed.elapsed(),
+                    segments,
+                });
             });
         }
     }

@@ -60,6 +60,9 @@ pub struct Coverage {
     /// Requests for a snapshot a leader did not answer with another stream, because it
     /// had delivered one to that peer moments before (`snapshot_resend_after`).
     pub snapshot_resends_held: u64,
+    /// Snapshots due by their slot count that waited for the log to grow by
+    /// `snapshot_log_growth_percent` of the state.
+    pub snapshots_held_for_log_growth: u64,
     pub lease_reads: u64,
     pub read_index_reads: u64,
     pub follower_reads: u64,
@@ -132,6 +135,7 @@ impl Coverage {
         self.compactions += other.compactions;
         self.snapshot_installs += other.snapshot_installs;
         self.snapshot_resends_held += other.snapshot_resends_held;
+        self.snapshots_held_for_log_growth += other.snapshots_held_for_log_growth;
         self.lease_reads += other.lease_reads;
         self.read_index_reads += other.read_index_reads;
         self.follower_reads += other.follower_reads;
@@ -170,6 +174,7 @@ impl Coverage {
         self.compactions += stats.snapshots_taken;
         self.snapshot_installs += stats.snapshots_installed;
         self.snapshot_resends_held += stats.snapshot_resends_held;
+        self.snapshots_held_for_log_growth += stats.snapshots_held_for_log_growth;
         self.lease_reads += stats.lease_reads;
         self.read_index_reads += stats.read_index_reads;
         self.follower_reads += stats.follower_reads;
@@ -1237,6 +1242,7 @@ pub(crate) fn replica_config(
     config.read_retry_nanos = 2 * tick_nanos;
     config.maintenance_interval_nanos = tick_nanos;
     config.snapshot_interval_slots = options.snapshot_interval_slots;
+    config.snapshot_log_growth_percent = options.snapshot_log_growth_percent;
     config.max_request_bytes = options.max_request_bytes;
     config.observe_applied = true;
     config

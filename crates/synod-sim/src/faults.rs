@@ -211,6 +211,7 @@ impl Simulation {
         past.snapshots_taken += stats.snapshots_taken;
         past.snapshots_installed += stats.snapshots_installed;
         past.snapshot_resends_held += stats.snapshot_resends_held;
+        past.snapshots_held_for_log_growth += stats.snapshots_held_for_log_growth;
         past.lease_reads += stats.lease_reads;
         past.read_index_reads += stats.read_index_reads;
         past.follower_reads += stats.follower_reads;

@@ -136,8 +136,11 @@ pub struct SimOptions {
     pub max_value_bytes: usize,
     /// …and this percent of writes exceed the request limit (they must be refused).
     pub oversize_percent: u32,
-    /// Snapshot and compact every this many applied slots (0: never).
+    /// Snapshot and compact every this many applied slots (0: never)…
     pub snapshot_interval_slots: u64,
+    /// …once the log has grown by this percent of the state at the last snapshot (0:
+    /// the slot count alone decides). The swarm draws 0, 25 or 100.
+    pub snapshot_log_growth_percent: u64,
     /// Percent of linearizable and serializable reads made at an older revision of the KV
     /// history, and of writes replaced by a `Compact` through the log (0: neither, and no
     /// random draws for them, so runs without them are unchanged). The swarm draws 0, 10
@@ -244,6 +247,7 @@ impl SimOptions {
             max_value_bytes: 0,
             oversize_percent: 0,
             snapshot_interval_slots: 0,
+            snapshot_log_growth_percent: 0,
             mvcc_percent: 0,
             watchers: 0,
             lease_clients: 0,
@@ -327,6 +331,9 @@ impl SimOptions {
         // Leadership transfers: a draw of their own, so the ones above are unchanged.
         let mut transfer_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a5f_e12d);
         options.transfer_interval_ticks = *pick(&mut transfer_rng, &[0, 20, 60]);
+        // Snapshot pacing: its own draw too.
+        let mut pacing_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x51a9_c0de);
+        options.snapshot_log_growth_percent = *pick(&mut pacing_rng, &[0, 25, 100]);
         options
     }
 }

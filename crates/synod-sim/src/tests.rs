@@ -29,6 +29,10 @@ fn assert_seeds_pass(seeds: std::ops::Range<u64>) {
         ("compactions", coverage.compactions),
         ("snapshot_installs", coverage.snapshot_installs),
         ("snapshot_resends_held", coverage.snapshot_resends_held),
+        (
+            "snapshots_held_for_log_growth",
+            coverage.snapshots_held_for_log_growth,
+        ),
         ("lease_reads", coverage.lease_reads),
         ("read_index_reads", coverage.read_index_reads),
         ("follower_reads", coverage.follower_reads),

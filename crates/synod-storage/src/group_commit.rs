@@ -9,7 +9,7 @@
 //! caller for one write + fdatasync.
 
 use crate::error::StorageError;
-use crate::wal::{SyncMode, Wal};
+use crate::wal::{Superseded, SyncMode, Wal};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -44,7 +44,7 @@ pub struct GroupCommitStats {
 }
 
 enum Command {
-    Compact(Slot, mpsc::Sender<Result<(), StorageError>>),
+    Compact(Slot, mpsc::Sender<Result<Superseded, StorageError>>),
 }
 
 #[derive(Default)]
@@ -209,9 +209,17 @@ impl GroupCommit {
         *self.shared.stats()
     }
 
-    /// Runs `Wal::compact(through)` on the group-commit thread, after every request
-    /// submitted before this call, and waits for it.
+    /// Runs `Wal::compact(through)`: the checkpoint on the group-commit thread, after
+    /// every request submitted before this call; the superseded segments are deleted
+    /// on the calling thread afterwards, so the group-commit thread goes back to
+    /// writing as soon as the checkpoint is durable (`Wal::checkpoint`).
     pub fn compact(&self, through: Slot) -> Result<(), StorageError> {
+        self.checkpoint(through)?.remove()
+    }
+
+    /// `Wal::checkpoint(through)` on the group-commit thread, after every request
+    /// submitted before this call; the caller removes what it superseded.
+    pub fn checkpoint(&self, through: Slot) -> Result<Superseded, StorageError> {
         let (sender, receiver) = mpsc::channel();
         {
             let mut queue = self.shared.queue();
@@ -316,7 +324,7 @@ fn run(shared: &Shared) {
                 Command::Compact(through, reply) => {
                     let result = match shared.wal().as_mut() {
                         Some(wal) => {
-                            let result = wal.compact(through);
+                            let result = wal.checkpoint(through);
                             let mut stats = shared.stats();
                             stats.compactions += 1;
                             stats.disk_bytes = wal.disk_bytes();

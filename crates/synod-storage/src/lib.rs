@@ -21,5 +21,6 @@ pub use error::StorageError;
 pub use group_commit::{Completion, GroupCommit, GroupCommitStats, SyncObserver};
 pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter};
 pub use wal::{
-    segment_file_name, RecoveryReport, SyncMode, TruncatedTail, Wal, WalIdentity, WalOptions,
+    segment_file_name, RecoveryReport, Superseded, SyncMode, TruncatedTail, Wal, WalIdentity,
+    WalOptions,
 };

@@ -26,6 +26,48 @@ const TRAILER_BYTES: u64 = 16;
 const TRAILER_MAGIC: [u8; 4] = *b"SNP.";
 const VERIFY_BUFFER_BYTES: usize = 64 << 10;
 const KEPT_SNAPSHOTS: usize = 2;
+/// A snapshot file is synced every this many bytes as it is written (RocksDB's
+/// `bytes_per_sync`), so the page cache never holds much of it unwritten. One fsync of a
+/// whole large image makes the filesystem write it out in one burst, and every small
+/// fdatasync of the write-ahead logs on the same disk waits behind that burst: writing
+/// 180 MiB and then syncing stalled a concurrent 4 KiB write + fdatasync loop for 137
+/// and 228 ms; synced every 4 MiB, the same loop's syncs took 6–8 ms each while the
+/// file was written and none stalled longer (ext4 on this machine's virtual disk).
+const SYNC_EVERY_BYTES: u64 = 4 << 20;
+
+/// A file that syncs its data every [`SYNC_EVERY_BYTES`] written.
+struct PacedFile {
+    file: File,
+    unsynced: u64,
+    syncs: u64,
+}
+
+impl PacedFile {
+    fn new(file: File) -> PacedFile {
+        PacedFile {
+            file,
+            unsynced: 0,
+            syncs: 0,
+        }
+    }
+}
+
+impl Write for PacedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+            self.syncs += 1;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
 
 /// Numbers the transfers this process receives: each writes its own partial file. A
 /// leader may start sending a snapshot again while the first copy is still being
@@ -196,7 +238,7 @@ impl SnapshotStore {
         let temporary = self.dir.join(format!("{}.tmp", snapshot_file_name(slot)));
         let io = |error| StorageError::io(&temporary, error);
         let file = File::create(&temporary).map_err(io)?;
-        let mut writer = BufWriter::new(file);
+        let mut writer = BufWriter::new(PacedFile::new(file));
         writer.write_all(&encode_header(slot)).map_err(io)?;
         writer.write_all(data).map_err(io)?;
         writer
@@ -204,7 +246,8 @@ impl SnapshotStore {
             .map_err(io)?;
         let file = writer
             .into_inner()
-            .map_err(|error| io(error.into_error()))?;
+            .map_err(|error| io(error.into_error()))?
+            .file;
         file.sync_all().map_err(io)?;
         drop(file);
         self.install(&temporary, slot)
@@ -291,7 +334,7 @@ impl SnapshotStore {
             },
             slot,
             path,
-            file: Some(BufWriter::new(file)),
+            file: Some(BufWriter::new(PacedFile::new(file))),
             bytes_written: 0,
         })
     }
@@ -399,7 +442,7 @@ pub struct SnapshotWriter {
     store: SnapshotStore,
     slot: Slot,
     path: PathBuf,
-    file: Option<BufWriter<File>>,
+    file: Option<BufWriter<PacedFile>>,
     bytes_written: u64,
 }
 
@@ -428,7 +471,10 @@ impl SnapshotWriter {
         })?;
         let path = self.path.clone();
         let io = |error| StorageError::io(&path, error);
-        let file = file.into_inner().map_err(|error| io(error.into_error()))?;
+        let file = file
+            .into_inner()
+            .map_err(|error| io(error.into_error()))?
+            .file;
         file.sync_all().map_err(io)?;
         drop(file);
         let (slot, _) = verify_file(&self.path)?;
@@ -455,5 +501,35 @@ impl Drop for SnapshotWriter {
             self.file = None;
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_image_is_synced_every_few_mebibytes_as_it_is_written() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = File::create(dir.path().join("image")).expect("create");
+        let mut writer = BufWriter::new(PacedFile::new(file));
+        let chunk = vec![7u8; 100_000];
+        let total = 2 * SYNC_EVERY_BYTES + SYNC_EVERY_BYTES / 2;
+        let mut written = 0;
+        while written < total {
+            writer.write_all(&chunk).expect("write");
+            written += chunk.len() as u64;
+        }
+        let paced = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .expect("flush");
+        // Two full steps synced on the way; the rest is left for the final sync_all.
+        assert_eq!(paced.syncs, 2);
+        assert!(paced.unsynced > 0 && paced.unsynced < SYNC_EVERY_BYTES);
+        assert_eq!(
+            fs::metadata(dir.path().join("image")).expect("stat").len(),
+            written
+        );
     }
 }

@@ -87,6 +87,42 @@ pub struct RecoveryReport {
 const PREALLOCATE_STEP_BYTES: u64 = 1 << 20;
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
+/// Log segments a checkpoint made obsolete, still on disk (see [`Wal::checkpoint`]).
+#[derive(Debug, Default)]
+#[must_use = "the segments stay on disk until removed (or until the next open)"]
+pub struct Superseded {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+    sync: bool,
+}
+
+impl Superseded {
+    /// How many segment files there are to delete.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Deletes the files, then syncs the directory. Deleting is not atomic, but a crash
+    /// midway is harmless: `open` ignores and deletes segments older than the newest
+    /// checkpoint.
+    pub fn remove(self) -> Result<(), StorageError> {
+        if self.paths.is_empty() {
+            return Ok(());
+        }
+        for path in &self.paths {
+            fs::remove_file(path).map_err(|error| StorageError::io(path, error))?;
+        }
+        if self.sync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
 struct Segment {
     first_seq: u64,
     path: PathBuf,
@@ -686,6 +722,17 @@ impl Wal {
     /// checkpoint of the remaining durable state at the start of a fresh segment, makes
     /// it durable, then deletes every older segment.
     pub fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        let superseded = self.checkpoint(through)?;
+        superseded.remove()
+    }
+
+    /// [`Wal::compact`] up to the deletes: the checkpoint is durable and the older
+    /// segments are off the books, but their files are left for the caller to remove
+    /// ([`Superseded::remove`]) on another thread. Deleting a few 64 MiB segments and
+    /// syncing the directory took the group-commit thread tens of milliseconds, in which
+    /// it wrote nothing. Files not yet removed are harmless: `open` deletes segments older
+    /// than the newest checkpoint.
+    pub fn checkpoint(&mut self, through: Slot) -> Result<Superseded, StorageError> {
         self.check_writable()?;
         let mut state = self.state.clone();
         state.apply(&PersistOp::Snapshot { slot: through });
@@ -717,32 +764,18 @@ impl Wal {
         self.next_seq += 1;
         self.state.apply(&PersistOp::Snapshot { slot: through });
 
-        // The checkpoint is durable: older segments are no longer needed. Deleting them
-        // is not atomic, but open() ignores segments older than the newest checkpoint.
+        // The checkpoint is durable: older segments are no longer needed.
         let active_index = self.segments.len() - 1;
-        let old: Vec<Segment> = self.segments.drain(..active_index).collect();
-        let mut deleted = 0;
-        let mut failure = None;
-        for segment in &old {
-            match fs::remove_file(&segment.path) {
-                Ok(()) => deleted += 1,
-                Err(error) => {
-                    failure = Some(StorageError::io(&segment.path, error));
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failure {
-            // Keep the segments not yet deleted on the books, so disk use stays honest.
-            let mut kept: Vec<Segment> = old.into_iter().skip(deleted).collect();
-            kept.append(&mut self.segments);
-            self.segments = kept;
-            return Err(error);
-        }
-        if !old.is_empty() && self.options.sync == SyncMode::Fsync {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        let paths = self
+            .segments
+            .drain(..active_index)
+            .map(|segment| segment.path)
+            .collect();
+        Ok(Superseded {
+            dir: self.dir.clone(),
+            paths,
+            sync: self.options.sync == SyncMode::Fsync,
+        })
     }
 
     fn check_writable(&self) -> Result<(), StorageError> {

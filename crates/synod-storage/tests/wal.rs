@@ -601,6 +601,69 @@ fn segments_left_by_an_interrupted_compaction_are_discarded_at_open() {
     assert_eq!(segment_files(dir.path()).len(), 1);
 }
 
+/// The group-commit thread writes the checkpoint and leaves the old segments to another
+/// thread: until they are removed, the log keeps appending and a reopen finds the same
+/// state (the leftovers are discarded there, as after a crash).
+#[test]
+fn a_checkpoint_leaves_the_superseded_segments_for_the_caller_to_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(50);
+    let (mut wal, _) = Wal::open(dir.path(), fast_options(512)).expect("open");
+    for batch in history[..40].chunks(2) {
+        wal.append(batch).expect("append");
+    }
+    let before = segment_files(dir.path()).len();
+    assert!(before > 2, "{before} segments");
+    let superseded = wal.checkpoint(30).expect("checkpoint");
+    // The active segment had records: the checkpoint starts a new one, all older go.
+    assert_eq!(superseded.len(), before);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        before + 1,
+        "nothing deleted yet"
+    );
+    let newest = fs::metadata(&segment_files(dir.path())[before]).expect("stat");
+    assert_eq!(
+        wal.disk_bytes(),
+        newest.len(),
+        "only the active segment is on the books"
+    );
+    wal.append(&history[40..])
+        .expect("append after the checkpoint");
+    let mut expected = replay(&history[..40]);
+    expected.apply(&PersistOp::Snapshot { slot: 30 });
+    for request in &history[40..] {
+        expected.apply_all(&request.ops);
+    }
+    assert_eq!(wal.state(), &expected);
+
+    superseded.remove().expect("remove");
+    let left = segment_files(dir.path());
+    assert!(left.len() < before, "{} left of {before}", left.len());
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), fast_options(512)).expect("reopen");
+    assert_eq!(recovered, expected);
+    assert!(wal.recovery_report().discarded_segments.is_empty());
+}
+
+#[test]
+fn a_checkpoints_superseded_segments_left_on_disk_are_discarded_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = mixed_history(50);
+    let (mut wal, _) = Wal::open(dir.path(), fast_options(512)).expect("open");
+    wal.append(&history).expect("append");
+    let superseded = wal.checkpoint(30).expect("checkpoint");
+    assert!(!superseded.is_empty());
+    let expected = wal.state().clone();
+    // The process dies before anyone removes them.
+    drop(superseded);
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), fast_options(512)).expect("open");
+    assert_eq!(recovered, expected);
+    assert!(!wal.recovery_report().discarded_segments.is_empty());
+    assert_eq!(segment_files(dir.path()).len(), 1);
+}
+
 #[test]
 fn compacting_twice_in_a_row_reuses_the_empty_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
