@@ -131,19 +131,24 @@ fn spawn_member(
         .append(true)
         .open(log_path)
         .map_err(|error| BenchError::new(format!("opening {}: {error}", log_path.display())))?;
-    Command::new(executable)
+    let mut command = Command::new(executable);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|error| {
-            BenchError::new(format!(
-                "starting {} member {name} ({}): {error}",
-                system.name(),
-                executable.display()
-            ))
-        })
+        .stderr(log);
+    // A benchmark killed or interrupted midway must not leave its members running: each
+    // gets SIGTERM when the benchmark dies (members are started from the thread running
+    // the benchmark, which outlives them). Each member is its own process group, so a
+    // terminal's Ctrl-C reaches only the benchmark.
+    synod_server::cli::die_with_parent(&mut command, None);
+    command.spawn().map_err(|error| {
+        BenchError::new(format!(
+            "starting {} member {name} ({}): {error}",
+            system.name(),
+            executable.display()
+        ))
+    })
 }
 
 impl ClusterProcesses {
@@ -483,6 +488,34 @@ mod tests {
         let _held = std::net::TcpListener::bind(("127.0.0.1", free)).unwrap();
         let next = Ports::from(free).take().unwrap();
         assert!(next > free, "{next} is after the held port {free}");
+    }
+
+    /// `kill <benchmark>` left every member (Synod and etcd) running: each now gets
+    /// SIGTERM when the thread that started it is gone, as the whole benchmark is when
+    /// its process dies.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_member_does_not_outlive_the_benchmark_that_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = script(dir.path(), "exec sleep 60");
+        let log = dir.path().join("member.log");
+        let started = std::thread::spawn(move || {
+            spawn_member(&member, &[], &log, System::Synod, "n1").unwrap()
+        });
+        let mut child = started.join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the member outlived the thread that started it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
     }
 
     /// A stand-in member: a script that ignores its flags.

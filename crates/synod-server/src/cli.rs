@@ -635,8 +635,12 @@ fn shell_words(words: &[String]) -> String {
 /// The members share one process group (`kill -- -PGID` stops them all, and a
 /// terminal's Ctrl-C reaches only `synod dev`, which stops them in order), and on Linux
 /// each gets SIGTERM when `synod dev` dies, however it dies.
+///
+/// The signal comes when the *thread* that spawned the child exits (prctl(2)): spawn from
+/// a thread that lives as long as the children should (the main thread, a runtime's
+/// worker), never from a blocking pool's.
 #[cfg(unix)]
-fn die_with_parent(command: &mut Command, group: Option<u32>) {
+pub fn die_with_parent(command: &mut Command, group: Option<u32>) {
     use std::os::unix::process::CommandExt;
     command.process_group(group.map_or(0, |pgid| pgid as i32));
     #[cfg(target_os = "linux")]
@@ -667,7 +671,7 @@ fn die_with_parent(command: &mut Command, group: Option<u32>) {
 }
 
 #[cfg(not(unix))]
-fn die_with_parent(_command: &mut Command, _group: Option<u32>) {}
+pub fn die_with_parent(_command: &mut Command, _group: Option<u32>) {}
 
 /// Waits until every member answers HTTP on its metrics port, which it serves only once
 /// its replica has recovered and its client endpoints are up.
