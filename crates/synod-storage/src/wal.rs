@@ -88,7 +88,7 @@ const PREALLOCATE_STEP_BYTES: u64 = 1 << 20;
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
 /// Log segments a checkpoint made obsolete, still on disk (see [`Wal::checkpoint`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[must_use = "the segments stay on disk until removed (or until the next open)"]
 pub struct Superseded {
     dir: PathBuf,
@@ -107,8 +107,9 @@ impl Superseded {
     }
 
     /// Deletes the files, then syncs the directory. Deleting is not atomic, but a crash
-    /// midway is harmless: `open` ignores and deletes segments older than the newest
-    /// checkpoint.
+    /// or a failed delete midway is harmless: `open` ignores and deletes segments older
+    /// than the newest checkpoint. (The log's `disk_bytes` no longer counts them from the
+    /// checkpoint on; until 2026-12-02 a failed delete kept the rest on its books.)
     pub fn remove(self) -> Result<(), StorageError> {
         if self.paths.is_empty() {
             return Ok(());
